@@ -1,0 +1,296 @@
+package firehose
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"strings"
+
+	comatproto "github.com/bluesky-social/indigo/api/atproto"
+	"github.com/bluesky-social/indigo/atproto/atdata"
+	"github.com/bluesky-social/indigo/atproto/repo"
+	"github.com/bluesky-social/indigo/atproto/syntax"
+	"github.com/bluesky-social/indigo/events"
+	"github.com/ipfs/go-cid"
+	cbor "github.com/ipfs/go-ipld-cbor"
+	car "github.com/ipld/go-car"
+	cbg "github.com/whyrusleeping/cbor-gen"
+)
+
+// Filter decides from an op path (`collection/rkey`) whether its record is
+// read. It is called before the CAR is touched. Nil means every op.
+type Filter func(path string) bool
+
+// Frame is a decoded frame: exactly one of Event, Info or Err is set.
+type Frame struct {
+	Event *Event
+	Info  *Info
+	Err   *StreamError
+	// blocks is the raw CAR slice of a #commit with matching ops, decoded
+	// later by DecodeRecords (off the reader goroutine).
+	blocks []byte
+}
+
+// BadFrameError is returned by DecodeFrame for input that can't be used.
+type BadFrameError struct {
+	Reason string
+	Err    error
+}
+
+func (e *BadFrameError) Error() string {
+	return "firehose: bad frame (" + e.Reason + "): " + e.Err.Error()
+}
+func (e *BadFrameError) Unwrap() error { return e.Err }
+
+func bad(reason string, format string, args ...any) *BadFrameError {
+	return &BadFrameError{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+// DecodeFrame decodes one websocket message of subscribeRepos. For a #commit
+// it decodes the header and ops only: ops whose path fails filter are
+// counted in OpCount and dropped, and the CAR is kept aside for
+// DecodeRecords only when some op matched. It never panics on hostile input
+// (see the fuzz tests) and returns a *BadFrameError for anything unusable.
+func DecodeFrame(b []byte, filter Filter) (*Frame, error) {
+	r := bytes.NewReader(b)
+	cr := cbg.NewCborReader(r)
+	var h events.EventHeader
+	if err := h.UnmarshalCBOR(cr); err != nil {
+		return nil, bad(ReasonMalformedFrame, "header: %w", err)
+	}
+	switch h.Op {
+	case events.EvtKindErrorFrame:
+		var ef events.ErrorFrame
+		if err := ef.UnmarshalCBOR(cr); err != nil {
+			return nil, bad(ReasonMalformedFrame, "error frame: %w", err)
+		}
+		return &Frame{Err: &StreamError{Name: ef.Error, Message: ef.Message}}, nil
+	case events.EvtKindMessage:
+	default:
+		return nil, bad(ReasonUnknownType, "header op %d", h.Op)
+	}
+	f := &Frame{}
+	switch h.MsgType {
+	case "#commit":
+		var c comatproto.SyncSubscribeRepos_Commit
+		if err := c.UnmarshalCBOR(cr); err != nil {
+			return nil, bad(ReasonMalformedFrame, "#commit: %w", err)
+		}
+		if err := checkDID(c.Repo); err != nil {
+			return nil, err
+		}
+		ev := &Event{Seq: c.Seq, Kind: KindCommit, DID: c.Repo, Time: c.Time, Rev: c.Rev, TooBig: c.TooBig,
+			OpCount: len(c.Ops), FrameBytes: len(b)}
+		if c.Since != nil {
+			ev.Since = *c.Since
+		}
+		for _, op := range c.Ops {
+			if op == nil {
+				continue
+			}
+			if filter != nil && !filter(op.Path) {
+				continue
+			}
+			o, err := parseOp(op)
+			if err != nil {
+				return nil, err
+			}
+			ev.Ops = append(ev.Ops, o)
+		}
+		if len(ev.Ops) > 0 {
+			f.blocks = c.Blocks
+		}
+		f.Event = ev
+	case "#sync":
+		var s comatproto.SyncSubscribeRepos_Sync
+		if err := s.UnmarshalCBOR(cr); err != nil {
+			return nil, bad(ReasonMalformedFrame, "#sync: %w", err)
+		}
+		if err := checkDID(s.Did); err != nil {
+			return nil, err
+		}
+		ev := &Event{Seq: s.Seq, Kind: KindSync, DID: s.Did, Time: s.Time, Rev: s.Rev, FrameBytes: len(b)}
+		if len(s.Blocks) > 0 {
+			if commit, _, err := repo.LoadCommitFromCAR(nil, bytes.NewReader(s.Blocks)); err == nil { //nolint:staticcheck // LoadCommitFromCAR ignores ctx
+				ev.SyncData = commit.Data
+			}
+		}
+		f.Event = ev
+	case "#identity":
+		var s comatproto.SyncSubscribeRepos_Identity
+		if err := s.UnmarshalCBOR(cr); err != nil {
+			return nil, bad(ReasonMalformedFrame, "#identity: %w", err)
+		}
+		if err := checkDID(s.Did); err != nil {
+			return nil, err
+		}
+		ev := &Event{Seq: s.Seq, Kind: KindIdentity, DID: s.Did, Time: s.Time, FrameBytes: len(b)}
+		if s.Handle != nil {
+			ev.Handle = *s.Handle
+		}
+		f.Event = ev
+	case "#account":
+		var s comatproto.SyncSubscribeRepos_Account
+		if err := s.UnmarshalCBOR(cr); err != nil {
+			return nil, bad(ReasonMalformedFrame, "#account: %w", err)
+		}
+		if err := checkDID(s.Did); err != nil {
+			return nil, err
+		}
+		ev := &Event{Seq: s.Seq, Kind: KindAccount, DID: s.Did, Time: s.Time, Active: s.Active, FrameBytes: len(b)}
+		if s.Status != nil {
+			ev.Status = *s.Status
+		}
+		f.Event = ev
+	case "#info":
+		var s comatproto.SyncSubscribeRepos_Info
+		if err := s.UnmarshalCBOR(cr); err != nil {
+			return nil, bad(ReasonMalformedFrame, "#info: %w", err)
+		}
+		f.Info = &Info{Name: s.Name}
+		if s.Message != nil {
+			f.Info.Message = *s.Message
+		}
+	default:
+		return nil, bad(ReasonUnknownType, "message type %q", clip(h.MsgType))
+	}
+	if f.Event != nil && f.Event.Seq <= 0 {
+		return nil, bad(ReasonMalformedFrame, "%s without a positive seq", h.MsgType)
+	}
+	return f, nil
+}
+
+func checkDID(did string) error {
+	if _, err := syntax.ParseDID(did); err != nil {
+		return bad(ReasonInvalidDID, "%q: %w", clip(did), err)
+	}
+	return nil
+}
+
+func parseOp(op *comatproto.SyncSubscribeRepos_RepoOp) (Op, error) {
+	coll, rkey, ok := strings.Cut(op.Path, "/")
+	if !ok || strings.Contains(rkey, "/") {
+		return Op{}, bad(ReasonBadPath, "op path %q", clip(op.Path))
+	}
+	if _, err := syntax.ParseNSID(coll); err != nil {
+		return Op{}, bad(ReasonBadPath, "op path %q: %w", clip(op.Path), err)
+	}
+	if _, err := syntax.ParseRecordKey(rkey); err != nil {
+		return Op{}, bad(ReasonBadPath, "op path %q: %w", clip(op.Path), err)
+	}
+	o := Op{Action: Action(op.Action), Collection: coll, RKey: rkey}
+	switch o.Action {
+	case ActionCreate, ActionUpdate:
+		if op.Cid == nil {
+			return Op{}, bad(ReasonBadAction, "%s of %q without a cid", op.Action, clip(op.Path))
+		}
+		o.CID = cid.Cid(*op.Cid)
+	case ActionDelete:
+	default:
+		return Op{}, bad(ReasonBadAction, "action %q", clip(op.Action))
+	}
+	return o, nil
+}
+
+// DecodeRecords reads the records of ev's ops from the frame's CAR, checking
+// each block against the op's CID. Problems are per op (Op.Err); a CAR that
+// can't be read at all marks every create and update. A create whose block
+// is absent and whose path is deleted later in the same commit (what
+// applyWrites emits for a create+delete pair) is dropped: it never existed.
+func (f *Frame) DecodeRecords() {
+	ev := f.Event
+	if ev == nil || len(ev.Ops) == 0 {
+		return
+	}
+	blocks, carErr := readCAR(f.blocks)
+	f.blocks = nil
+	out := ev.Ops[:0]
+	for i := range ev.Ops {
+		op := ev.Ops[i]
+		if op.Action == ActionDelete {
+			out = append(out, op)
+			continue
+		}
+		if carErr != nil {
+			op.Err = &OpError{Reason: ReasonBadCAR, Detail: carErr.Error()}
+			out = append(out, op)
+			continue
+		}
+		data, ok := blocks[op.CID.KeyString()]
+		if !ok {
+			if deletedLater(ev.Ops[i+1:], op.Path()) {
+				continue
+			}
+			op.Err = &OpError{Reason: ReasonMissingBlock, Detail: "record block " + op.CID.String() + " is not in the CAR"}
+			out = append(out, op)
+			continue
+		}
+		sum, err := op.CID.Prefix().Sum(data)
+		if err != nil || !sum.Equals(op.CID) {
+			op.Err = &OpError{Reason: ReasonCIDMismatch, Detail: "block does not hash to " + op.CID.String()}
+			out = append(out, op)
+			continue
+		}
+		rec, err := atdata.UnmarshalCBOR(data)
+		if err != nil {
+			op.Err = &OpError{Reason: ReasonMalformedRec, Detail: clip(err.Error())}
+			out = append(out, op)
+			continue
+		}
+		op.Record = rec
+		out = append(out, op)
+	}
+	ev.Ops = out
+}
+
+func deletedLater(ops []Op, path string) bool {
+	for i := range ops {
+		if ops[i].Action == ActionDelete && ops[i].Path() == path {
+			return true
+		}
+	}
+	return false
+}
+
+// readCAR indexes the blocks of a CARv1 slice by CID key, without copying
+// and without hashing: DecodeRecords checks only the blocks it uses, so one
+// bad block spoils its own op and not the whole commit (go-car's reader
+// would reject the whole CAR).
+func readCAR(b []byte) (map[string][]byte, error) {
+	hlen, n := binary.Uvarint(b)
+	if n <= 0 || hlen == 0 || hlen > uint64(len(b)-n) {
+		return nil, fmt.Errorf("CAR header length")
+	}
+	var h car.CarHeader
+	if err := cbor.DecodeInto(b[n:n+int(hlen)], &h); err != nil {
+		return nil, fmt.Errorf("CAR header: %w", err)
+	}
+	if h.Version != 1 {
+		return nil, fmt.Errorf("CAR version %d", h.Version)
+	}
+	b = b[n+int(hlen):]
+	out := make(map[string][]byte)
+	for len(b) > 0 {
+		l, n := binary.Uvarint(b)
+		if n <= 0 || l == 0 || l > uint64(len(b)-n) {
+			return nil, fmt.Errorf("CAR section length")
+		}
+		sec := b[n : n+int(l)]
+		b = b[n+int(l):]
+		cl, c, err := cid.CidFromBytes(sec)
+		if err != nil {
+			return nil, fmt.Errorf("CAR block CID: %w", err)
+		}
+		out[c.KeyString()] = sec[cl:]
+	}
+	return out, nil
+}
+
+// clip bounds an input-supplied string before it goes into an error or log.
+func clip(s string) string {
+	const maxLen = 96
+	if len(s) <= maxLen {
+		return s
+	}
+	return s[:maxLen] + "…"
+}

@@ -1,0 +1,25 @@
+// Package firehose consumes a PDS's com.atproto.sync.subscribeRepos stream
+// and reads repos through com.atproto.sync.getRepo and listRepos.
+//
+// It owns the connection (URL handling, reconnects with capped jittered
+// backoff, pings, a frame size limit), the decoding of frames with indigo's
+// generated CBOR types, and the per-DID ordered delivery of events to a
+// Handler, parallel across DIDs through bounded queues.
+//
+// Invariants it keeps:
+//   - The cursor is exclusive (?cursor=N replays seq > N) and the client
+//     always resumes from the Tracker's watermark, never from the last seq
+//     seen: every seq at or below the watermark has been marked Done by the
+//     caller, so a reconnect or a restart loses nothing.
+//   - Events of one DID reach the Handler in stream order, one at a time.
+//   - Memory is bounded: the Tracker admits at most MaxInFlight events, the
+//     worker queues are fixed-size, and a full queue blocks the socket reader
+//     (backpressure reaches the PDS, which drops a consumer that is too slow
+//     and is then resumed from the watermark).
+//   - Op paths are filtered before any CAR is decoded; records are decoded
+//     into generic maps (unknown lexicons are fine) and each block's CID is
+//     checked against the op's CID.
+//   - Bad input (malformed frames, unknown types, bad paths, CID mismatches,
+//     oversized frames) is counted under a bounded reason, logged, and
+//     skipped; the stream goes on. FutureCursor is fatal.
+package firehose

@@ -1,0 +1,159 @@
+package firehose
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics of the stream client. Build with NewMetrics; a nil *Metrics is
+// valid and records nothing.
+type Metrics struct {
+	events       *prometheus.CounterVec
+	badFrames    *prometheus.CounterVec
+	badOps       *prometheus.CounterVec
+	duplicates   prometheus.Counter
+	reconnects   prometheus.Counter
+	connected    prometheus.Gauge
+	headSeq      prometheus.Gauge
+	headTime     prometheus.Gauge
+	frameBytes   prometheus.Counter
+	infos        *prometheus.CounterVec
+	errorFrames  *prometheus.CounterVec
+	inFlight     prometheus.Gauge
+	repoFetches  *prometheus.CounterVec
+	repoFetchDur prometheus.Histogram
+}
+
+// NewMetrics registers the stream metrics on reg (namespace "consumer").
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "events_total", Help: "Sequenced events read from the PDS stream, by kind."}, []string{"kind"}),
+		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "bad_frames_total", Help: "Frames skipped as unusable, by reason."}, []string{"reason"}),
+		badOps: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "bad_ops_total", Help: "Record operations whose record could not be read, by reason."}, []string{"reason"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "duplicate_events_total", Help: "Events dropped because their seq was already delivered (replay after a reconnect)."}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "reconnects_total", Help: "Connections to the PDS stream after the first."}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "connected", Help: "1 while the stream connection is up."}),
+		headSeq: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer",
+			Name: "head_seq", Help: "Highest seq read from the PDS stream."}),
+		headTime: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "head_event_time_seconds", Help: "Unix time carried by the newest event read."}),
+		frameBytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "read_bytes_total", Help: "Bytes of frames read from the stream."}),
+		infos: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "info_messages_total", Help: "#info messages, by name."}, []string{"name"}),
+		errorFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "error_frames_total", Help: "Error frames sent by the PDS, by name."}, []string{"name"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Subsystem: "firehose",
+			Name: "in_flight_events", Help: "Events read and not yet passed by the watermark."}),
+		repoFetches: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "sync",
+			Name: "repo_fetches_total", Help: "getRepo calls, by result."}, []string{"result"}),
+		repoFetchDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "consumer", Subsystem: "sync",
+			Name: "repo_fetch_duration_seconds", Help: "Time to fetch and read one repo CAR.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
+	}
+	reg.MustRegister(m.events, m.badFrames, m.badOps, m.duplicates, m.reconnects, m.connected, m.headSeq,
+		m.headTime, m.frameBytes, m.infos, m.errorFrames, m.inFlight, m.repoFetches, m.repoFetchDur)
+	for _, k := range []Kind{KindCommit, KindSync, KindIdentity, KindAccount} {
+		m.events.WithLabelValues(k.String())
+	}
+	for _, r := range []string{ReasonMalformedFrame, ReasonUnknownType, ReasonOversized, ReasonTextFrame,
+		ReasonInvalidDID, ReasonBadPath, ReasonBadAction, ReasonOutOfOrder} {
+		m.badFrames.WithLabelValues(r)
+	}
+	return m
+}
+
+func (m *Metrics) event(ev *Event) {
+	if m == nil {
+		return
+	}
+	m.events.WithLabelValues(ev.Kind.String()).Inc()
+	m.headSeq.Set(float64(ev.Seq))
+	if ts, ok := parseTime(ev.Time); ok {
+		m.headTime.Set(float64(ts.UnixMilli()) / 1000)
+	}
+}
+
+func (m *Metrics) badFrame(reason string) {
+	if m != nil {
+		m.badFrames.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) badOp(reason string) {
+	if m != nil {
+		m.badOps.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) duplicate() {
+	if m != nil {
+		m.duplicates.Inc()
+	}
+}
+
+func (m *Metrics) reconnect() {
+	if m != nil {
+		m.reconnects.Inc()
+	}
+}
+
+func (m *Metrics) setConnected(up bool) {
+	if m == nil {
+		return
+	}
+	if up {
+		m.connected.Set(1)
+	} else {
+		m.connected.Set(0)
+	}
+}
+
+func (m *Metrics) read(n int) {
+	if m != nil {
+		m.frameBytes.Add(float64(n))
+	}
+}
+
+func (m *Metrics) info(name string) {
+	if m == nil {
+		return
+	}
+	if name != InfoOutdatedCursor {
+		name = "other"
+	}
+	m.infos.WithLabelValues(name).Inc()
+}
+
+func (m *Metrics) errorFrame(name string) {
+	if m == nil {
+		return
+	}
+	switch name {
+	case "FutureCursor", "ConsumerTooSlow":
+	default:
+		name = "other"
+	}
+	m.errorFrames.WithLabelValues(name).Inc()
+}
+
+func (m *Metrics) setInFlight(n int) {
+	if m != nil {
+		m.inFlight.Set(float64(n))
+	}
+}
+
+func (m *Metrics) repoFetch(result string, seconds float64) {
+	if m == nil {
+		return
+	}
+	m.repoFetches.WithLabelValues(result).Inc()
+	if result == "ok" {
+		m.repoFetchDur.Observe(seconds)
+	}
+}

@@ -1,0 +1,129 @@
+package firehose
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// NoCursor is the Tracker position of a consumer that has never applied an
+// event: the client connects without a cursor (live events only).
+const NoCursor int64 = -1
+
+// DefaultMaxInFlight bounds the events a Tracker admits between Begin and the
+// point where the watermark passes them.
+const DefaultMaxInFlight = 20000
+
+// Tracker keeps the watermark of completed events (DESIGN §4): every seq at
+// or below Watermark() has been marked Done. Events are begun in stream
+// order and may finish in any order; the watermark is one less than the
+// oldest event not yet done. It is safe for concurrent use.
+//
+// Begin blocks while MaxInFlight events are between Begin and the watermark,
+// so a stuck event eventually stops the reader instead of growing memory.
+type Tracker struct {
+	mu      sync.Mutex
+	wm      int64 // watermark: all seq <= wm are done
+	highest int64 // highest seq begun
+	q       []entry
+	head    int
+	max     int
+	space   chan struct{} // one token per admitted entry
+	changed chan struct{} // closed and replaced when the watermark moves
+}
+
+type entry struct {
+	seq  int64
+	done bool
+}
+
+// NewTracker starts a tracker at cursor (NoCursor when there is none).
+// maxInFlight <= 0 means DefaultMaxInFlight.
+func NewTracker(cursor int64, maxInFlight int) *Tracker {
+	if maxInFlight <= 0 {
+		maxInFlight = DefaultMaxInFlight
+	}
+	return &Tracker{wm: cursor, highest: cursor, max: maxInFlight,
+		space: make(chan struct{}, maxInFlight), changed: make(chan struct{})}
+}
+
+// Begin admits seq, which must be greater than every seq begun before. It
+// blocks while the tracker is full.
+func (t *Tracker) Begin(ctx context.Context, seq int64) error {
+	select {
+	case t.space <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq <= t.highest {
+		<-t.space
+		return fmt.Errorf("firehose: tracker: seq %d begun after %d", seq, t.highest)
+	}
+	t.highest = seq
+	t.q = append(t.q, entry{seq: seq})
+	return nil
+}
+
+// Done marks seq complete. Marking a seq that was never begun, or twice, is
+// a no-op.
+func (t *Tracker) Done(seq int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	live := t.q[t.head:]
+	i := sort.Search(len(live), func(i int) bool { return live[i].seq >= seq })
+	if i == len(live) || live[i].seq != seq {
+		return
+	}
+	live[i].done = true
+	moved := false
+	for t.head < len(t.q) && t.q[t.head].done {
+		t.wm = t.q[t.head].seq
+		t.head++
+		<-t.space
+		moved = true
+	}
+	if t.head == len(t.q) {
+		t.q, t.head = t.q[:0], 0
+		t.wm = t.highest
+	} else if t.head > 1024 && t.head > len(t.q)/2 {
+		n := copy(t.q, t.q[t.head:])
+		t.q, t.head = t.q[:n], 0
+	}
+	if moved {
+		close(t.changed)
+		t.changed = make(chan struct{})
+	}
+}
+
+// Watermark returns the highest seq such that it and every seq before it are
+// done, or NoCursor if there is none yet.
+func (t *Tracker) Watermark() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.wm
+}
+
+// Highest returns the highest seq begun (or the starting cursor).
+func (t *Tracker) Highest() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.highest
+}
+
+// InFlight returns the number of events begun and not yet passed by the
+// watermark.
+func (t *Tracker) InFlight() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.q) - t.head
+}
+
+// Changed returns a channel closed the next time the watermark moves.
+func (t *Tracker) Changed() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed
+}

@@ -1,0 +1,96 @@
+package firehose
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+func TestTrackerOutOfOrder(t *testing.T) {
+	tr := NewTracker(10, 0)
+	for _, s := range []int64{11, 12, 15, 20} {
+		if err := tr.Begin(t.Context(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct {
+		done int64
+		want int64
+	}{{12, 10}, {20, 10}, {11, 12}, {15, 20}}
+	for _, s := range steps {
+		tr.Done(s.done)
+		if got := tr.Watermark(); got != s.want {
+			t.Fatalf("after Done(%d): watermark %d, want %d", s.done, got, s.want)
+		}
+	}
+	if tr.InFlight() != 0 {
+		t.Fatalf("in flight %d", tr.InFlight())
+	}
+	if err := tr.Begin(t.Context(), 20); err == nil {
+		t.Fatal("Begin of an old seq succeeded")
+	}
+}
+
+func TestTrackerRandomized(t *testing.T) {
+	tr := NewTracker(NoCursor, 0)
+	const n = 5000
+	seqs := make([]int64, n)
+	next := int64(0)
+	for i := range seqs {
+		next += 1 + rand.Int64N(3) // gaps, as after an account deletion
+		seqs[i] = next
+		if err := tr.Begin(t.Context(), next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(map[int64]bool)
+	for _, i := range rand.Perm(n) {
+		tr.Done(seqs[i])
+		done[seqs[i]] = true
+		// the watermark is the last seq of the longest done prefix
+		want := NoCursor
+		for _, s := range seqs {
+			if !done[s] {
+				break
+			}
+			want = s
+		}
+		if got := tr.Watermark(); got != want {
+			t.Fatalf("watermark %d, want %d", got, want)
+		}
+		if i%97 != 0 {
+			continue
+		}
+	}
+}
+
+func TestTrackerBlocksWhenFull(t *testing.T) {
+	tr := NewTracker(0, 2)
+	ctx := t.Context()
+	_ = tr.Begin(ctx, 1)
+	_ = tr.Begin(ctx, 2)
+	blocked := make(chan error, 1)
+	go func() { blocked <- tr.Begin(ctx, 3) }()
+	select {
+	case err := <-blocked:
+		t.Fatalf("Begin did not block on a full tracker: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	tr.Done(2) // done but behind seq 1: still occupies room
+	select {
+	case err := <-blocked:
+		t.Fatalf("Begin admitted past a stuck oldest event: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	tr.Done(1)
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	_ = tr.Begin(ctx, 4)
+	if err := tr.Begin(cctx, 5); err == nil {
+		t.Fatal("Begin on a full tracker ignored a cancelled context")
+	}
+}

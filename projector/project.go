@@ -1,0 +1,260 @@
+package projector
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/bluesky-social/indigo/atproto/syntax"
+)
+
+// Reason is the bounded label under which a rejected record is counted.
+type Reason string
+
+// Rejection reasons. The set is closed: it is a metric label.
+const (
+	ReasonMalformed          Reason = "malformed_record"
+	ReasonMissingField       Reason = "missing_field"
+	ReasonInvalidField       Reason = "invalid_field"
+	ReasonInvalidRecordKey   Reason = "invalid_record_key"
+	ReasonIDTooLong          Reason = "id_too_long"
+	ReasonForeignResource    Reason = "foreign_resource"
+	ReasonForeignParent      Reason = "foreign_parent"
+	ReasonRelationNotAllowed Reason = "relation_not_allowed"
+	ReasonSubjectNotAllowed  Reason = "subject_not_allowed"
+	ReasonWildcardNotAllowed Reason = "wildcard_not_allowed"
+	ReasonCIDMismatch        Reason = "cid_mismatch"
+	ReasonMissingBlock       Reason = "missing_block"
+	ReasonSpiceDBRefused     Reason = "spicedb_refused"
+)
+
+// AllReasons lists every Reason, for pre-registering metric series.
+var AllReasons = []Reason{ReasonMalformed, ReasonMissingField, ReasonInvalidField, ReasonInvalidRecordKey,
+	ReasonIDTooLong, ReasonForeignResource, ReasonForeignParent, ReasonRelationNotAllowed,
+	ReasonSubjectNotAllowed, ReasonWildcardNotAllowed, ReasonCIDMismatch, ReasonMissingBlock, ReasonSpiceDBRefused}
+
+// Rejection is the error returned for a record that must not be projected.
+// Detail is short and never holds the record body.
+type Rejection struct {
+	Reason Reason
+	Detail string
+}
+
+func (r *Rejection) Error() string { return string(r.Reason) + ": " + r.Detail }
+
+func reject(reason Reason, format string, args ...any) *Rejection {
+	return &Rejection{Reason: reason, Detail: fmt.Sprintf(format, args...)}
+}
+
+// Project maps one record of repo did to the data tuples it produces under
+// the rules. It is pure: no I/O, no state. A record of a collection that is
+// not projected produces nothing. A record that breaks a rule returns a
+// *Rejection and no tuples; the caller then removes whatever it produced
+// before. Every tuple returned has valid object IDs and a lineage ID within
+// SpiceDB's limits.
+func (r *Rules) Project(did, collection, rkey string, value map[string]any) ([]Tuple, error) {
+	if !r.Projects(collection) {
+		return nil, nil
+	}
+	if _, err := syntax.ParseDID(did); err != nil {
+		return nil, reject(ReasonInvalidField, "repo did: %v", err)
+	}
+	if _, err := syntax.ParseRecordKey(rkey); err != nil {
+		return nil, reject(ReasonInvalidRecordKey, "%v", err)
+	}
+	recordID := RecordID(did, collection, rkey)
+	if len(recordID) > MaxObjectIDLen {
+		return nil, reject(ReasonIDTooLong, "record id is %d bytes", len(recordID))
+	}
+	var tuples []Tuple
+	switch collection {
+	case r.Space.Collection:
+		bubble := false
+		if v, ok := value[r.Space.BubbleField]; ok && v != nil {
+			b, isBool := v.(bool)
+			if !isBool {
+				return nil, reject(ReasonInvalidField, "%s: want a boolean, got %T", r.Space.BubbleField, v)
+			}
+			bubble = b
+		}
+		id := ObjectID(did, rkey)
+		tuples = append(tuples, Tuple{ResourceType: TypeSpace, ResourceID: id, Relation: RelOwner,
+			SubjectType: TypeAcct, SubjectID: EncodeDID(did)})
+		if !bubble {
+			tuples = append(tuples, Tuple{ResourceType: TypeSpace, ResourceID: id, Relation: RelInherits,
+				SubjectType: TypeAcct, SubjectID: Wildcard})
+		}
+	case r.Group.Collection:
+		tuples = append(tuples, Tuple{ResourceType: TypeGroup, ResourceID: ObjectID(did, rkey), Relation: RelOwner,
+			SubjectType: TypeAcct, SubjectID: EncodeDID(did)})
+	case r.Relation.Collection:
+		t, err := r.projectRelation(did, value)
+		if err != nil {
+			return nil, err
+		}
+		tuples = append(tuples, t)
+	}
+	for _, t := range tuples {
+		if !t.Valid() {
+			return nil, reject(ReasonIDTooLong, "object id over %d bytes or outside SpiceDB's alphabet", MaxObjectIDLen)
+		}
+		if n := len(LineageID(t)); n > MaxObjectIDLen {
+			return nil, reject(ReasonIDTooLong, "lineage id is %d bytes", n)
+		}
+	}
+	return tuples, nil
+}
+
+func (r *Rules) projectRelation(did string, value map[string]any) (Tuple, error) {
+	f := r.Relation.Fields
+	str := func(field string, required bool) (string, error) {
+		v, ok := value[field]
+		if !ok || v == nil {
+			if required {
+				return "", reject(ReasonMissingField, "%s is missing", field)
+			}
+			return "", nil
+		}
+		s, isStr := v.(string)
+		if !isStr {
+			return "", reject(ReasonInvalidField, "%s: want a string, got %T", field, v)
+		}
+		if required && s == "" {
+			return "", reject(ReasonMissingField, "%s is empty", field)
+		}
+		return s, nil
+	}
+	resourceType, err := str(f.ResourceType, true)
+	if err != nil {
+		return Tuple{}, err
+	}
+	resource, err := str(f.Resource, true)
+	if err != nil {
+		return Tuple{}, err
+	}
+	permission, err := str(f.Permission, true)
+	if err != nil {
+		return Tuple{}, err
+	}
+	subjectType, err := str(f.SubjectType, true)
+	if err != nil {
+		return Tuple{}, err
+	}
+	subject, err := str(f.Subject, true)
+	if err != nil {
+		return Tuple{}, err
+	}
+	subjectRelation, err := str(f.SubjectRelation, false)
+	if err != nil {
+		return Tuple{}, err
+	}
+
+	rels, ok := r.Relation.Grants[resourceType]
+	if !ok {
+		return Tuple{}, reject(ReasonRelationNotAllowed, "resource type %q is not allowed", clip(resourceType))
+	}
+	allowed, ok := rels[permission]
+	if !ok {
+		return Tuple{}, reject(ReasonRelationNotAllowed, "relation %q on %s is not allowed", clip(permission), resourceType)
+	}
+	resDID, resKey, err := splitRef(resource)
+	if err != nil {
+		return Tuple{}, reject(ReasonInvalidField, "%s: %v", f.Resource, err)
+	}
+	// Security rule 1: the parsed DIDs must be equal, never a prefix match.
+	if resDID != did {
+		return Tuple{}, reject(ReasonForeignResource, "resource belongs to %s", clip(resDID))
+	}
+	t := Tuple{ResourceType: resourceType, ResourceID: ObjectID(resDID, resKey), Relation: permission}
+
+	var kind string
+	switch subjectType {
+	case TypeAcct:
+		if subjectRelation != "" {
+			return Tuple{}, reject(ReasonSubjectNotAllowed, "acct subjects take no subject relation")
+		}
+		kind = SubjectAcct
+		if subject == Wildcard {
+			kind = SubjectAcctAny
+		}
+	case TypeSpace:
+		if subjectRelation != "" {
+			return Tuple{}, reject(ReasonSubjectNotAllowed, "space subjects take no subject relation")
+		}
+		kind = SubjectSpace
+	case TypeGroup:
+		if subjectRelation != RelMember {
+			return Tuple{}, reject(ReasonSubjectNotAllowed, "group subjects need subject relation %q", RelMember)
+		}
+		kind = SubjectGroupMember
+	default:
+		return Tuple{}, reject(ReasonSubjectNotAllowed, "subject type %q is not allowed", clip(subjectType))
+	}
+	if !contains(allowed, kind) {
+		if kind == SubjectAcctAny {
+			return Tuple{}, reject(ReasonWildcardNotAllowed, "wildcard subject on %s#%s", resourceType, permission)
+		}
+		return Tuple{}, reject(ReasonSubjectNotAllowed, "subject %s is not allowed on %s#%s", kind, resourceType, permission)
+	}
+
+	t.SubjectType = subjectType
+	switch kind {
+	case SubjectAcctAny:
+		t.SubjectID = Wildcard
+	case SubjectAcct:
+		if _, err := syntax.ParseDID(subject); err != nil {
+			return Tuple{}, reject(ReasonInvalidField, "%s: %v", f.Subject, err)
+		}
+		t.SubjectID = EncodeDID(subject)
+	case SubjectSpace:
+		subDID, subKey, err := splitRef(subject)
+		if err != nil {
+			return Tuple{}, reject(ReasonInvalidField, "%s: %v", f.Subject, err)
+		}
+		// Security rule 2: a parent is always a space of the repo itself.
+		if subDID != did {
+			return Tuple{}, reject(ReasonForeignParent, "parent space belongs to %s", clip(subDID))
+		}
+		t.SubjectID = ObjectID(subDID, subKey)
+	case SubjectGroupMember:
+		subDID, subKey, err := splitRef(subject)
+		if err != nil {
+			return Tuple{}, reject(ReasonInvalidField, "%s: %v", f.Subject, err)
+		}
+		t.SubjectID = ObjectID(subDID, subKey)
+		t.SubjectRelation = RelMember
+	}
+	return t, nil
+}
+
+// splitRef parses `<did>/<key>` with both parts syntax-checked.
+func splitRef(ref string) (did, key string, err error) {
+	d, k, ok := strings.Cut(ref, "/")
+	if !ok {
+		return "", "", fmt.Errorf("%q: want <did>/<key>", clip(ref))
+	}
+	if _, err := syntax.ParseDID(d); err != nil {
+		return "", "", fmt.Errorf("%q: %w", clip(d), err)
+	}
+	if _, err := syntax.ParseRecordKey(k); err != nil {
+		return "", "", fmt.Errorf("%q: %w", clip(k), err)
+	}
+	return d, k, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// clip bounds a record-supplied string before it goes into an error or a log.
+func clip(s string) string {
+	const maxLen = 96
+	if len(s) <= maxLen {
+		return s
+	}
+	return s[:maxLen] + "…"
+}
