@@ -1,0 +1,91 @@
+package projector
+
+// lineage is the in-memory view of which record produces which data tuple,
+// for one repo. It is the overlay of DESIGN §3: it includes every decision
+// already taken, committed to SpiceDB or not.
+type lineage struct {
+	byRecord  map[string]map[Tuple]struct{} // record path → tuples it produces
+	producers map[Tuple]map[string]struct{} // tuple → record paths producing it
+}
+
+func newLineage() *lineage {
+	return &lineage{byRecord: map[string]map[Tuple]struct{}{}, producers: map[Tuple]map[string]struct{}{}}
+}
+
+func (l *lineage) add(t Tuple, path string) {
+	r := l.byRecord[path]
+	if r == nil {
+		r = map[Tuple]struct{}{}
+		l.byRecord[path] = r
+	}
+	r[t] = struct{}{}
+	p := l.producers[t]
+	if p == nil {
+		p = map[string]struct{}{}
+		l.producers[t] = p
+	}
+	p[path] = struct{}{}
+}
+
+// remove drops one producer and reports whether the tuple has none left.
+func (l *lineage) remove(t Tuple, path string) (orphaned bool) {
+	if r := l.byRecord[path]; r != nil {
+		delete(r, t)
+		if len(r) == 0 {
+			delete(l.byRecord, path)
+		}
+	}
+	p := l.producers[t]
+	if p == nil {
+		return true
+	}
+	delete(p, path)
+	if len(p) == 0 {
+		delete(l.producers, t)
+		return true
+	}
+	return false
+}
+
+func (l *lineage) size() int { return len(l.producers) }
+
+// recordChange diffs what record path produced before against what it
+// produces now (want; nil for a deleted or rejected record), updates the
+// lineage and appends the SpiceDB updates: TOUCH every wanted tuple (when
+// the repo is active) and its lineage, DELETE lineage that no longer holds,
+// and DELETE a data tuple only when its last producer is gone.
+func (l *lineage) recordChange(did, path string, want []Tuple, active bool, out []Update) []Update {
+	collection, rkey := splitPath(path)
+	rid := RecordID(did, collection, rkey)
+	wantSet := make(map[Tuple]struct{}, len(want))
+	for _, t := range want {
+		if _, dup := wantSet[t]; dup {
+			continue
+		}
+		wantSet[t] = struct{}{}
+		if active {
+			out = append(out, Update{Op: OpTouch, Tuple: t})
+		}
+		out = append(out, Update{Op: OpTouch, Tuple: LineageTuple(t, rid)})
+		l.add(t, path)
+	}
+	for t := range l.byRecord[path] {
+		if _, keep := wantSet[t]; keep {
+			continue
+		}
+		out = append(out, Update{Op: OpDelete, Tuple: LineageTuple(t, rid)})
+		if l.remove(t, path) && active {
+			out = append(out, Update{Op: OpDelete, Tuple: t})
+		}
+	}
+	return out
+}
+
+func splitPath(path string) (collection, rkey string) {
+	for i := 0; i < len(path); i++ {
+		if path[i] == '/' {
+			return path[:i], path[i+1:]
+		}
+	}
+	return path, ""
+}

@@ -1,0 +1,83 @@
+package projector
+
+import (
+	"sort"
+	"testing"
+)
+
+func tup(res, rel, sub string) Tuple {
+	return Tuple{ResourceType: TypeSpace, ResourceID: res, Relation: rel, SubjectType: TypeAcct, SubjectID: sub}
+}
+
+func render(us []Update) []string {
+	out := make([]string, len(us))
+	for i, u := range us {
+		out[i] = u.String()
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestLineageSharedTupleStaysWhileAnyProducerLives(t *testing.T) {
+	const did = "did:plc:alice"
+	l := newLineage()
+	v := tup("did|plc|alice/s", "viewer", "did|plc|bob")
+	r1, r2 := "com.atproto.space.relation/a", "com.atproto.space.relation/b"
+
+	out := l.recordChange(did, r1, []Tuple{v}, true, nil)
+	out = l.recordChange(did, r2, []Tuple{v}, true, out)
+	if len(out) != 4 { // TOUCH v twice (collapsed later) + two lineage tuples
+		t.Fatalf("creates: %v", render(out))
+	}
+	out = l.recordChange(did, r1, nil, true, nil)
+	if got := render(out); len(got) != 1 || got[0] != "delete "+LineageTuple(v, RecordID(did, "com.atproto.space.relation", "a")).String() {
+		t.Fatalf("deleting one of two producers: %v", got)
+	}
+	out = l.recordChange(did, r2, nil, true, nil)
+	got := render(out)
+	if len(got) != 2 || got[1] != "delete "+v.String() {
+		t.Fatalf("deleting the last producer: %v", got)
+	}
+	if l.size() != 0 || len(l.byRecord) != 0 {
+		t.Fatalf("lineage not empty: %+v", l)
+	}
+}
+
+func TestLineageUpdateMovesGrant(t *testing.T) {
+	const did = "did:plc:alice"
+	l := newLineage()
+	a := tup("did|plc|alice/s", "viewer", "did|plc|bob")
+	b := tup("did|plc|alice/s", "viewer", "did|plc|carol")
+	r := "com.atproto.space.relation/x"
+	l.recordChange(did, r, []Tuple{a}, true, nil)
+	out := l.recordChange(did, r, []Tuple{b}, true, nil)
+	rid := RecordID(did, "com.atproto.space.relation", "x")
+	want := render([]Update{{OpTouch, b}, {OpTouch, LineageTuple(b, rid)}, {OpDelete, LineageTuple(a, rid)}, {OpDelete, a}})
+	if got := render(out); len(got) != len(want) {
+		t.Fatalf("got %v want %v", got, want)
+	} else {
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("got %v want %v", got, want)
+			}
+		}
+	}
+}
+
+func TestLineageWithdrawnTouchesOnlyLineage(t *testing.T) {
+	const did = "did:plc:alice"
+	l := newLineage()
+	a := tup("did|plc|alice/s", "viewer", "did|plc|bob")
+	out := l.recordChange(did, "c/r", []Tuple{a}, false, nil)
+	for _, u := range out {
+		if u.Tuple.ResourceType != TypeLineage {
+			t.Fatalf("withdrawn repo wrote data: %v", u)
+		}
+	}
+	out = l.recordChange(did, "c/r", nil, false, nil)
+	for _, u := range out {
+		if u.Tuple.ResourceType != TypeLineage {
+			t.Fatalf("withdrawn repo wrote data: %v", u)
+		}
+	}
+}
