@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/spaces-authz/spaces-authz/internal/backoff"
+	"github.com/spaces-authz/spaces-authz/internal/crashpoint"
 )
 
 // Handler receives the stream. HandleEvent is called for the events of one
@@ -297,6 +298,7 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 	defer conn.Close()
 	c.setConnected(true, nil)
 	c.log.Info("stream connected", "url", redact(u), "cursor", cursor)
+	crashpoint.Hit(crashpoint.Reconnect)
 
 	sctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup

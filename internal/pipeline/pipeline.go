@@ -1,0 +1,323 @@
+// Package pipeline wires the consumer's packages into the running daemon:
+// SpiceDB client and lease, the projector engine, the firehose client and
+// (optionally) the fan-out, under one errgroup. cmd/consumer and the
+// in-process tests use it; it holds no logic of its own beyond the order in
+// which things start and the restart after a refused relationship.
+package pipeline
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/spice"
+)
+
+// Config of a consumer.
+type Config struct {
+	// PDSURL is the PDS to follow (required).
+	PDSURL string
+	// Name of the projector in SpiceDB (default "default"): one per PDS.
+	Name string
+	// Holder is this process's lease ID (default random).
+	Holder string
+	// Rules (default: the embedded defaults).
+	Rules *projector.Rules
+	// SpiceDB connection (required).
+	SpiceDB spice.Config
+	// LeaseTimeout and Takeover: see spice.LeaseConfig.
+	LeaseTimeout time.Duration
+	Takeover     bool
+	// HeartbeatEvery (default 5s).
+	HeartbeatEvery time.Duration
+	// NoAutoRebuild: when SpiceDB turns out reset under a running consumer,
+	// exit with an error instead of rebuilding.
+	NoAutoRebuild bool
+	// Stream tuning (zero values take the firehose defaults).
+	Workers, QueueDepth, MaxFrameBytes, MaxInFlight int
+	// Engine tuning (zero values take the projector defaults).
+	BatchUpdates, CacheRepos, HeldPerRepo, ResyncConcurrency int
+	FlushEvery                                               time.Duration
+	// Publisher fans changes out (optional).
+	Publisher projector.Publisher
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+	// Registry for metrics (default a private registry).
+	Registry prometheus.Registerer
+	// OnFrame sees raw frames (captures); optional.
+	OnFrame func([]byte)
+}
+
+// DefaultName is the projector name when none is given.
+const DefaultName = "default"
+
+// NewHolderID returns a random lease holder ID.
+func NewHolderID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "c-" + hex.EncodeToString(b)
+}
+
+func (c *Config) defaults() error {
+	if c.PDSURL == "" {
+		return errors.New("pipeline: PDS URL is required")
+	}
+	if c.Name == "" {
+		c.Name = DefaultName
+	}
+	if !spice.ValidName(c.Name) {
+		return fmt.Errorf("pipeline: projector name %q: use letters, digits, _ and -", c.Name)
+	}
+	if c.Holder == "" {
+		c.Holder = NewHolderID()
+	}
+	if c.Rules == nil {
+		c.Rules = projector.DefaultRules()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	return c.SpiceDB.Validate()
+}
+
+// Consumer is a running (or starting) daemon; its accessors serve the HTTP
+// endpoints and `status`.
+type Consumer struct {
+	cfg      Config
+	log      *slog.Logger
+	client   *spice.Client
+	fhm      *firehose.Metrics
+	pm       *projector.Metrics
+	sm       *spice.Metrics
+	mu       sync.Mutex
+	engine   *projector.Engine
+	stream   *firehose.Client
+	tracker  *firehose.Tracker
+	writer   *spice.Writer
+	state    string
+	lastErr  error
+	fenced   bool
+	started  time.Time
+	restarts int
+}
+
+// New checks cfg and registers metrics.
+func New(cfg Config) (*Consumer, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	client, err := spice.Dial(cfg.SpiceDB)
+	if err != nil {
+		return nil, err
+	}
+	return &Consumer{cfg: cfg, log: cfg.Logger, client: client, fhm: firehose.NewMetrics(cfg.Registry),
+		pm: projector.NewMetrics(cfg.Registry), sm: spice.NewMetrics(cfg.Registry), state: "starting",
+		started: time.Now()}, nil
+}
+
+// Close releases the SpiceDB connection.
+func (c *Consumer) Close() error { return c.client.Close() }
+
+// SpiceDB is the consumer's SpiceDB client.
+func (c *Consumer) SpiceDB() *spice.Client { return c.client }
+
+// CheckSchema fails with spice.ErrSchema when SpiceDB's schema lacks the
+// projector's definitions.
+func (c *Consumer) CheckSchema(ctx context.Context) error {
+	s, err := c.client.ReadSchema(ctx)
+	if err != nil {
+		return err
+	}
+	for _, def := range []string{projector.TypeProjector, projector.TypeLineage, projector.TypeRepo, projector.TypeSpace} {
+		if !strings.Contains(s, "definition "+def+" ") {
+			return fmt.Errorf("%w: definition %q is missing", spice.ErrSchema, def)
+		}
+	}
+	return nil
+}
+
+func (c *Consumer) setState(s string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.state = s
+	if err != nil {
+		c.lastErr = err
+	}
+	if errors.Is(err, spice.ErrFenced) {
+		c.fenced = true
+	}
+}
+
+// Run follows the stream until ctx ends (nil) or a fatal error. It takes the
+// lease (waiting while another consumer holds it), and restarts the
+// pipeline from the stored cursor after SpiceDB refused a relationship.
+func (c *Consumer) Run(ctx context.Context) error {
+	if err := c.CheckSchema(ctx); err != nil {
+		c.setState("failed", err)
+		return err
+	}
+	c.setState("waiting for lease", nil)
+	lease, err := spice.AcquireLease(ctx, spice.LeaseConfig{Client: c.client, Name: c.cfg.Name, Holder: c.cfg.Holder,
+		Timeout: c.cfg.LeaseTimeout, Takeover: c.cfg.Takeover, Wait: true, Logger: c.log, Metrics: c.sm})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.setState("failed", err)
+		return err
+	}
+	poison := projector.NewPoison()
+	for {
+		err := c.runOnce(ctx, lease, poison)
+		switch {
+		case errors.Is(err, projector.ErrRestart):
+			c.pm.Restarted()
+			c.mu.Lock()
+			c.restarts++
+			c.mu.Unlock()
+			c.log.Warn("restarting the pipeline from the stored cursor", "poisoned", poison.Len())
+			lease, err = c.client.ReadProjector(ctx, c.cfg.Name)
+			if err != nil {
+				return err
+			}
+			if lease.Holder != c.cfg.Holder {
+				return fmt.Errorf("%w (holder now %q)", spice.ErrFenced, lease.Holder)
+			}
+			continue
+		case err == nil || ctx.Err() != nil:
+			c.setState("stopped", nil)
+			c.release()
+			return nil
+		default:
+			c.setState("failed", err)
+			if errors.Is(err, spice.ErrFenced) {
+				c.sm.SetLeaseState(spice.LeaseFenced)
+			}
+			return err
+		}
+	}
+}
+
+func (c *Consumer) release() {
+	c.mu.Lock()
+	w := c.writer
+	c.mu.Unlock()
+	if w == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.Release(ctx); err != nil {
+		c.log.Warn("could not release the lease; the next consumer waits for it to go stale", "err", err)
+	}
+}
+
+func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, poison *projector.Poison) error {
+	cursor := lease.Cursor
+	if cursor == spice.NoSeq {
+		// First run: replay everything the PDS still has. (A rebuild from
+		// repo snapshots covers what it no longer has.)
+		cursor = 0
+	}
+	tracker := firehose.NewTracker(cursor, c.cfg.MaxInFlight)
+	writer := spice.NewWriter(spice.WriterConfig{Client: c.client, Name: c.cfg.Name, Holder: c.cfg.Holder, Lease: lease,
+		HeartbeatEvery: c.cfg.HeartbeatEvery, Logger: c.log, Metrics: c.sm})
+	sync, err := firehose.NewSyncClient(firehose.SyncConfig{URL: c.cfg.PDSURL, Metrics: c.fhm})
+	if err != nil {
+		return err
+	}
+	engine, err := projector.New(projector.Config{Rules: c.cfg.Rules, Store: spice.NewStore(c.client), Writer: writer,
+		Fetcher: sync, Tracker: tracker, Publisher: c.cfg.Publisher, Poison: poison, RewindSeq: lease.Rewind,
+		BatchUpdates: c.cfg.BatchUpdates, CacheRepos: c.cfg.CacheRepos, HeldPerRepo: c.cfg.HeldPerRepo,
+		ResyncConcurrency: c.cfg.ResyncConcurrency, FlushEvery: c.cfg.FlushEvery, Logger: c.log, Metrics: c.pm})
+	if err != nil {
+		return err
+	}
+	if err := engine.Load(ctx); err != nil {
+		return err
+	}
+	filter := c.cfg.Rules.MatchPath
+	if c.cfg.Rules.PublishAllCollections && c.cfg.Publisher != nil {
+		filter = nil
+	}
+	stream, err := firehose.New(firehose.Config{URL: c.cfg.PDSURL, Tracker: tracker, Handler: engine, Filter: filter,
+		Workers: c.cfg.Workers, QueueDepth: c.cfg.QueueDepth, MaxFrameBytes: c.cfg.MaxFrameBytes, Logger: c.log,
+		Metrics: c.fhm, OnFrame: c.cfg.OnFrame})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.engine, c.stream, c.tracker, c.writer = engine, stream, tracker, writer
+	c.mu.Unlock()
+	c.setState("running", nil)
+	c.log.Info("consumer running", "projector", c.cfg.Name, "holder", c.cfg.Holder, "cursor", cursor,
+		"pds", c.cfg.PDSURL)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return engine.Run(gctx) })
+	g.Go(func() error { return stream.Run(gctx) })
+	return g.Wait()
+}
+
+// Snapshot is the consumer's state for status and health endpoints.
+type Snapshot struct {
+	State     string
+	LastError string
+	Fenced    bool
+	Connected bool
+	Watermark int64
+	Highest   int64
+	InFlight  int
+	Cursor    int64
+	Engine    projector.Status
+	Holder    string
+	Name      string
+	Restarts  int
+	Started   time.Time
+}
+
+// Snapshot reports the consumer's state.
+func (c *Consumer) Snapshot() Snapshot {
+	c.mu.Lock()
+	s := Snapshot{State: c.state, Fenced: c.fenced, Holder: c.cfg.Holder, Name: c.cfg.Name, Restarts: c.restarts,
+		Started: c.started, Watermark: firehose.NoCursor, Highest: firehose.NoCursor, Cursor: spice.NoSeq}
+	if c.lastErr != nil {
+		s.LastError = c.lastErr.Error()
+	}
+	engine, stream, tracker, writer := c.engine, c.stream, c.tracker, c.writer
+	c.mu.Unlock()
+	if tracker != nil {
+		s.Watermark, s.Highest, s.InFlight = tracker.Watermark(), tracker.Highest(), tracker.InFlight()
+	}
+	if stream != nil {
+		s.Connected, _ = stream.Connected()
+	}
+	if writer != nil {
+		s.Cursor = writer.Cursor()
+	}
+	if engine != nil {
+		s.Engine = engine.Status()
+	}
+	return s
+}
+
+// Engine is the current engine (nil before the first start).
+func (c *Consumer) Engine() *projector.Engine {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.engine
+}

@@ -1,0 +1,296 @@
+// Package testenv assembles the rig for projection tests: a fake PDS, a
+// real SpiceDB (serve-testing, one isolated datastore per test through its
+// token), the schema, in-process consumers, and an oracle that computes the
+// expected relationships straight from the fake PDS's current records.
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+
+	"github.com/spaces-authz/spaces-authz/deploy"
+	"github.com/spaces-authz/spaces-authz/internal/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/spice"
+)
+
+// Env is one test's world.
+type Env struct {
+	T      testing.TB
+	PDS    *fakepds.Server
+	SDB    *spicedbtest.Server
+	Token  string
+	Client *spice.Client
+	Rules  *projector.Rules
+	// inactive and deleted accounts, as the oracle needs them
+	status map[string]string
+}
+
+// New builds an Env with the shipped schema applied.
+func New(t testing.TB) *Env {
+	return NewWithSchema(t, deploy.Schema)
+}
+
+// NewWithSchema builds an Env with a given schema (to make SpiceDB refuse
+// something the rules allow).
+func NewWithSchema(t testing.TB, schema string) *Env {
+	t.Helper()
+	e := &Env{T: t, PDS: fakepds.New(t), SDB: spicedbtest.Shared(t), Token: spicedbtest.RandomToken(),
+		Rules: projector.DefaultRules(), status: map[string]string{}}
+	c, err := spice.Dial(e.SpiceConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	e.Client = c
+	if err := c.WriteSchema(context.Background(), schema); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// SpiceConfig reaches this test's datastore.
+func (e *Env) SpiceConfig() spice.Config {
+	return spice.Config{Endpoint: e.SDB.Addr, Token: e.Token, Insecure: true}
+}
+
+// Logger for consumers: quiet unless CONSUMER_TEST_LOG is set.
+func Logger() *slog.Logger {
+	if os.Getenv("CONSUMER_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// Running is an in-process consumer.
+type Running struct {
+	*pipeline.Consumer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// Stop cancels the consumer and returns what Run returned.
+func (r *Running) Stop() error {
+	r.cancel()
+	select {
+	case err := <-r.done:
+		r.done <- err
+		return err
+	case <-time.After(20 * time.Second):
+		return errors.New("consumer did not stop")
+	}
+}
+
+// Done is closed... returns Run's result once it has returned.
+func (r *Running) Done() <-chan error { return r.done }
+
+// Start runs a consumer against the env; mutate tunes its config.
+func (e *Env) Start(mutate ...func(*pipeline.Config)) *Running {
+	e.T.Helper()
+	cfg := pipeline.Config{PDSURL: e.PDS.URL(), SpiceDB: e.SpiceConfig(), Logger: Logger(), FlushEvery: 50 * time.Millisecond,
+		HeartbeatEvery: time.Second, LeaseTimeout: 3 * time.Second, Rules: e.Rules}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	c, err := pipeline.New(cfg)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Running{Consumer: c, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- c.Run(ctx) }()
+	e.T.Cleanup(func() {
+		_ = r.Stop()
+		_ = c.Close()
+	})
+	return r
+}
+
+// WaitCaughtUp waits until r has applied every event up to the PDS's head.
+func (e *Env) WaitCaughtUp(r *Running) {
+	e.T.Helper()
+	head := e.PDS.Head()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s := r.Snapshot()
+		if s.Watermark >= head {
+			return
+		}
+		select {
+		case err := <-r.done:
+			r.done <- err
+			e.T.Fatalf("consumer stopped before catching up (watermark %d, head %d): %v", s.Watermark, head, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			e.T.Fatalf("consumer did not catch up: watermark %d, head %d, state %s, last error %s",
+				s.Watermark, head, s.State, s.LastError)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Relationships reads every relationship of the given resource types as
+// sorted strings.
+func (e *Env) Relationships(types ...string) []string {
+	e.T.Helper()
+	var out []string
+	for _, typ := range types {
+		err := e.Client.Read(context.Background(), &v1.RelationshipFilter{ResourceType: typ}, "", func(t projector.Tuple) error {
+			out = append(out, t.String())
+			return nil
+		})
+		if err != nil {
+			e.T.Fatal(err)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Data reads the space and group relationships.
+func (e *Env) Data() []string { return e.Relationships(projector.TypeSpace, projector.TypeGroup) }
+
+// Lineage reads the lineage relationships.
+func (e *Env) Lineage() []string { return e.Relationships(projector.TypeLineage) }
+
+// SetStatus tells the oracle an account's status ("" active, "deleted",
+// or a withdrawn status) and emits the #account event.
+func (e *Env) SetStatus(did, status string) {
+	e.T.Helper()
+	e.status[did] = status
+	if _, err := e.PDS.Account(did, status == "", status); err != nil {
+		e.T.Fatal(err)
+	}
+}
+
+// Expected computes, from the fake PDS's current records and the oracle's
+// account statuses, the data and lineage relationships SpiceDB must hold.
+func (e *Env) Expected() (data, lineage []string) {
+	dataSet := map[string]bool{}
+	for _, did := range e.PDS.DIDs() {
+		st := e.status[did]
+		if st == "deleted" {
+			continue
+		}
+		for path, rec := range e.PDS.Repo(did).Records() {
+			coll, rkey, _ := strings.Cut(path, "/")
+			tuples, err := e.Rules.Project(did, coll, rkey, rec)
+			if err != nil {
+				continue
+			}
+			for _, t := range tuples {
+				if st == "" {
+					dataSet[t.String()] = true
+				}
+				lineage = append(lineage, projector.LineageTuple(t, projector.RecordID(did, coll, rkey)).String())
+			}
+		}
+	}
+	for s := range dataSet {
+		data = append(data, s)
+	}
+	sort.Strings(data)
+	sort.Strings(lineage)
+	return data, lineage
+}
+
+// AssertMatchesOracle compares SpiceDB's data and lineage with Expected.
+func (e *Env) AssertMatchesOracle() {
+	e.T.Helper()
+	wantData, wantLin := e.Expected()
+	if d := Diff(e.Data(), wantData); d != "" {
+		e.T.Fatalf("data relationships differ from the oracle:\n%s", d)
+	}
+	if d := Diff(e.Lineage(), wantLin); d != "" {
+		e.T.Fatalf("lineage differs from the oracle:\n%s", d)
+	}
+}
+
+// Diff lists what is missing from got and what is extra in it.
+func Diff(got, want []string) string {
+	g, w := map[string]bool{}, map[string]bool{}
+	for _, s := range got {
+		g[s] = true
+	}
+	for _, s := range want {
+		w[s] = true
+	}
+	var b strings.Builder
+	for _, s := range want {
+		if !g[s] {
+			fmt.Fprintf(&b, "  missing %s\n", s)
+		}
+	}
+	for _, s := range got {
+		if !w[s] {
+			fmt.Fprintf(&b, "  extra   %s\n", s)
+		}
+	}
+	return b.String()
+}
+
+// Check asks SpiceDB (fully consistent) whether subject has permission on
+// resource. Subjects are acct DIDs.
+func (e *Env) Check(permission, resourceType, resourceID, subjectDID string) bool {
+	e.T.Helper()
+	resp, err := e.Client.API().CheckPermission(context.Background(), &v1.CheckPermissionRequest{
+		Consistency: spice.Consistency(""),
+		Resource:    &v1.ObjectReference{ObjectType: resourceType, ObjectId: resourceID},
+		Permission:  permission,
+		Subject:     &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: projector.TypeAcct, ObjectId: projector.EncodeDID(subjectDID)}},
+	})
+	if err != nil {
+		e.T.Fatalf("check %s on %s:%s for %s: %v", permission, resourceType, resourceID, subjectDID, err)
+	}
+	return resp.GetPermissionship() == v1.CheckPermissionResponse_PERMISSIONSHIP_HAS_PERMISSION
+}
+
+// Records helpers -------------------------------------------------------
+
+// Space is a space record write.
+func Space(action, key string, bubble bool) fakepds.Write {
+	return fakepds.Write{Action: action, Collection: "com.atproto.space.space", RKey: key,
+		Value: map[string]any{"$type": "com.atproto.space.space", "displayName": key, "bubble": bubble}}
+}
+
+// Group is a group record write.
+func Group(action, key string) fakepds.Write {
+	return fakepds.Write{Action: action, Collection: "com.atproto.space.group", RKey: key,
+		Value: map[string]any{"$type": "com.atproto.space.group", "displayName": key}}
+}
+
+// Relation is a relation record write.
+func Relation(action, rkey, resType, res, perm, subType, sub, subRel string) fakepds.Write {
+	v := map[string]any{"$type": "com.atproto.space.relation", "resourceType": resType, "resource": res,
+		"permission": perm, "subjectType": subType, "subject": sub}
+	if subRel != "" {
+		v["subjectRelation"] = subRel
+	}
+	return fakepds.Write{Action: action, Collection: "com.atproto.space.relation", RKey: rkey, Value: v}
+}
+
+// Delete is a delete of any record.
+func Delete(collection, rkey string) fakepds.Write {
+	return fakepds.Write{Action: "delete", Collection: collection, RKey: rkey}
+}
+
+// Must fails the test on err.
+func Must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}

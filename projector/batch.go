@@ -1,0 +1,77 @@
+package projector
+
+// unit is a group of updates that must commit together: one record's data
+// tuples with their lineage, or an event's bookkeeping.
+type unit []Update
+
+// batch is the content of one WriteRelationships call: updates collapsed to
+// their final state (one op per relationship, the last decided wins), the
+// events it completes, and what it applied for the read-your-writes index.
+type batch struct {
+	id    uint64
+	limit int
+	ups   map[Tuple]Op
+	order []Tuple
+	// seqs are the events fully applied once this batch commits.
+	seqs []int64
+	// revs are the repo revs applied once this batch commits.
+	revs map[string]string
+	// changes are the record changes this batch applies, for fan-out.
+	changes []Change
+	// events counts the events whose work is in this batch (metrics).
+	events int
+	// newestTime is the newest event time applied by this batch (lag).
+	newestTime string
+}
+
+func newBatch(id uint64, limit int) *batch {
+	return &batch{id: id, limit: limit, ups: make(map[Tuple]Op)}
+}
+
+func (b *batch) size() int { return len(b.ups) }
+
+func (b *batch) empty() bool {
+	return len(b.ups) == 0 && len(b.seqs) == 0 && len(b.revs) == 0 && len(b.changes) == 0
+}
+
+func (b *batch) addUnit(u unit) {
+	for _, up := range u {
+		if _, seen := b.ups[up.Tuple]; !seen {
+			b.order = append(b.order, up.Tuple)
+		}
+		b.ups[up.Tuple] = up.Op
+	}
+}
+
+// fits reports whether n more updates surely fit (collapsing can only
+// shrink them).
+func (b *batch) fits(n int) bool { return len(b.ups)+n <= b.limit }
+
+// updates lists the collapsed updates in first-decided order.
+func (b *batch) updates() []Update {
+	out := make([]Update, 0, len(b.order))
+	for _, t := range b.order {
+		out = append(out, Update{Op: b.ups[t], Tuple: t})
+	}
+	return out
+}
+
+func (b *batch) noteRev(did, rev string) {
+	if rev == "" {
+		return
+	}
+	if b.revs == nil {
+		b.revs = map[string]string{}
+	}
+	if rev > b.revs[did] {
+		b.revs[did] = rev
+	}
+}
+
+func unitsLen(us []unit) int {
+	n := 0
+	for _, u := range us {
+		n += len(u)
+	}
+	return n
+}

@@ -1,0 +1,292 @@
+package projector
+
+import (
+	"errors"
+
+	"github.com/bluesky-social/indigo/atproto/syntax"
+
+	"github.com/spaces-authz/spaces-authz/firehose"
+)
+
+// Account statuses as stored. Active is stored as "active" (with its seq)
+// and kept as "" in memory.
+const (
+	statusActive  = "active"
+	statusDeleted = "deleted"
+)
+
+// normalizeStatus maps an #account event to "" (active), "deleted", or a
+// withdrawn status from a closed set (it becomes part of an object ID).
+func normalizeStatus(active bool, status string) string {
+	if active {
+		return ""
+	}
+	switch status {
+	case "deleted", "deactivated", "takendown", "suspended", "desynchronized", "throttled":
+		return status
+	}
+	return "inactive"
+}
+
+// decide takes the decision for one event, in per-DID stream order.
+func (a *applier) decide(ev *firehose.Event) error {
+	e := a.e
+	d := e.state(ev.DID)
+	if d.resync != nil {
+		a.hold(d, ev)
+		return nil
+	}
+	if ev.Kind != firehose.KindIdentity && ev.Seq <= e.cfg.RewindSeq && !e.rewound[ev.DID] {
+		e.rewound[ev.DID] = true
+		a.startResync(d, ev, TriggerRewind)
+		return nil
+	}
+	switch ev.Kind {
+	case firehose.KindCommit:
+		return a.decideCommit(d, ev)
+	case firehose.KindSync:
+		return a.decideSync(d, ev)
+	case firehose.KindAccount:
+		return a.decideAccount(d, ev)
+	default:
+		a.settle(ev, nil)
+	}
+	return nil
+}
+
+// hold keeps a live event of a repo being resynced; past the bound, it is
+// dropped and one more resync is queued to cover it.
+func (a *applier) hold(d *didState, ev *firehose.Event) {
+	job := d.resync
+	if len(job.held) < a.e.cfg.HeldPerRepo {
+		job.held = append(job.held, ev)
+		return
+	}
+	job.covered = append(job.covered, ev.Seq)
+	if !job.again {
+		a.e.log.Warn("too many events held during a resync; dropping them and resyncing again", "did", d.did,
+			"held", len(job.held))
+	}
+	job.again = true
+}
+
+func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
+	e := a.e
+	if _, err := syntax.ParseTID(ev.Rev); err != nil {
+		e.log.Warn("commit with an invalid rev skipped", "did", d.did, "seq", ev.Seq, "rev", clip(ev.Rev))
+		a.settle(ev, nil)
+		return nil
+	}
+	changes := a.changes(d, ev)
+	if d.status == statusDeleted {
+		e.log.Warn("commit for a deleted repo ignored", "did", d.did, "seq", ev.Seq)
+		a.settle(ev, changes)
+		return nil
+	}
+	if d.rev != "" && ev.Rev <= d.rev {
+		e.cfg.Metrics.duplicate()
+		for i := range changes {
+			changes[i].Duplicate = true
+		}
+		a.settle(ev, changes)
+		return nil
+	}
+	if ev.TooBig || (d.rev != "" && ev.Since != d.rev) {
+		e.log.Info("gap in a repo's revs; resyncing it", "did", d.did, "seq", ev.Seq, "since", ev.Since,
+			"applied_rev", d.rev, "too_big", ev.TooBig)
+		a.startResync(d, ev, TriggerGap)
+		return nil
+	}
+	l, err := e.lineageOf(a.ctx, d)
+	if err != nil {
+		return err
+	}
+	var units []unit
+	for i := range changes {
+		c := &changes[i]
+		if !c.Projected {
+			continue
+		}
+		want := c.Produces
+		if c.Rejected != "" {
+			want = nil
+		}
+		units = append(units, l.recordChange(d.did, c.Collection+"/"+c.RKey, want, d.active(), nil))
+	}
+	units = append(units, a.setRev(d, l, ev.Rev))
+	a.commitUnits(d, ev, units, changes, ev.Rev)
+	return nil
+}
+
+// changes turns a commit's ops into Changes: the pure projection of each
+// record under the rules, with rejections logged and counted.
+func (a *applier) changes(d *didState, ev *firehose.Event) []Change {
+	e := a.e
+	out := make([]Change, 0, len(ev.Ops))
+	for i, op := range ev.Ops {
+		c := Change{Seq: ev.Seq, OpIndex: i, DID: ev.DID, Rev: ev.Rev, Time: ev.Time, Collection: op.Collection,
+			RKey: op.RKey, Action: string(op.Action), Projected: e.cfg.Rules.Projects(op.Collection)}
+		if op.Action != firehose.ActionDelete {
+			c.CID = op.CID.String()
+			c.Record = op.Record
+		}
+		switch {
+		case op.Action == firehose.ActionDelete:
+		case op.Err != nil:
+			c.Rejected, c.RejectDetail = Reason(op.Err.Reason), op.Err.Detail
+		case c.Projected:
+			c.Produces, c.Rejected, c.RejectDetail = a.project(d.did, op.Collection, op.RKey, op.Record)
+		}
+		if c.Rejected != "" && c.Projected {
+			e.cfg.Metrics.reject(c.Rejected)
+			e.log.Warn("record rejected", "uri", "at://"+ev.DID+"/"+op.Collection+"/"+op.RKey, "reason", string(c.Rejected),
+				"detail", clip(c.RejectDetail), "seq", ev.Seq)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// project applies the rules and the poison set to one record.
+func (a *applier) project(did, collection, rkey string, value map[string]any) ([]Tuple, Reason, string) {
+	tuples, err := a.e.cfg.Rules.Project(did, collection, rkey, value)
+	if err != nil {
+		var rj *Rejection
+		if errors.As(err, &rj) {
+			return nil, rj.Reason, rj.Detail
+		}
+		return nil, ReasonMalformed, err.Error()
+	}
+	if a.e.cfg.Poison.Len() > 0 {
+		rid := RecordID(did, collection, rkey)
+		for _, t := range tuples {
+			if a.e.cfg.Poison.Has(t) || a.e.cfg.Poison.Has(LineageTuple(t, rid)) {
+				return nil, ReasonSpiceDBRefused, "SpiceDB refused " + t.String()
+			}
+		}
+	}
+	return tuples, "", ""
+}
+
+// setRev moves the repo's stored rev, when the repo has (or now gets)
+// bookkeeping; repos that produce nothing stay out of SpiceDB.
+func (a *applier) setRev(d *didState, l *lineage, rev string) unit {
+	var u unit
+	if d.known || l.size() > 0 {
+		if d.rev != "" && d.rev != rev {
+			u = append(u, Update{Op: OpDelete, Tuple: RevTuple(d.did, d.rev)})
+		}
+		u = append(u, Update{Op: OpTouch, Tuple: RevTuple(d.did, rev)})
+		a.e.markKnown(d)
+	}
+	d.rev = rev
+	return u
+}
+
+// commitUnits places an event's units and completes the event with the
+// batch holding the last of them.
+func (a *applier) commitUnits(d *didState, ev *firehose.Event, units []unit, changes []Change, rev string) {
+	if unitsLen(units) == 0 {
+		if rev != "" && d.known {
+			a.pending.noteRev(d.did, rev)
+		}
+		a.settle(ev, changes)
+		return
+	}
+	b := a.place(units, d)
+	b.seqs = append(b.seqs, ev.Seq)
+	b.events++
+	b.changes = append(b.changes, changes...)
+	b.noteRev(d.did, rev)
+	if ev.Time > b.newestTime {
+		b.newestTime = ev.Time
+	}
+	a.e.cfg.Metrics.eventApplied(ev.Kind.String())
+}
+
+func (a *applier) decideSync(d *didState, ev *firehose.Event) error {
+	if d.status == statusDeleted {
+		a.settle(ev, nil)
+		return nil
+	}
+	if d.rev != "" && ev.Rev <= d.rev {
+		a.e.cfg.Metrics.duplicate()
+		a.settle(ev, nil)
+		return nil
+	}
+	if !d.known && ev.SyncData.Defined() && ev.SyncData.Equals(a.e.emptyTree) {
+		a.settle(ev, nil) // an empty repo (a new account): nothing to project
+		return nil
+	}
+	a.startResync(d, ev, TriggerSync)
+	return nil
+}
+
+func (a *applier) decideAccount(d *didState, ev *firehose.Event) error {
+	e := a.e
+	if d.known && ev.Seq <= d.statusSeq {
+		e.cfg.Metrics.duplicate()
+		a.settle(ev, nil)
+		return nil
+	}
+	next := normalizeStatus(ev.Active, ev.Status)
+	if next == d.status {
+		a.settle(ev, nil)
+		return nil
+	}
+	l, err := e.lineageOf(a.ctx, d)
+	if err != nil {
+		return err
+	}
+	prev := d.status
+	var units []unit
+	switch {
+	case next == "":
+		// Back to active: a resync restores the data (and catches up
+		// anything missed while the repo was away).
+		units = append(units, a.setStatus(d, statusActive, ev.Seq))
+		d.status = ""
+		e.log.Info("repo active again; resyncing to restore it", "did", d.did, "was", prev, "seq", ev.Seq)
+		b := a.place(units, d)
+		b.noteRev(d.did, d.rev)
+		a.startResync(d, ev, TriggerActivate)
+		return nil
+	case next == statusDeleted:
+		// Everything the repo produced goes: data and lineage.
+		for path := range l.byRecord {
+			units = append(units, l.recordChange(d.did, path, nil, prev == "", nil))
+		}
+		if d.rev != "" {
+			units = append(units, unit{{Op: OpDelete, Tuple: RevTuple(d.did, d.rev)}})
+			d.rev = ""
+		}
+		e.log.Info("repo deleted; removing everything it produced", "did", d.did, "seq", ev.Seq)
+	case prev == "":
+		// Withdraw: data tuples go, lineage stays.
+		for t := range l.producers {
+			units = append(units, unit{{Op: OpDelete, Tuple: t}})
+		}
+		e.log.Info("repo not active; withdrawing its relationships", "did", d.did, "status", next, "seq", ev.Seq)
+	}
+	units = append(units, a.setStatus(d, next, ev.Seq))
+	d.status = next
+	a.commitUnits(d, ev, units, nil, "")
+	return nil
+}
+
+// setStatus rewrites the repo's status tuple.
+func (a *applier) setStatus(d *didState, status string, seq int64) unit {
+	var u unit
+	if d.known && d.statusSeq > 0 {
+		old := d.status
+		if old == "" {
+			old = statusActive
+		}
+		u = append(u, Update{Op: OpDelete, Tuple: StatusTuple(d.did, old, d.statusSeq)})
+	}
+	u = append(u, Update{Op: OpTouch, Tuple: StatusTuple(d.did, status, seq)})
+	d.statusSeq = seq
+	a.e.markKnown(d)
+	return u
+}
+

@@ -1,0 +1,414 @@
+package projector
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bluesky-social/indigo/atproto/repo/mst"
+	"github.com/ipfs/go-cid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/backoff"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultBatchUpdates      = 996 // SpiceDB's 1,000 minus the writer's reserve
+	DefaultCacheRepos        = 10000
+	DefaultHeldPerRepo       = 1000
+	DefaultResyncConcurrency = 4
+	DefaultFlushEvery        = time.Second
+	DefaultResyncAttempts    = 6
+	inputDepth               = 256
+)
+
+// ErrRestart is returned by Run after SpiceDB refused a relationship: the
+// refused tuples are now in Config.Poison, nothing of the refused batch was
+// applied, and the caller restarts the pipeline from the stored cursor so
+// the records producing them are rejected.
+var ErrRestart = errors.New("projector: restart from the stored cursor to reject a refused record")
+
+// Config of an Engine.
+type Config struct {
+	// Rules (required) decide what records produce.
+	Rules *Rules
+	// Store (required) reads state back from SpiceDB.
+	Store Store
+	// Writer (required) commits batches.
+	Writer Writer
+	// Fetcher (required) reads repos for resyncs.
+	Fetcher Fetcher
+	// Tracker (required) is the stream's watermark; the engine marks events
+	// done when they are fully applied.
+	Tracker *firehose.Tracker
+	// Publisher (optional) fans applied changes out; the engine marks an
+	// event done only once its messages are acknowledged.
+	Publisher Publisher
+	// Poison holds relationships SpiceDB refused; records producing them are
+	// rejected. Shared across restarts of the pipeline (may be nil).
+	Poison *Poison
+	// RewindSeq: each repo's first event at or below it triggers a resync
+	// (the rewind marker; firehose.NoCursor when none).
+	RewindSeq int64
+	// BatchUpdates bounds the updates of one write (default 996).
+	BatchUpdates int
+	// CacheRepos bounds the repos whose lineage is kept in memory.
+	CacheRepos int
+	// HeldPerRepo bounds the live events held while a repo resyncs.
+	HeldPerRepo int
+	// ResyncConcurrency bounds concurrent getRepo calls (default 4).
+	ResyncConcurrency int
+	// ResyncAttempts before a resync is given up (default 6).
+	ResyncAttempts int
+	// FlushEvery: when idle, the cursor and heartbeat are written this
+	// often (default 1s).
+	FlushEvery time.Duration
+	Logger     *slog.Logger
+	Metrics    *Metrics
+}
+
+// Validate names the first missing field.
+func (c *Config) Validate() error {
+	switch {
+	case c.Rules == nil:
+		return errors.New("projector: config: Rules is required")
+	case c.Store == nil:
+		return errors.New("projector: config: Store is required")
+	case c.Writer == nil:
+		return errors.New("projector: config: Writer is required")
+	case c.Fetcher == nil:
+		return errors.New("projector: config: Fetcher is required")
+	case c.Tracker == nil:
+		return errors.New("projector: config: Tracker is required")
+	}
+	return nil
+}
+
+// Engine turns stream events into SpiceDB writes (DESIGN §3–§4). It is the
+// firehose.Handler: HandleEvent runs on the stream's per-DID lanes and only
+// prefetches state; every decision is taken on one goroutine (the applier)
+// in per-DID stream order, on an in-memory overlay that includes decisions
+// not yet committed. A second goroutine writes batches in order.
+type Engine struct {
+	cfg Config
+	log *slog.Logger
+
+	in      chan *firehose.Event
+	resyncs chan *resyncResult
+	// rebuild receives requests to resync every repo (OutdatedCursor, a
+	// first run, reset detection).
+	rebuild chan rebuildRequest
+
+	mu     sync.Mutex // guards states and the lineage pointers in them
+	states map[string]*didState
+	lru    *list.List // of *didState with loaded lineage, most recent first
+
+	rewound map[string]bool // repos resynced since the rewind (applier only)
+
+	batchSeq  uint64 // applier only
+	committed atomic.Uint64
+	token     atomic.Pointer[string]
+	applied   *appliedIndex
+	wg        sync.WaitGroup
+
+	emptyTree cid.Cid
+	status    engineStatus
+	fetchSem  chan struct{}
+}
+
+// Publisher fans applied changes out (NATS). Publish must not return before
+// the messages are durably accepted, or must call done later; the engine
+// treats an event as applied only after done.
+type Publisher interface {
+	Publish(ctx context.Context, changes []Change, token string, done func()) error
+}
+
+// New checks cfg and builds an engine.
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.BatchUpdates <= 0 {
+		cfg.BatchUpdates = DefaultBatchUpdates
+	}
+	if cfg.CacheRepos <= 0 {
+		cfg.CacheRepos = DefaultCacheRepos
+	}
+	if cfg.HeldPerRepo <= 0 {
+		cfg.HeldPerRepo = DefaultHeldPerRepo
+	}
+	if cfg.ResyncConcurrency <= 0 {
+		cfg.ResyncConcurrency = DefaultResyncConcurrency
+	}
+	if cfg.ResyncAttempts <= 0 {
+		cfg.ResyncAttempts = DefaultResyncAttempts
+	}
+	if cfg.FlushEvery <= 0 {
+		cfg.FlushEvery = DefaultFlushEvery
+	}
+	if cfg.Poison == nil {
+		cfg.Poison = NewPoison()
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	empty := mst.NewEmptyTree()
+	root, err := empty.RootCID()
+	if err != nil {
+		return nil, fmt.Errorf("projector: empty tree CID: %w", err)
+	}
+	e := &Engine{cfg: cfg, log: log.With("component", "projector"), in: make(chan *firehose.Event, inputDepth),
+		resyncs: make(chan *resyncResult, cfg.ResyncConcurrency), rebuild: make(chan rebuildRequest, 1),
+		states: map[string]*didState{}, lru: list.New(), rewound: map[string]bool{}, applied: newAppliedIndex(),
+		emptyTree: *root, fetchSem: make(chan struct{}, cfg.ResyncConcurrency)}
+	empty0 := ""
+	e.token.Store(&empty0)
+	return e, nil
+}
+
+// Token is the ZedToken of the newest committed write ("" before one).
+func (e *Engine) Token() string { return *e.token.Load() }
+
+// Load fills the repo index from SpiceDB (every repo with stored
+// bookkeeping). Call it once before Run.
+func (e *Engine) Load(ctx context.Context) error {
+	repos, err := e.cfg.Store.LoadRepos(ctx, "")
+	if err != nil {
+		return fmt.Errorf("projector: load repo index: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, r := range repos {
+		st := r.Status
+		if st == "active" {
+			st = ""
+		}
+		e.states[r.DID] = &didState{did: r.DID, known: true, rev: r.Rev, status: st, statusSeq: r.StatusSeq}
+		e.applied.set(r.DID, r.Rev, "")
+	}
+	e.log.Info("repo index loaded", "repos", len(repos))
+	return nil
+}
+
+// didState is the applier's view of one repo. Fields other than lin, elem
+// and gen are touched only by the applier goroutine; those three are
+// guarded by Engine.mu because the lanes install loaded lineage.
+type didState struct {
+	did       string
+	known     bool // bookkeeping is stored (or decided) for this repo
+	rev       string
+	status    string // "" when active, else the account status
+	statusSeq int64
+	lin       *lineage // nil until loaded
+	elem      *list.Element
+	gen       uint64 // bumped when lin is evicted
+	lastBatch uint64
+	resync    *resyncJob
+}
+
+func (d *didState) active() bool { return d.status == "" }
+
+// HandleEvent is called on the stream's per-DID lanes. It settles events
+// that need no write (identity, commits of unknown repos with no projected
+// op) at once, prefetches the repo's lineage when a decision will need it,
+// and hands the event to the applier.
+func (e *Engine) HandleEvent(ctx context.Context, ev *firehose.Event) error {
+	e.mu.Lock()
+	d := e.states[ev.DID]
+	fast := false
+	if d == nil && e.cfg.Publisher == nil && ev.Seq > e.cfg.RewindSeq {
+		switch ev.Kind {
+		case firehose.KindIdentity:
+			fast = true
+		case firehose.KindCommit:
+			fast = len(ev.Ops) == 0
+		case firehose.KindAccount:
+			fast = ev.Active
+		case firehose.KindSync:
+			fast = ev.SyncData.Defined() && ev.SyncData.Equals(e.emptyTree)
+		}
+	}
+	needLineage := d != nil && d.known && d.lin == nil && e.needsLineage(ev)
+	e.mu.Unlock()
+	if fast {
+		e.cfg.Metrics.eventApplied(ev.Kind.String())
+		e.cfg.Tracker.Done(ev.Seq)
+		return nil
+	}
+	if needLineage {
+		if err := e.ensureLineage(ctx, ev.DID); err != nil {
+			return err
+		}
+	}
+	select {
+	case e.in <- ev:
+		return nil
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+func (e *Engine) needsLineage(ev *firehose.Event) bool {
+	switch ev.Kind {
+	case firehose.KindCommit:
+		return len(ev.Ops) > 0
+	case firehose.KindAccount:
+		return true
+	}
+	return false
+}
+
+// HandleInfo reacts to #info: OutdatedCursor means events were lost, so
+// every repo is resynced (a rebuild).
+func (e *Engine) HandleInfo(ctx context.Context, info firehose.Info) error {
+	if info.Name != firehose.InfoOutdatedCursor {
+		return nil
+	}
+	e.log.Warn("the PDS no longer has the events after our cursor: rebuilding the view from repo snapshots")
+	select {
+	case e.rebuild <- rebuildRequest{reason: "outdated cursor"}:
+	case <-ctx.Done():
+	default: // one is already queued
+	}
+	return nil
+}
+
+// ensureLineage loads a repo's lineage from SpiceDB into the cache. It is
+// safe to call from any goroutine: the read happens only while the repo has
+// nothing uncommitted (unloaded state can't be dirty), and the result is
+// installed only if the state was not evicted meanwhile.
+func (e *Engine) ensureLineage(ctx context.Context, did string) error {
+	bo := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+	for {
+		e.mu.Lock()
+		d := e.states[did]
+		if d == nil || d.lin != nil || !d.known {
+			e.mu.Unlock()
+			return nil
+		}
+		gen := d.gen
+		e.mu.Unlock()
+		entries, err := e.cfg.Store.LoadLineage(ctx, did, e.Token())
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			e.log.Warn("loading lineage failed; retrying", "did", did, "err", err)
+			if err := bo.Wait(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		e.mu.Lock()
+		if d.lin == nil && d.gen == gen {
+			l := newLineage()
+			for _, en := range entries {
+				l.add(en.Tuple, en.Path)
+			}
+			d.lin = l
+			d.elem = e.lru.PushFront(d)
+			e.cfg.Metrics.setCached(e.lru.Len())
+		}
+		loaded := d.lin != nil
+		e.mu.Unlock()
+		if loaded {
+			return nil
+		}
+	}
+}
+
+// state returns the applier's state for did, creating an empty one for a
+// repo with nothing stored.
+func (e *Engine) state(did string) *didState {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	d := e.states[did]
+	if d == nil {
+		d = &didState{did: did, lin: newLineage()}
+		d.elem = e.lru.PushFront(d)
+		e.states[did] = d
+		e.cfg.Metrics.setCached(e.lru.Len())
+	}
+	return d
+}
+
+// markKnown records that a repo now has bookkeeping in SpiceDB (the lanes
+// read this flag).
+func (e *Engine) markKnown(d *didState) {
+	if d.known {
+		return
+	}
+	e.mu.Lock()
+	d.known = true
+	e.mu.Unlock()
+}
+
+// lineageOf returns d's lineage, loading it synchronously in the rare case
+// the lanes did not prefetch it.
+func (e *Engine) lineageOf(ctx context.Context, d *didState) (*lineage, error) {
+	e.mu.Lock()
+	l := d.lin
+	if l != nil && d.elem != nil {
+		e.lru.MoveToFront(d.elem)
+	}
+	e.mu.Unlock()
+	if l != nil {
+		return l, nil
+	}
+	if err := e.ensureLineage(ctx, d.did); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if d.lin == nil {
+		return nil, fmt.Errorf("projector: lineage of %s did not load", d.did)
+	}
+	return d.lin, nil
+}
+
+// evict drops cached lineage of clean repos beyond CacheRepos, least
+// recently used first. Repos with uncommitted decisions or a resync in
+// flight stay.
+func (e *Engine) evict() {
+	committed := e.committed.Load()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for el := e.lru.Back(); el != nil && e.lru.Len() > e.cfg.CacheRepos; {
+		d := el.Value.(*didState)
+		prev := el.Prev()
+		if d.lastBatch <= committed && d.resync == nil {
+			e.lru.Remove(el)
+			d.elem, d.lin = nil, nil
+			d.gen++
+			if !d.known {
+				delete(e.states, d.did)
+			}
+		}
+		el = prev
+	}
+	e.cfg.Metrics.setCached(e.lru.Len())
+}
+
+// Run applies events until ctx ends (nil), or a fatal error: a writer error
+// (fencing, reset, schema) or ErrRestart.
+func (e *Engine) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	writeCh := make(chan *batch)
+	doneCh := make(chan batchResult, 1)
+	g.Go(func() error { return e.writeLoop(gctx, writeCh, doneCh) })
+	g.Go(func() error { return e.applyLoop(gctx, writeCh, doneCh) })
+	err := g.Wait()
+	e.wg.Wait()
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,261 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/crashpoint"
+)
+
+// shutdownGrace is how long the in-flight write may take after a shutdown
+// begins (it is finished, not abandoned, when SpiceDB answers in time).
+const shutdownGrace = 10 * time.Second
+
+type batchResult struct {
+	id  uint64
+	err error
+}
+
+type rebuildRequest struct {
+	reason string
+	dids   []string // nil: every repo listed by the PDS and known to the view
+}
+
+// applier is the state of the applier goroutine: the open batch and the
+// closed ones waiting for the writer.
+type applier struct {
+	e       *Engine
+	ctx     context.Context
+	pending *batch
+	ready   []*batch
+}
+
+func (a *applier) newBatch() *batch {
+	a.e.batchSeq++
+	return newBatch(a.e.batchSeq, a.e.cfg.BatchUpdates)
+}
+
+// closePending moves the open batch to the ready queue.
+func (a *applier) closePending() {
+	if !a.pending.empty() {
+		a.ready = append(a.ready, a.pending)
+		a.pending = a.newBatch()
+	}
+}
+
+// place adds the units of one decision to batches: into the open batch if
+// they fit, else into a fresh one, else (larger than a call) split by unit
+// across several, in order. It returns the batch holding the last unit,
+// which is the one that completes the decision.
+func (a *applier) place(units []unit, dids ...*didState) *batch {
+	n := unitsLen(units)
+	if !a.pending.fits(n) {
+		a.closePending()
+	}
+	if a.pending.fits(n) {
+		for _, u := range units {
+			a.pending.addUnit(u)
+		}
+	} else {
+		for _, u := range units {
+			if !a.pending.fits(len(u)) {
+				a.closePending()
+			}
+			a.pending.addUnit(u)
+		}
+	}
+	for _, d := range dids {
+		d.lastBatch = a.pending.id
+	}
+	return a.pending
+}
+
+func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-chan batchResult) error {
+	a := &applier{e: e, ctx: ctx}
+	a.pending = a.newBatch()
+	ticker := time.NewTicker(e.cfg.FlushEvery)
+	defer ticker.Stop()
+	busy, flush := false, false
+	for {
+		var out chan<- *batch
+		var next *batch
+		if !busy {
+			switch {
+			case len(a.ready) > 0:
+				next = a.ready[0]
+			case !a.pending.empty() || flush:
+				next = a.pending
+			}
+			if next != nil {
+				out = writeCh
+			}
+		}
+		in, rs, rb := e.in, e.resyncs, e.rebuild
+		if len(a.ready) > 0 {
+			in, rs, rb = nil, nil, nil // a full batch is waiting: stop taking work
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-in:
+			if err := a.decide(ev); err != nil {
+				return err
+			}
+			if len(a.pending.seqs) > 0 {
+				crashpoint.Hit(crashpoint.MidBatch)
+			}
+		case r := <-rs:
+			crashpoint.Hit(crashpoint.DuringResync)
+			if err := a.applyResync(r); err != nil {
+				return err
+			}
+		case req := <-rb:
+			a.startRebuild(req)
+		case out <- next:
+			busy, flush = true, false
+			if len(a.ready) > 0 && next == a.ready[0] {
+				a.ready = a.ready[1:]
+			} else {
+				a.pending = a.newBatch()
+			}
+		case res := <-doneCh:
+			busy = false
+			if res.err != nil {
+				return res.err
+			}
+			e.evict()
+		case <-ticker.C:
+			flush = true
+		}
+	}
+}
+
+func (e *Engine) writeLoop(ctx context.Context, writeCh <-chan *batch, doneCh chan<- batchResult) error {
+	// Writes outlive the run context by shutdownGrace so that a batch in
+	// flight when a shutdown starts is finished rather than abandoned.
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(shutdownGrace, cancel) })
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return e.finalFlush(wctx)
+		case b := <-writeCh:
+			err := e.write(wctx, b)
+			select {
+			case doneCh <- batchResult{id: b.id, err: err}:
+			case <-ctx.Done():
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// finalFlush stores the watermark reached, so a clean restart replays
+// nothing that was applied.
+func (e *Engine) finalFlush(ctx context.Context) error {
+	if _, err := e.cfg.Writer.Write(ctx, nil, e.cfg.Tracker.Watermark()); err != nil && !errors.Is(err, context.Canceled) {
+		e.log.Warn("final cursor write failed; the next start replays from the previous cursor", "err", err)
+	}
+	return nil
+}
+
+// write commits one batch, then settles its events (after fan-out, when on).
+func (e *Engine) write(ctx context.Context, b *batch) error {
+	ups := b.updates()
+	tok, err := e.cfg.Writer.Write(ctx, ups, e.cfg.Tracker.Watermark())
+	if err != nil {
+		if e.cfg.Writer.Refused(err) {
+			return e.isolate(ctx, ups, err)
+		}
+		if ctx.Err() != nil {
+			return nil // shutdown: the batch is abandoned whole; its events replay
+		}
+		return err
+	}
+	if tok != "" {
+		e.token.Store(&tok)
+	}
+	e.committed.Store(b.id)
+	e.applied.commit(b.revs, e.Token())
+	e.status.applied(b)
+	finish := func() {
+		for _, s := range b.seqs {
+			e.cfg.Tracker.Done(s)
+		}
+		e.cfg.Metrics.setWatermark(e.cfg.Tracker.Watermark())
+	}
+	if e.cfg.Publisher != nil && len(b.changes) > 0 {
+		return e.cfg.Publisher.Publish(ctx, b.changes, e.Token(), finish)
+	}
+	finish()
+	return nil
+}
+
+// isolate finds the relationships SpiceDB refuses by bisecting the batch
+// with dry runs (nothing is applied), poisons them and asks for a restart.
+func (e *Engine) isolate(ctx context.Context, ups []Update, cause error) error {
+	bad, err := e.findRefused(ctx, ups)
+	if err != nil {
+		return fmt.Errorf("projector: isolate refused relationship: %w (SpiceDB said: %v)", err, cause)
+	}
+	attributable := false
+	for _, u := range bad {
+		e.log.Error("SpiceDB refused a relationship the rules allowed; rejecting the record that produces it (a bug: check the rules against the schema)",
+			"relationship", u.Tuple.String(), "op", u.Op.String(), "err", cause)
+		e.cfg.Poison.Add(u.Tuple)
+		if t := u.Tuple.ResourceType; t == TypeSpace || t == TypeGroup || t == TypeLineage {
+			attributable = true
+		}
+	}
+	if !attributable {
+		return fmt.Errorf("projector: SpiceDB refused bookkeeping relationships %v: %w", bad, cause)
+	}
+	return ErrRestart
+}
+
+func (e *Engine) findRefused(ctx context.Context, ups []Update) ([]Update, error) {
+	if len(ups) == 1 {
+		return ups, nil
+	}
+	mid := len(ups) / 2
+	var out []Update
+	for _, part := range [][]Update{ups[:mid], ups[mid:]} {
+		err := e.cfg.Writer.DryRun(ctx, part)
+		if err == nil {
+			continue
+		}
+		if !e.cfg.Writer.Refused(err) {
+			return nil, err
+		}
+		sub, err := e.findRefused(ctx, part)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sub...)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("SpiceDB refuses the batch but none of its halves")
+	}
+	return out, nil
+}
+
+// settle completes an event that needs no write. Without fan-out it is
+// done at once (the watermark still can't pass older events in flight);
+// with fan-out it rides on the open batch so that its messages are
+// published, in order, before it counts as done.
+func (a *applier) settle(ev *firehose.Event, changes []Change) {
+	a.e.cfg.Metrics.eventApplied(ev.Kind.String())
+	if a.e.cfg.Publisher == nil {
+		a.e.cfg.Tracker.Done(ev.Seq)
+		return
+	}
+	a.pending.seqs = append(a.pending.seqs, ev.Seq)
+	a.pending.changes = append(a.pending.changes, changes...)
+}

@@ -1,0 +1,118 @@
+package projector
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics of the projection. A nil *Metrics records nothing.
+type Metrics struct {
+	applied     *prometheus.CounterVec
+	rejected    *prometheus.CounterVec
+	resyncs     *prometheus.CounterVec
+	resyncFails prometheus.Counter
+	duplicates  prometheus.Counter
+	cycles      prometheus.Counter
+	cachedRepos prometheus.Gauge
+	watermark   prometheus.Gauge
+	restarts    prometheus.Counter
+}
+
+// Resync triggers (the `trigger` label).
+const (
+	TriggerSync     = "sync"
+	TriggerGap      = "gap"
+	TriggerActivate = "activate"
+	TriggerRewind   = "rewind"
+	TriggerRebuild  = "rebuild"
+)
+
+// NewMetrics registers the projection metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		applied: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Name: "events_applied_total",
+			Help: "Stream events fully applied (committed to SpiceDB or needing no write), by kind."}, []string{"kind"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Name: "rejected_records_total",
+			Help: "Records rejected as bad input, by reason; whatever they produced before is removed."}, []string{"reason"}),
+		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Name: "resyncs_total",
+			Help: "Repo resyncs from getRepo, by trigger."}, []string{"trigger"}),
+		resyncFails: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "resync_failures_total",
+			Help: "Resyncs given up after retries (the repo is reconciled later)."}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "duplicate_events_total",
+			Help: "Events already applied (seq or rev at or below the repo's), changing nothing in SpiceDB."}),
+		cycles: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "parent_cycles_total",
+			Help: "Parent relations that close a cycle in a repo's own space tree (checks fail closed)."}),
+		cachedRepos: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "cached_repos",
+			Help: "Repos whose lineage is cached in memory."}),
+		watermark: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "watermark_seq",
+			Help: "Every seq at or below this is applied (the next cursor to store)."}),
+		restarts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "pipeline_restarts_total",
+			Help: "Restarts of the pipeline from the stored cursor (after SpiceDB refused a relationship)."}),
+	}
+	reg.MustRegister(m.applied, m.rejected, m.resyncs, m.resyncFails, m.duplicates, m.cycles, m.cachedRepos,
+		m.watermark, m.restarts)
+	for _, r := range AllReasons {
+		m.rejected.WithLabelValues(string(r))
+	}
+	for _, t := range []string{TriggerSync, TriggerGap, TriggerActivate, TriggerRewind, TriggerRebuild} {
+		m.resyncs.WithLabelValues(t)
+	}
+	for _, k := range []string{"commit", "sync", "identity", "account"} {
+		m.applied.WithLabelValues(k)
+	}
+	return m
+}
+
+func (m *Metrics) eventApplied(kind string) {
+	if m != nil {
+		m.applied.WithLabelValues(kind).Inc()
+	}
+}
+
+func (m *Metrics) reject(r Reason) {
+	if m != nil {
+		m.rejected.WithLabelValues(string(r)).Inc()
+	}
+}
+
+func (m *Metrics) resync(trigger string) {
+	if m != nil {
+		m.resyncs.WithLabelValues(trigger).Inc()
+	}
+}
+
+func (m *Metrics) resyncFailed() {
+	if m != nil {
+		m.resyncFails.Inc()
+	}
+}
+
+func (m *Metrics) duplicate() {
+	if m != nil {
+		m.duplicates.Inc()
+	}
+}
+
+func (m *Metrics) cycle() {
+	if m != nil {
+		m.cycles.Inc()
+	}
+}
+
+func (m *Metrics) setCached(n int) {
+	if m != nil {
+		m.cachedRepos.Set(float64(n))
+	}
+}
+
+func (m *Metrics) setWatermark(s int64) {
+	if m != nil && s >= 0 {
+		m.watermark.Set(float64(s))
+	}
+}
+
+// Restarted counts a pipeline restart.
+func (m *Metrics) Restarted() {
+	if m != nil {
+		m.restarts.Inc()
+	}
+}

@@ -1,0 +1,302 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/backoff"
+)
+
+// resyncJob is a repo resync in flight. The triggering event and every
+// event dropped while it ran complete only when its last write commits.
+type resyncJob struct {
+	trigger *firehose.Event // nil for a rebuild's resync
+	reason  string
+	held    []*firehose.Event
+	covered []int64
+	again   bool
+}
+
+type resyncResult struct {
+	did      string
+	snap     *firehose.Snapshot
+	data     []Tuple
+	notFound bool
+	inactive bool
+	err      error
+}
+
+// startResync fetches the repo in the background; its live events are held
+// until the result is applied (DESIGN §3).
+func (a *applier) startResync(d *didState, trigger *firehose.Event, reason string) {
+	e := a.e
+	d.resync = &resyncJob{trigger: trigger, reason: reason}
+	e.cfg.Metrics.resync(reason)
+	did, ctx := d.did, a.ctx
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		r := e.fetch(ctx, did)
+		select {
+		case e.resyncs <- r:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+var fetchSlots = struct{}{}
+
+// fetch reads the repo (getRepo) and the data tuples SpiceDB holds under its
+// prefix, retrying transient failures up to ResyncAttempts.
+func (e *Engine) fetch(ctx context.Context, did string) *resyncResult {
+	e.fetchSem <- fetchSlots
+	defer func() { <-e.fetchSem }()
+	r := &resyncResult{did: did}
+	bo := backoff.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
+	for attempt := 1; ; attempt++ {
+		snap, err := e.cfg.Fetcher.GetRepo(ctx, did, e.cfg.Rules.Projects)
+		switch {
+		case err == nil:
+			r.snap = snap
+		case errors.Is(err, firehose.ErrRepoNotFound):
+			r.notFound = true
+		case errors.Is(err, firehose.ErrRepoInactive):
+			r.inactive = true
+		case ctx.Err() != nil:
+			r.err = ctx.Err()
+			return r
+		case attempt >= e.cfg.ResyncAttempts:
+			r.err = err
+			return r
+		default:
+			e.log.Warn("getRepo failed; retrying", "did", did, "attempt", attempt, "err", err)
+			if bo.Wait(ctx) != nil {
+				r.err = ctx.Err()
+				return r
+			}
+			continue
+		}
+		break
+	}
+	bo.Reset()
+	for {
+		data, err := e.cfg.Store.LoadData(ctx, did, e.Token())
+		if err == nil {
+			r.data = data
+			return r
+		}
+		e.log.Warn("reading a repo's relationships failed; retrying", "did", did, "err", err)
+		if bo.Wait(ctx) != nil {
+			r.err = ctx.Err()
+			return r
+		}
+	}
+}
+
+// applyResync diffs the repo's current records against lineage and against
+// the data tuples under its prefix, and writes creates, updates and deletes
+// (DESIGN §3). Then the events held meanwhile are decided in order.
+func (a *applier) applyResync(r *resyncResult) error {
+	e := a.e
+	d := e.state(r.did)
+	job := d.resync
+	if job == nil {
+		return nil
+	}
+	d.resync = nil
+	l, err := e.lineageOf(a.ctx, d)
+	if err != nil {
+		return err
+	}
+	var units []unit
+	var changes []Change
+	var trigSeq int64
+	var trigTime string
+	if job.trigger != nil {
+		trigSeq, trigTime = job.trigger.Seq, job.trigger.Time
+	}
+	switch {
+	case r.err != nil:
+		e.cfg.Metrics.resyncFailed()
+		e.log.Error("resync given up; applying the triggering event as it is (reconcile will repair the repo)",
+			"did", d.did, "trigger", job.reason, "err", r.err)
+		if job.trigger != nil && job.trigger.Kind == firehose.KindCommit {
+			ev := job.trigger
+			changes = a.changes(d, ev)
+			for i := range changes {
+				if c := &changes[i]; c.Projected {
+					want := c.Produces
+					if c.Rejected != "" {
+						want = nil
+					}
+					units = append(units, l.recordChange(d.did, c.Collection+"/"+c.RKey, want, d.active(), nil))
+				}
+			}
+			units = append(units, a.setRev(d, l, ev.Rev))
+		}
+	case r.notFound:
+		e.log.Info("resync: the PDS has no such repo; removing everything it produced", "did", d.did)
+		units = a.removeAll(d, l, r.data)
+		if d.rev != "" {
+			units = append(units, unit{{Op: OpDelete, Tuple: RevTuple(d.did, d.rev)}})
+			d.rev = ""
+		}
+		if d.status != statusDeleted {
+			units = append(units, a.setStatus(d, statusDeleted, max(d.statusSeq, trigSeq)))
+			d.status = statusDeleted
+		}
+	case r.inactive:
+		e.log.Info("resync: the PDS says the repo is not active; withdrawing it", "did", d.did)
+		for _, t := range r.data {
+			units = append(units, unit{{Op: OpDelete, Tuple: t}})
+		}
+		if d.status == "" {
+			units = append(units, a.setStatus(d, "inactive", max(d.statusSeq, trigSeq)))
+			d.status = "inactive"
+		}
+	default:
+		var u []unit
+		u, changes = a.resyncDiff(d, l, r, trigSeq, trigTime)
+		units = append(units, u...)
+		units = append(units, a.setRev(d, l, r.snap.Rev))
+	}
+	var b *batch
+	if unitsLen(units) > 0 {
+		b = a.place(units, d)
+	} else {
+		b = a.pending
+	}
+	b.changes = append(b.changes, changes...)
+	if d.known {
+		b.noteRev(d.did, d.rev)
+	}
+	if job.trigger != nil {
+		b.seqs = append(b.seqs, job.trigger.Seq)
+		b.events++
+		if job.trigger.Time > b.newestTime {
+			b.newestTime = job.trigger.Time
+		}
+		e.cfg.Metrics.eventApplied(job.trigger.Kind.String())
+	}
+	covered := job.covered
+	if !job.again {
+		b.seqs = append(b.seqs, covered...)
+		covered = nil
+	}
+	if e.cfg.Publisher == nil && unitsLen(units) == 0 {
+		// Nothing to write: complete now rather than with the next batch.
+		for _, s := range b.seqs {
+			e.cfg.Tracker.Done(s)
+		}
+		b.seqs = b.seqs[:0]
+	}
+	for _, ev := range job.held {
+		if err := a.decide(ev); err != nil {
+			return err
+		}
+	}
+	if job.again {
+		if d.resync == nil {
+			a.startResync(d, nil, job.reason)
+		}
+		d.resync.covered = append(d.resync.covered, covered...)
+	}
+	return nil
+}
+
+// resyncDiff computes the updates that bring SpiceDB to the snapshot.
+func (a *applier) resyncDiff(d *didState, l *lineage, r *resyncResult, seq int64, evTime string) ([]unit, []Change) {
+	want := make(map[string][]Tuple, len(r.snap.Records))
+	var changes []Change
+	for _, rec := range r.snap.Records {
+		path := rec.Path()
+		c := Change{Seq: seq, DID: d.did, Rev: r.snap.Rev, Time: evTime, Collection: rec.Collection, RKey: rec.RKey,
+			CID: rec.CID.String(), Record: rec.Value, Projected: true, Resync: true}
+		if rec.Err != nil {
+			c.Rejected, c.RejectDetail = Reason(rec.Err.Reason), rec.Err.Detail
+		} else {
+			c.Produces, c.Rejected, c.RejectDetail = a.project(d.did, rec.Collection, rec.RKey, rec.Value)
+		}
+		if c.Rejected != "" {
+			a.e.cfg.Metrics.reject(c.Rejected)
+			a.e.log.Warn("record rejected", "uri", "at://"+d.did+"/"+path, "reason", string(c.Rejected),
+				"detail", clip(c.RejectDetail), "resync", true)
+		}
+		want[path] = c.Produces
+		old, had := l.byRecord[path]
+		switch {
+		case !had && len(c.Produces) > 0:
+			c.Action = string(firehose.ActionCreate)
+			changes = append(changes, c)
+		case had && !sameTuples(old, c.Produces):
+			c.Action = string(firehose.ActionUpdate)
+			changes = append(changes, c)
+		}
+	}
+	var paths []string
+	for p := range l.byRecord {
+		if _, ok := want[p]; !ok {
+			paths = append(paths, p)
+		}
+	}
+	for p := range want {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	var units []unit
+	for _, p := range paths {
+		w, ok := want[p]
+		if !ok {
+			coll, rkey := splitPath(p)
+			changes = append(changes, Change{Seq: seq, DID: d.did, Rev: r.snap.Rev, Time: evTime, Collection: coll,
+				RKey: rkey, Action: string(firehose.ActionDelete), Projected: true, Resync: true})
+		}
+		units = append(units, l.recordChange(d.did, p, w, d.active(), nil))
+	}
+	// Data under the repo's prefix that no record produces (written behind
+	// the projector's back, or left by an older rules file) goes too.
+	for _, t := range r.data {
+		if _, produced := l.producers[t]; !produced || !d.active() {
+			units = append(units, unit{{Op: OpDelete, Tuple: t}})
+		}
+	}
+	return units, changes
+}
+
+// removeAll deletes everything a repo produced: lineage, and data whether
+// lineage names it or not.
+func (a *applier) removeAll(d *didState, l *lineage, data []Tuple) []unit {
+	var units []unit
+	var paths []string
+	for p := range l.byRecord {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		units = append(units, l.recordChange(d.did, p, nil, true, nil))
+	}
+	for _, t := range data {
+		units = append(units, unit{{Op: OpDelete, Tuple: t}})
+	}
+	return units
+}
+
+func sameTuples(old map[Tuple]struct{}, now []Tuple) bool {
+	if len(old) != len(now) {
+		return false
+	}
+	for _, t := range now {
+		if _, ok := old[t]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// startRebuild resyncs every repo (see rebuild.go).
+func (a *applier) startRebuild(req rebuildRequest) {
+	a.e.log.Warn("rebuild requested", "reason", req.reason)
+}

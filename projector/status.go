@@ -1,0 +1,52 @@
+package projector
+
+import (
+	"sync"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/firehose"
+)
+
+// engineStatus is what the status endpoint and the lag gauge read.
+type engineStatus struct {
+	mu          sync.Mutex
+	lastCommit  time.Time
+	appliedTime time.Time
+	events      int64
+	batches     int64
+}
+
+func (s *engineStatus) applied(b *batch) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastCommit = time.Now()
+	s.events += int64(b.events)
+	s.batches++
+	if t, ok := firehose.EventTime(&firehose.Event{Time: b.newestTime}); ok && t.After(s.appliedTime) {
+		s.appliedTime = t
+	}
+}
+
+// Status is a snapshot of the engine's progress.
+type Status struct {
+	// AppliedEventTime is the `time` of the newest event whose effects are
+	// committed.
+	AppliedEventTime time.Time
+	LastCommit       time.Time
+	EventsWritten    int64
+	Batches          int64
+	CachedRepos      int
+	Poisoned         int
+}
+
+// Status returns the engine's progress.
+func (e *Engine) Status() Status {
+	e.status.mu.Lock()
+	st := Status{AppliedEventTime: e.status.appliedTime, LastCommit: e.status.lastCommit,
+		EventsWritten: e.status.events, Batches: e.status.batches, Poisoned: e.cfg.Poison.Len()}
+	e.status.mu.Unlock()
+	e.mu.Lock()
+	st.CachedRepos = e.lru.Len()
+	e.mu.Unlock()
+	return st
+}

@@ -1,0 +1,89 @@
+package spice
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics of SpiceDB writes and the lease. A nil *Metrics records nothing.
+type Metrics struct {
+	updates     *prometheus.CounterVec
+	batchSize   prometheus.Histogram
+	writeDur    prometheus.Histogram
+	writeErrors *prometheus.CounterVec
+	leaseState  *prometheus.GaugeVec
+	cursor      prometheus.Gauge
+}
+
+// Lease states reported by the consumer_lease_state gauge.
+const (
+	LeaseWaiting = "waiting"
+	LeaseHeld    = "held"
+	LeaseFenced  = "fenced"
+)
+
+// NewMetrics registers the SpiceDB metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer",
+			Name: "relationship_updates_total", Help: "Relationship updates committed to SpiceDB, by operation."}, []string{"op"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "consumer", Name: "write_batch_updates",
+			Help: "Updates per WriteRelationships call.", Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000}}),
+		writeDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "consumer", Name: "write_duration_seconds",
+			Help: "Duration of successful WriteRelationships calls.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		writeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer",
+			Name: "write_errors_total", Help: "Failed WriteRelationships calls, by class."}, []string{"class"}),
+		leaseState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "consumer", Name: "lease_state",
+			Help: "1 for the consumer's current lease state (waiting, held, fenced)."}, []string{"state"}),
+		cursor: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "cursor_seq",
+			Help: "The cursor stored in SpiceDB: every seq at or below it is applied."}),
+	}
+	reg.MustRegister(m.updates, m.batchSize, m.writeDur, m.writeErrors, m.leaseState, m.cursor)
+	for _, op := range []string{"touch", "delete"} {
+		m.updates.WithLabelValues(op)
+	}
+	for _, c := range []Class{ClassTransient, ClassPrecondition, ClassSchema, ClassRefused, ClassFatal} {
+		m.writeErrors.WithLabelValues(c.String())
+	}
+	for _, s := range []string{LeaseWaiting, LeaseHeld, LeaseFenced} {
+		m.leaseState.WithLabelValues(s)
+	}
+	return m
+}
+
+func (m *Metrics) written(touch, del int, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.updates.WithLabelValues("touch").Add(float64(touch))
+	m.updates.WithLabelValues("delete").Add(float64(del))
+	m.batchSize.Observe(float64(touch + del))
+	m.writeDur.Observe(d.Seconds())
+}
+
+func (m *Metrics) writeError(c Class) {
+	if m != nil {
+		m.writeErrors.WithLabelValues(c.String()).Inc()
+	}
+}
+
+// SetLeaseState marks state as the current lease state.
+func (m *Metrics) SetLeaseState(state string) {
+	if m == nil {
+		return
+	}
+	for _, s := range []string{LeaseWaiting, LeaseHeld, LeaseFenced} {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		m.leaseState.WithLabelValues(s).Set(v)
+	}
+}
+
+func (m *Metrics) setCursor(c int64) {
+	if m != nil && c >= 0 {
+		m.cursor.Set(float64(c))
+	}
+}

@@ -1,0 +1,142 @@
+package spice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+
+	"github.com/spaces-authz/spaces-authz/projector"
+)
+
+// pageSize is SpiceDB's maximum page for ReadRelationships.
+const pageSize = 1000
+
+// Store reads the projector's bookkeeping and data back from SpiceDB.
+type Store struct {
+	c *Client
+}
+
+var _ projector.Store = (*Store)(nil)
+
+// NewStore wraps a client.
+func NewStore(c *Client) *Store { return &Store{c: c} }
+
+// Read pages through the relationships matching filter, calling fn for each.
+func (c *Client) Read(ctx context.Context, filter *v1.RelationshipFilter, token string, fn func(projector.Tuple) error) error {
+	var after *v1.Cursor
+	for {
+		n, last, err := c.readPage(ctx, filter, token, after, fn)
+		if err != nil {
+			return err
+		}
+		if n < pageSize || last == nil {
+			return nil
+		}
+		after = last
+	}
+}
+
+func (c *Client) readPage(ctx context.Context, filter *v1.RelationshipFilter, token string, after *v1.Cursor,
+	fn func(projector.Tuple) error) (int, *v1.Cursor, error) {
+	ctx, cancel := c.callCtx(ctx)
+	defer cancel()
+	stream, err := c.api.ReadRelationships(ctx, &v1.ReadRelationshipsRequest{
+		Consistency: Consistency(token), RelationshipFilter: filter, OptionalLimit: pageSize, OptionalCursor: after})
+	if err != nil {
+		return 0, nil, wrapf(err, "read %s", filter.GetResourceType())
+	}
+	n := 0
+	var last *v1.Cursor
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return n, last, nil
+		}
+		if err != nil {
+			return n, nil, wrapf(err, "read %s", filter.GetResourceType())
+		}
+		n++
+		last = resp.GetAfterResultCursor()
+		if err := fn(FromV1(resp.GetRelationship())); err != nil {
+			return n, nil, err
+		}
+	}
+}
+
+// LoadRepos reads every repo:<did> relationship.
+func (s *Store) LoadRepos(ctx context.Context, token string) ([]projector.RepoState, error) {
+	byDID := map[string]*projector.RepoState{}
+	var order []string
+	err := s.c.Read(ctx, &v1.RelationshipFilter{ResourceType: projector.TypeRepo}, token, func(t projector.Tuple) error {
+		did, err := projector.DecodeDID(t.ResourceID)
+		if err != nil {
+			return fmt.Errorf("spice: stored repo state %s: %w", t, err)
+		}
+		st := byDID[did]
+		if st == nil {
+			st = &projector.RepoState{DID: did}
+			byDID[did] = st
+			order = append(order, did)
+		}
+		switch t.Relation {
+		case projector.RelRev:
+			st.Rev = t.SubjectID
+		case projector.RelStatus:
+			status, seq, err := projector.ParseStatusID(t.SubjectID)
+			if err != nil {
+				return fmt.Errorf("spice: stored repo state %s: %w", t, err)
+			}
+			st.Status, st.StatusSeq = status, seq
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]projector.RepoState, 0, len(order))
+	for _, d := range order {
+		out = append(out, *byDID[d])
+	}
+	return out, nil
+}
+
+// LoadLineage reads a repo's lineage with one prefix read.
+func (s *Store) LoadLineage(ctx context.Context, did, token string) ([]projector.LineageEntry, error) {
+	var out []projector.LineageEntry
+	filter := &v1.RelationshipFilter{ResourceType: projector.TypeLineage,
+		OptionalResourceIdPrefix: projector.DIDPrefix(did)}
+	err := s.c.Read(ctx, filter, token, func(t projector.Tuple) error {
+		data, err := projector.ParseLineageID(t.ResourceID)
+		if err != nil {
+			return fmt.Errorf("spice: stored lineage %s: %w", t, err)
+		}
+		rdid, coll, rkey, err := projector.ParseRecordID(t.SubjectID)
+		if err != nil {
+			return fmt.Errorf("spice: stored lineage %s: %w", t, err)
+		}
+		if rdid != did {
+			return fmt.Errorf("spice: stored lineage %s: record of %s under %s", t, rdid, did)
+		}
+		out = append(out, projector.LineageEntry{Tuple: data, Path: coll + "/" + rkey})
+		return nil
+	})
+	return out, err
+}
+
+// LoadData reads the space and group tuples under a repo's prefix.
+func (s *Store) LoadData(ctx context.Context, did, token string) ([]projector.Tuple, error) {
+	var out []projector.Tuple
+	for _, typ := range []string{projector.TypeSpace, projector.TypeGroup} {
+		filter := &v1.RelationshipFilter{ResourceType: typ, OptionalResourceIdPrefix: projector.DIDPrefix(did)}
+		if err := s.c.Read(ctx, filter, token, func(t projector.Tuple) error {
+			out = append(out, t)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
