@@ -289,4 +289,3 @@ func (a *applier) setStatus(d *didState, status string, seq int64) unit {
 	a.e.markKnown(d)
 	return u
 }
-

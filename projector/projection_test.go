@@ -1,8 +1,17 @@
 package projector_test
 
 import (
+	"errors"
 	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spaces-authz/spaces-authz/deploy"
+	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	"github.com/spaces-authz/spaces-authz/spice"
 
 	"github.com/spaces-authz/spaces-authz/internal/fakepds"
 	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
@@ -121,5 +130,292 @@ func TestSpaceDeletedWhileGrantsRemain(t *testing.T) {
 	}
 	if !has(data, "space:"+s+"#viewer@acct:"+projector.EncodeDID(bob)) {
 		t.Fatal("the grant record still exists, so its tuple must stay")
+	}
+}
+
+func TestBubbleFlippedBothWays(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	r := e.Start()
+	commit(t, e, alice, Space("create", "root", false), Space("create", "b", false),
+		Relation("create", "p", "space", alice+"/b", "parent", "space", alice+"/root", ""),
+		Relation("create", "v", "space", alice+"/root", "viewer", "acct", bob, ""))
+	e.WaitCaughtUp(r)
+	b := projector.ObjectID(alice, "b")
+	if !e.Check("view", "space", b, bob) {
+		t.Fatal("a root viewer should view a child space")
+	}
+	commit(t, e, alice, Space("update", "b", true))
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	if e.Check("view", "space", b, bob) {
+		t.Fatal("a bubble must stop its parents' viewers")
+	}
+	if !e.Check("administer", "space", b, alice) {
+		t.Fatal("a bubble keeps its owner")
+	}
+	commit(t, e, alice, Space("update", "b", false))
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	if !e.Check("view", "space", b, bob) {
+		t.Fatal("flipping the bubble back must restore inheritance")
+	}
+}
+
+func TestAccountDeactivatedReactivatedDeleted(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	r := e.Start()
+	commit(t, e, alice, Space("create", "s", false), Group("create", "g"),
+		Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	e.WaitCaughtUp(r)
+	s := projector.ObjectID(alice, "s")
+	e.SetStatus(alice, "deactivated")
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	if len(e.Data()) != 0 || e.Check("view", "space", s, bob) {
+		t.Fatalf("a deactivated account's relationships remain: %v", e.Data())
+	}
+	if len(e.Lineage()) == 0 {
+		t.Fatal("withdrawing must keep lineage")
+	}
+	e.SetStatus(alice, "")
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	if !e.Check("view", "space", s, bob) {
+		t.Fatal("reactivation did not restore the grant")
+	}
+	e.SetStatus(alice, "takendown")
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	e.SetStatus(alice, "deleted")
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	if n := len(e.Data()) + len(e.Lineage()); n != 0 {
+		t.Fatalf("%d relationships remain after the account was deleted", n)
+	}
+}
+
+func TestHostileRecordsAreRejected(t *testing.T) {
+	e := New(t)
+	alice, mallory := account(t, e, "alice"), account(t, e, "mallory")
+	web, lookalike := account(t, e, "did:web:example.com"), account(t, e, "did:web:example.com.au")
+	r := e.Start()
+	commit(t, e, alice, Space("create", "s", false))
+	commit(t, e, lookalike, Space("create", "root", false))
+	e.WaitCaughtUp(r)
+	before := e.Data()
+	// Mallory grants herself admin on Alice's space, and a parent link to it.
+	commit(t, e, mallory, Relation("create", "h1", "space", alice+"/s", "admin", "acct", mallory, ""),
+		Space("create", "m", false),
+		Relation("create", "h2", "space", mallory+"/m", "parent", "space", alice+"/s", ""),
+		Relation("create", "h3", "space", mallory+"/m", "owner", "acct", mallory, ""))
+	// did:web:example.com claims a space of did:web:example.com.au.
+	commit(t, e, web, Relation("create", "h4", "space", lookalike+"/root", "admin", "acct", web, ""))
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	if e.Check("administer", "space", projector.ObjectID(alice, "s"), mallory) {
+		t.Fatal("mallory administers alice's space")
+	}
+	if e.Check("administer", "space", projector.ObjectID(lookalike, "root"), web) {
+		t.Fatal("a did:web look-alike administers another DID's space")
+	}
+	after := e.Data()
+	for _, s := range before {
+		if !has(after, s) {
+			t.Fatalf("hostile records changed the victims' relationships: %s is gone", s)
+		}
+	}
+	for _, s := range after {
+		if !has(before, s) && !strings.HasPrefix(s, "space:"+projector.DIDPrefix(mallory)) {
+			t.Fatalf("a hostile record produced %s", s)
+		}
+	}
+}
+
+func TestCheckPermissionThroughTree(t *testing.T) {
+	e := New(t)
+	alice, bob, carol, dave, erin := account(t, e, "alice"), account(t, e, "bob"), account(t, e, "carol"),
+		account(t, e, "dave"), account(t, e, "erin")
+	r := e.Start()
+	// root ← team ← bubble ← inner ; a group of bob's with carol in it.
+	commit(t, e, bob, Group("create", "friends"), Relation("create", "m1", "group", bob+"/friends", "direct_member", "acct", carol, ""))
+	commit(t, e, alice,
+		Space("create", "root", false), Space("create", "team", false), Space("create", "bub", true), Space("create", "inner", false),
+		Relation("create", "p1", "space", alice+"/team", "parent", "space", alice+"/root", ""),
+		Relation("create", "p2", "space", alice+"/bub", "parent", "space", alice+"/team", ""),
+		Relation("create", "p3", "space", alice+"/inner", "parent", "space", alice+"/bub", ""),
+		Relation("create", "a1", "space", alice+"/root", "admin", "acct", bob, ""),
+		Relation("create", "e1", "space", alice+"/team", "editor", "group", bob+"/friends", "member"),
+		Relation("create", "v1", "space", alice+"/bub", "viewer", "acct", dave, ""),
+		Relation("create", "pub", "space", alice+"/root", "viewer", "acct", "*", ""))
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	id := func(k string) string { return projector.ObjectID(alice, k) }
+	cases := []struct {
+		perm, space, who string
+		want             bool
+	}{
+		{"administer", "inner", alice, true}, // owners reach through bubbles
+		{"administer", "team", bob, true},
+		{"administer", "bub", bob, false}, // the bubble stops root's admin
+		{"edit", "team", carol, true},     // through bob's group
+		{"view", "team", carol, true},
+		{"edit", "bub", carol, false},
+		{"view", "bub", dave, true},
+		{"view", "inner", dave, true}, // a space under a bubble inherits from it
+		{"edit", "inner", dave, false},
+		{"view", "team", erin, true}, // public viewer on root
+		{"view", "bub", erin, false}, // ...stopped by the bubble
+		{"view", "root", erin, true},
+		{"edit", "root", erin, false},
+	}
+	for _, c := range cases {
+		if got := e.Check(c.perm, "space", id(c.space), c.who); got != c.want {
+			t.Errorf("%s on %s for %s = %v, want %v", c.perm, c.space, c.who, got, c.want)
+		}
+	}
+	// Moving team under another parent moves its inherited grants.
+	commit(t, e, alice, Space("create", "other", false),
+		Relation("update", "p1", "space", alice+"/team", "parent", "space", alice+"/other", ""))
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	if e.Check("administer", "space", id("team"), bob) {
+		t.Fatal("bob still administers team after it moved away from root")
+	}
+}
+
+func TestRefusedTupleRejectsOnlyItsRecord(t *testing.T) {
+	// A schema without the public viewer: the rules allow acct:* on viewer,
+	// SpiceDB refuses it. Only the record producing it may be rejected.
+	schema := strings.Replace(deploy.Schema, "relation viewer: acct | acct:* | group#member",
+		"relation viewer: acct | group#member", 1)
+	if schema == deploy.Schema {
+		t.Fatal("schema replacement did not apply")
+	}
+	e := NewWithSchema(t, schema)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	reg := prometheus.NewRegistry()
+	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
+	commit(t, e, alice, Space("create", "s", false),
+		Relation("create", "ok1", "space", alice+"/s", "viewer", "acct", bob, ""),
+		Relation("create", "bad", "space", alice+"/s", "viewer", "acct", "*", ""),
+		Relation("create", "ok2", "space", alice+"/s", "editor", "acct", bob, ""))
+	commit(t, e, alice, Space("create", "t", false))
+	e.WaitCaughtUp(r)
+	wantData, _ := e.Expected()
+	wildcard := "space:" + projector.ObjectID(alice, "s") + "#viewer@acct:*"
+	wantData = slices.DeleteFunc(wantData, func(s string) bool { return s == wildcard })
+	if d := Diff(e.Data(), wantData); d != "" {
+		t.Fatalf("data differs:\n%s", d)
+	}
+	for _, l := range e.Lineage() {
+		if strings.Contains(l, "/bad#") || strings.HasSuffix(l, "/bad") {
+			t.Fatalf("lineage of the refused record: %s", l)
+		}
+	}
+	if got := metricValue(t, reg, "consumer_rejected_records_total", "reason", "spicedb_refused"); got != 1 {
+		t.Fatalf("spicedb_refused rejections = %v, want 1", got)
+	}
+	if got := metricValue(t, reg, "consumer_pipeline_restarts_total"); got != 1 {
+		t.Fatalf("restarts = %v, want 1", got)
+	}
+}
+
+func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					found = found || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
+				}
+				if !found {
+					continue metrics
+				}
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s%v not found", name, labels)
+	return 0
+}
+
+func TestGapIsRepairedByResync(t *testing.T) {
+	e := New(t)
+	alice, bob, carol := account(t, e, "alice"), account(t, e, "bob"), account(t, e, "carol")
+	reg := prometheus.NewRegistry()
+	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
+	commit(t, e, alice, Space("create", "s", false), Relation("create", "g", "space", alice+"/s", "viewer", "acct", bob, ""))
+	e.WaitCaughtUp(r)
+	// Two commits the stream never carries: g vanishes, h appears.
+	if _, err := e.PDS.CommitSilently(alice, Delete(relC, "g")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.PDS.CommitSilently(alice, Relation("create", "h", "space", alice+"/s", "editor", "acct", carol, "")); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, e, alice, Group("create", "k"))
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	s := projector.ObjectID(alice, "s")
+	if e.Check("view", "space", s, bob) || !e.Check("edit", "space", s, carol) {
+		t.Fatal("the resync did not repair the gap")
+	}
+	if got := metricValue(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 1 {
+		t.Fatalf("gap resyncs = %v, want 1", got)
+	}
+	// A #sync resyncs too (and finds nothing to change).
+	if _, err := e.PDS.Sync(alice); err != nil {
+		t.Fatal(err)
+	}
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+}
+
+func TestSecondConsumerWaitsThenFencesTheFirst(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	a := e.Start(func(c *pipeline.Config) { c.Holder = "consumer-a" })
+	commit(t, e, alice, Space("create", "s", false))
+	e.WaitCaughtUp(a)
+	b := e.Start(func(c *pipeline.Config) { c.Holder = "consumer-b" })
+	time.Sleep(1500 * time.Millisecond)
+	if st := b.Snapshot().State; st != "waiting for lease" {
+		t.Fatalf("second consumer is %q while the lease is fresh", st)
+	}
+	commit(t, e, alice, Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	e.WaitCaughtUp(a)
+	e.AssertMatchesOracle()
+
+	c := e.Start(func(c *pipeline.Config) { c.Holder = "consumer-c"; c.Takeover = true })
+	select {
+	case <-a.Done():
+		if !errors.Is(a.Err(), spice.ErrFenced) {
+			t.Fatalf("consumer a ended with %v, want fenced", a.Err())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("consumer a was not fenced after the takeover")
+	}
+	if st, _ := e.Client.ReadProjector(t.Context(), "default"); st.Holder != "consumer-c" {
+		t.Fatalf("holder %q", st.Holder)
+	}
+	commit(t, e, alice, Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
+	e.WaitCaughtUp(c)
+	e.AssertMatchesOracle()
+	if st := b.Snapshot().State; st != "waiting for lease" {
+		t.Fatalf("consumer b is %q: it must keep waiting while c heartbeats", st)
 	}
 }

@@ -78,23 +78,26 @@ func Logger() *slog.Logger {
 type Running struct {
 	*pipeline.Consumer
 	cancel context.CancelFunc
-	done   chan error
+	done   chan struct{}
+	err    error
 }
 
 // Stop cancels the consumer and returns what Run returned.
 func (r *Running) Stop() error {
 	r.cancel()
 	select {
-	case err := <-r.done:
-		r.done <- err
-		return err
+	case <-r.done:
+		return r.err
 	case <-time.After(20 * time.Second):
 		return errors.New("consumer did not stop")
 	}
 }
 
-// Done is closed... returns Run's result once it has returned.
-func (r *Running) Done() <-chan error { return r.done }
+// Done is closed once Run has returned; Err then says what it returned.
+func (r *Running) Done() <-chan struct{} { return r.done }
+
+// Err is what Run returned (valid after Done is closed).
+func (r *Running) Err() error { return r.err }
 
 // Start runs a consumer against the env; mutate tunes its config.
 func (e *Env) Start(mutate ...func(*pipeline.Config)) *Running {
@@ -109,8 +112,11 @@ func (e *Env) Start(mutate ...func(*pipeline.Config)) *Running {
 		e.T.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &Running{Consumer: c, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- c.Run(ctx) }()
+	r := &Running{Consumer: c, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		r.err = c.Run(ctx)
+		close(r.done)
+	}()
 	e.T.Cleanup(func() {
 		_ = r.Stop()
 		_ = c.Close()
@@ -129,9 +135,8 @@ func (e *Env) WaitCaughtUp(r *Running) {
 			return
 		}
 		select {
-		case err := <-r.done:
-			r.done <- err
-			e.T.Fatalf("consumer stopped before catching up (watermark %d, head %d): %v", s.Watermark, head, err)
+		case <-r.done:
+			e.T.Fatalf("consumer stopped before catching up (watermark %d, head %d): %v", s.Watermark, head, r.err)
 		default:
 		}
 		if time.Now().After(deadline) {
