@@ -107,6 +107,14 @@ type Client struct {
 	mu        sync.Mutex
 	connected bool
 	lastErr   error
+	headTime  time.Time
+}
+
+// HeadTime is the `time` of the newest event read.
+func (c *Client) HeadTime() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.headTime, !c.headTime.IsZero()
 }
 
 // New checks cfg and fills its defaults.
@@ -392,6 +400,11 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 		}
 		delivered = ev.Seq
 		c.cfg.Metrics.event(ev)
+		if ts, ok := parseTime(ev.Time); ok {
+			c.mu.Lock()
+			c.headTime = ts
+			c.mu.Unlock()
+		}
 		c.cfg.Metrics.setInFlight(c.cfg.Tracker.InFlight())
 		select {
 		case lanes[lane(ev.DID, len(lanes))] <- f:

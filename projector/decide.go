@@ -113,8 +113,7 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 		}
 		units = append(units, l.recordChange(d.did, c.Collection+"/"+c.RKey, want, d.active(), nil))
 	}
-	units = append(units, a.setRev(d, l, ev.Rev))
-	a.commitUnits(d, ev, units, changes, ev.Rev)
+	a.commitUnits(d, ev, units, a.setRev(d, l, ev.Rev), changes, ev.Rev)
 	return nil
 }
 
@@ -183,17 +182,17 @@ func (a *applier) setRev(d *didState, l *lineage, rev string) unit {
 	return u
 }
 
-// commitUnits places an event's units and completes the event with the
-// batch holding the last of them.
-func (a *applier) commitUnits(d *didState, ev *firehose.Event, units []unit, changes []Change, rev string) {
-	if unitsLen(units) == 0 {
+// commitUnits places an event's units (final last) and completes the event
+// with the batch holding them.
+func (a *applier) commitUnits(d *didState, ev *firehose.Event, units []unit, final unit, changes []Change, rev string) {
+	if unitsLen(units)+len(final) == 0 {
 		if rev != "" && d.known {
 			a.pending.noteRev(d.did, rev)
 		}
 		a.settle(ev, changes)
 		return
 	}
-	b := a.place(units, d)
+	b := a.place(units, final, d)
 	b.seqs = append(b.seqs, ev.Seq)
 	b.events++
 	b.changes = append(b.changes, changes...)
@@ -243,13 +242,14 @@ func (a *applier) decideAccount(d *didState, ev *firehose.Event) error {
 	switch {
 	case next == "":
 		// Back to active: a resync restores the data (and catches up
-		// anything missed while the repo was away).
-		units = append(units, a.setStatus(d, statusActive, ev.Seq))
+		// anything missed while the repo was away). The status is stored
+		// with the resync's last write, not before: a crash in between
+		// must leave the activation to be replayed.
+		tail := a.setStatus(d, statusActive, ev.Seq)
 		d.status = ""
 		e.log.Info("repo active again; resyncing to restore it", "did", d.did, "was", prev, "seq", ev.Seq)
-		b := a.place(units, d)
-		b.noteRev(d.did, d.rev)
 		a.startResync(d, ev, TriggerActivate)
+		d.resync.tail = tail
 		return nil
 	case next == statusDeleted:
 		// Everything the repo produced goes: data and lineage.
@@ -268,9 +268,9 @@ func (a *applier) decideAccount(d *didState, ev *firehose.Event) error {
 		}
 		e.log.Info("repo not active; withdrawing its relationships", "did", d.did, "status", next, "seq", ev.Seq)
 	}
-	units = append(units, a.setStatus(d, next, ev.Seq))
+	final := a.setStatus(d, next, ev.Seq)
 	d.status = next
-	a.commitUnits(d, ev, units, nil, "")
+	a.commitUnits(d, ev, units, final, nil, "")
 	return nil
 }
 

@@ -48,25 +48,32 @@ func (a *applier) closePending() {
 
 // place adds the units of one decision to batches: into the open batch if
 // they fit, else into a fresh one, else (larger than a call) split by unit
-// across several, in order. It returns the batch holding the last unit,
-// which is the one that completes the decision.
-func (a *applier) place(units []unit, dids ...*didState) *batch {
-	n := unitsLen(units)
+// across several, in order. final always lands in the last batch, after
+// everything else: it holds the decision's bookkeeping (rev, status), which
+// must not be stored before all of the decision's data is, or a crash in
+// between would make the replay skip the event as already applied. It
+// returns the batch that completes the decision.
+func (a *applier) place(units []unit, final unit, dids ...*didState) *batch {
+	n := unitsLen(units) + len(final)
 	if !a.pending.fits(n) {
 		a.closePending()
 	}
-	if a.pending.fits(n) {
-		for _, u := range units {
-			a.pending.addUnit(u)
-		}
-	} else {
+	if !a.pending.fits(n) {
 		for _, u := range units {
 			if !a.pending.fits(len(u)) {
 				a.closePending()
 			}
 			a.pending.addUnit(u)
 		}
+		units = nil
+		if !a.pending.fits(len(final)) {
+			a.closePending()
+		}
 	}
+	for _, u := range units {
+		a.pending.addUnit(u)
+	}
+	a.pending.addUnit(final)
 	for _, d := range dids {
 		d.lastBatch = a.pending.id
 	}

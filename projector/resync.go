@@ -18,6 +18,9 @@ type resyncJob struct {
 	held    []*firehose.Event
 	covered []int64
 	again   bool
+	// tail is bookkeeping decided with the trigger (an activation's status)
+	// that is stored with the resync's last write.
+	tail unit
 }
 
 type resyncResult struct {
@@ -113,6 +116,7 @@ func (a *applier) applyResync(r *resyncResult) error {
 	}
 	var units []unit
 	var changes []Change
+	final := append(unit(nil), job.tail...)
 	var trigSeq int64
 	var trigTime string
 	if job.trigger != nil {
@@ -135,17 +139,17 @@ func (a *applier) applyResync(r *resyncResult) error {
 					units = append(units, l.recordChange(d.did, c.Collection+"/"+c.RKey, want, d.active(), nil))
 				}
 			}
-			units = append(units, a.setRev(d, l, ev.Rev))
+			final = append(final, a.setRev(d, l, ev.Rev)...)
 		}
 	case r.notFound:
 		e.log.Info("resync: the PDS has no such repo; removing everything it produced", "did", d.did)
 		units = a.removeAll(d, l, r.data)
 		if d.rev != "" {
-			units = append(units, unit{{Op: OpDelete, Tuple: RevTuple(d.did, d.rev)}})
+			final = append(final, Update{Op: OpDelete, Tuple: RevTuple(d.did, d.rev)})
 			d.rev = ""
 		}
 		if d.status != statusDeleted {
-			units = append(units, a.setStatus(d, statusDeleted, max(d.statusSeq, trigSeq)))
+			final = append(final, a.setStatus(d, statusDeleted, max(d.statusSeq, trigSeq))...)
 			d.status = statusDeleted
 		}
 	case r.inactive:
@@ -154,18 +158,19 @@ func (a *applier) applyResync(r *resyncResult) error {
 			units = append(units, unit{{Op: OpDelete, Tuple: t}})
 		}
 		if d.status == "" {
-			units = append(units, a.setStatus(d, "inactive", max(d.statusSeq, trigSeq)))
+			final = append(final, a.setStatus(d, "inactive", max(d.statusSeq, trigSeq))...)
 			d.status = "inactive"
 		}
 	default:
 		var u []unit
 		u, changes = a.resyncDiff(d, l, r, trigSeq, trigTime)
 		units = append(units, u...)
-		units = append(units, a.setRev(d, l, r.snap.Rev))
+		final = append(final, a.setRev(d, l, r.snap.Rev)...)
 	}
 	var b *batch
-	if unitsLen(units) > 0 {
-		b = a.place(units, d)
+	written := unitsLen(units)+len(final) > 0
+	if written {
+		b = a.place(units, final, d)
 	} else {
 		b = a.pending
 	}
@@ -186,7 +191,7 @@ func (a *applier) applyResync(r *resyncResult) error {
 		b.seqs = append(b.seqs, covered...)
 		covered = nil
 	}
-	if e.cfg.Publisher == nil && unitsLen(units) == 0 {
+	if e.cfg.Publisher == nil && !written {
 		// Nothing to write: complete now rather than with the next batch.
 		for _, s := range b.seqs {
 			e.cfg.Tracker.Done(s)

@@ -51,6 +51,9 @@ type Writer struct {
 	mu   sync.Mutex
 	cur  int64 // stored cursor
 	hb   int64 // stored heartbeat (ms)
+	// rewind is the stored rewind marker: cleared in the write whose
+	// cursor passes it, since every event it covers is then replayed.
+	rewind int64
 	tok  string
 	dead error
 }
@@ -70,7 +73,8 @@ func NewWriter(cfg WriterConfig) *Writer {
 		log = slog.Default()
 	}
 	cfg.Metrics.setCursor(cfg.Lease.Cursor)
-	return &Writer{cfg: cfg, log: log.With("component", "spice-writer"), cur: cfg.Lease.Cursor, hb: cfg.Lease.HeartbeatMs}
+	return &Writer{cfg: cfg, log: log.With("component", "spice-writer"), cur: cfg.Lease.Cursor, hb: cfg.Lease.HeartbeatMs,
+		rewind: cfg.Lease.Rewind}
 }
 
 // Cursor is the cursor stored by the last successful write.
@@ -114,6 +118,11 @@ func (w *Writer) Write(ctx context.Context, updates []projector.Update, cursor i
 				all = append(all, projector.Update{Op: projector.OpDelete, Tuple: CursorTuple(w.cfg.Name, w.cur)})
 			}
 		}
+		clearRewind := w.rewind != NoSeq && newCur > w.rewind
+		if clearRewind {
+			all = append(all[:len(all):len(all)], projector.Update{Op: projector.OpDelete,
+				Tuple: MarkerTuple(w.cfg.Name, projector.RelRewind, w.rewind)})
+		}
 		var newHB int64
 		if ms := w.cfg.Now().UnixMilli(); time.Duration(ms-w.hb)*time.Millisecond >= w.cfg.HeartbeatEvery/2 {
 			newHB = ms
@@ -145,6 +154,9 @@ func (w *Writer) Write(ctx context.Context, updates []projector.Update, cursor i
 			}
 			if newHB != 0 {
 				w.hb = newHB
+			}
+			if clearRewind {
+				w.rewind = NoSeq
 			}
 			w.tok = tok
 			return tok, nil
@@ -257,15 +269,26 @@ func (w *Writer) Release(ctx context.Context) error {
 	return nil
 }
 
-// SetMarker writes (seq >= 0) or clears (seq == NoSeq, clearing old) a
-// projector marker (rewind, rebuild) under the lease.
-func (w *Writer) SetMarker(ctx context.Context, rel string, old, seq int64) (string, error) {
+
+// Marker is a projector marker to set: Rel is projector.RelRewind or
+// RelRebuild, Old the stored value (NoSeq when none), New the value to
+// store (NoSeq to clear).
+type Marker struct {
+	Rel      string
+	Old, New int64
+}
+
+// WriteMarkers moves the cursor (NoSeq leaves it) and sets markers, in one
+// call under the lease.
+func (w *Writer) WriteMarkers(ctx context.Context, markers []Marker, cursor int64) (string, error) {
 	var us []projector.Update
-	if old != NoSeq && old != seq {
-		us = append(us, projector.Update{Op: projector.OpDelete, Tuple: MarkerTuple(w.cfg.Name, rel, old)})
+	for _, m := range markers {
+		if m.Old != NoSeq && m.Old != m.New {
+			us = append(us, projector.Update{Op: projector.OpDelete, Tuple: MarkerTuple(w.cfg.Name, m.Rel, m.Old)})
+		}
+		if m.New != NoSeq && m.New != m.Old {
+			us = append(us, projector.Update{Op: projector.OpTouch, Tuple: MarkerTuple(w.cfg.Name, m.Rel, m.New)})
+		}
 	}
-	if seq != NoSeq {
-		us = append(us, projector.Update{Op: projector.OpTouch, Tuple: MarkerTuple(w.cfg.Name, rel, seq)})
-	}
-	return w.Write(ctx, us, NoSeq)
+	return w.Write(ctx, us, cursor)
 }

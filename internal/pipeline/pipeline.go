@@ -288,6 +288,9 @@ type Snapshot struct {
 	Name      string
 	Restarts  int
 	Started   time.Time
+	// LagSeconds is how far behind the newest event read the newest
+	// applied one is, by their `time` fields (0 when nothing is pending).
+	LagSeconds float64
 }
 
 // Snapshot reports the consumer's state.
@@ -312,7 +315,26 @@ func (c *Consumer) Snapshot() Snapshot {
 	if engine != nil {
 		s.Engine = engine.Status()
 	}
+	if s.InFlight > 0 && stream != nil && !s.Engine.AppliedEventTime.IsZero() {
+		if head, ok := stream.HeadTime(); ok && head.After(s.Engine.AppliedEventTime) {
+			s.LagSeconds = head.Sub(s.Engine.AppliedEventTime).Seconds()
+		}
+	}
 	return s
+}
+
+// WaitApplied waits for a repo rev to be applied (DESIGN §7).
+func (c *Consumer) WaitApplied(ctx context.Context, did, rev string) (string, error) {
+	for {
+		if e := c.Engine(); e != nil {
+			return e.WaitApplied(ctx, did, rev)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Engine is the current engine (nil before the first start).

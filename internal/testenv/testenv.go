@@ -61,6 +61,23 @@ func NewWithSchema(t testing.TB, schema string) *Env {
 	return e
 }
 
+// Fork returns an Env over the same fake PDS with a fresh, empty SpiceDB
+// datastore: for a reference run to compare with.
+func (e *Env) Fork() *Env {
+	e.T.Helper()
+	f := &Env{T: e.T, PDS: e.PDS, SDB: e.SDB, Token: spicedbtest.RandomToken(), Rules: e.Rules, status: e.status}
+	c, err := spice.Dial(f.SpiceConfig())
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	e.T.Cleanup(func() { _ = c.Close() })
+	f.Client = c
+	if err := c.WriteSchema(context.Background(), deploy.Schema); err != nil {
+		e.T.Fatal(err)
+	}
+	return f
+}
+
 // SpiceConfig reaches this test's datastore.
 func (e *Env) SpiceConfig() spice.Config {
 	return spice.Config{Endpoint: e.SDB.Addr, Token: e.Token, Insecure: true}

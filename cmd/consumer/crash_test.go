@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/internal/crashpoint"
+	"github.com/spaces-authz/spaces-authz/internal/testenv"
+	"github.com/spaces-authz/spaces-authz/internal/workload"
+	"github.com/spaces-authz/spaces-authz/projector"
+)
+
+// buildConsumer compiles this command once per test binary.
+func buildConsumer(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "consumer")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("build consumer: %v", err)
+	}
+	return bin
+}
+
+// proc is a consumer running as a separate process, so it can be killed.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  *os.File
+}
+
+func startProc(t *testing.T, bin string, e *testenv.Env, crashAt string, extra ...string) *proc {
+	t.Helper()
+	args := []string{"run", "--pds-url", e.PDS.URL(), "--spicedb-endpoint", e.SDB.Addr, "--spicedb-insecure",
+		"--http-addr", "127.0.0.1:0", "--takeover", "--flush-every", "20ms", "--heartbeat-every", "300ms",
+		"--log-format", "text", "--log-level", "warn"}
+	args = append(args, extra...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "CONSUMER_SPICEDB_TOKEN="+e.Token, crashpoint.EnvVar+"="+crashAt)
+	logf, err := os.CreateTemp(t.TempDir(), "consumer-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{}), log: logf}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	return p
+}
+
+func (p *proc) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (p *proc) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func (p *proc) output() string {
+	b, _ := os.ReadFile(p.log.Name())
+	return string(b)
+}
+
+func apply(t *testing.T, e *testenv.Env, dids []string, s workload.Step) {
+	t.Helper()
+	did := dids[s.Account]
+	var err error
+	switch s.Kind {
+	case workload.KindCommit:
+		_, _, err = e.PDS.Commit(did, s.Writes...)
+	case workload.KindSilent:
+		_, err = e.PDS.CommitSilently(did, s.Writes...)
+	case workload.KindSync:
+		_, err = e.PDS.Sync(did)
+	case workload.KindStatus:
+		st := s.Status
+		if s.Active {
+			st = ""
+		}
+		e.SetStatus(did, st)
+	}
+	if err != nil {
+		t.Fatalf("apply %+v: %v", s, err)
+	}
+}
+
+// stateRelationships is everything SpiceDB holds except the lease and the
+// cursor, which differ between runs by design.
+func stateRelationships(e *testenv.Env) []string {
+	return e.Relationships(projector.TypeSpace, projector.TypeGroup, projector.TypeLineage, projector.TypeRepo)
+}
+
+// TestCrashSafetyUnderSIGKILL kills the consumer process many times, at
+// injected points and at random moments, while a randomized workload runs;
+// the final SpiceDB state must equal an uninterrupted run's, tuple for
+// tuple, and the oracle computed from the PDS's records.
+func TestCrashSafetyUnderSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills the consumer binary")
+	}
+	bin := buildConsumer(t)
+	e := testenv.New(t)
+	var dids []string
+	for i := range 5 {
+		r, err := e.PDS.CreateAccount(fmt.Sprintf("user%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dids = append(dids, r.DID())
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("workload seed %d", seed)
+	gen := workload.New(seed, dids, workload.Options{Gaps: true, Syncs: true, StatusChanges: true})
+	rng := rand.New(rand.NewPCG(seed, 7))
+	points := []string{crashpoint.AfterWrite, crashpoint.BeforeWrite, crashpoint.MidBatch, crashpoint.DuringResync,
+		crashpoint.Reconnect, ""}
+	const kills = 40
+	injected, external, ops := 0, 0, 0
+	countOps := func(s workload.Step) {
+		ops += len(s.Writes)
+		apply(t, e, dids, s)
+	}
+	for range 30 {
+		countOps(gen.Next())
+	}
+	for k := range kills {
+		point := points[rng.IntN(len(points))]
+		crashAt := ""
+		if point != "" {
+			crashAt = fmt.Sprintf("%s:%d", point, 1+rng.IntN(6))
+		}
+		batch := fmt.Sprint([]int{1, 7, 50, 996}[rng.IntN(4)])
+		p := startProc(t, bin, e, crashAt, "--batch-updates", batch)
+		steps := 10 + rng.IntN(30)
+		for i := 0; i < steps && p.running(); i++ {
+			countOps(gen.Next())
+			if rng.IntN(15) == 0 {
+				e.PDS.Drop() // exercise reconnects
+			}
+			time.Sleep(time.Duration(rng.IntN(4)) * time.Millisecond)
+		}
+		select {
+		case <-p.done:
+		case <-time.After(time.Duration(rng.IntN(150)) * time.Millisecond):
+		}
+		if p.running() {
+			p.kill()
+			external++
+		} else {
+			injected++
+			if out := p.output(); !strings.Contains(out, "") && k < 0 {
+				t.Log(out)
+			}
+		}
+		if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && !ws.Signaled() {
+			t.Fatalf("run %d (%s) exited on its own (%v):\n%s", k, crashAt, p.cmd.ProcessState, p.output())
+		}
+	}
+	for _, s := range gen.LastWrites() {
+		countOps(s)
+	}
+
+	// A clean run catches up from wherever the kills left the cursor.
+	final := startProc(t, bin, e, "")
+	head := e.PDS.Head()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := e.Client.ReadProjector(context.Background(), "default")
+		if err == nil && st.Cursor >= head {
+			break
+		}
+		if !final.running() || time.Now().After(deadline) {
+			t.Fatalf("final run did not reach head %d (cursor %d, err %v):\n%s", head, st.Cursor, err, final.output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = final.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-final.done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("final run did not stop on SIGTERM")
+	}
+	if !final.cmd.ProcessState.Success() {
+		t.Fatalf("SIGTERM exit: %v\n%s", final.cmd.ProcessState, final.output())
+	}
+	got := stateRelationships(e)
+
+	// The reference: one uninterrupted run over the same stream.
+	ref := e.Fork()
+	r := ref.Start()
+	ref.WaitCaughtUp(r)
+	want := stateRelationships(ref)
+	if d := testenv.Diff(got, want); d != "" {
+		t.Fatalf("after %d kills the state differs from an uninterrupted run:\n%s", kills, d)
+	}
+	e.AssertMatchesOracle()
+	t.Logf("kills: %d injected + %d external = %d; %d record operations in %d events; %d relationships compared, 0 mismatches",
+		injected, external, injected+external, ops, head, len(got))
+}
+

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/spice"
+)
+
+// EnvPrefix is prepended to a flag's name to find its environment variable.
+const EnvPrefix = "CONSUMER_"
+
+// envName is the environment variable that mirrors a flag.
+func envName(flagName string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parse parses args, then fills every flag not given on the command line
+// from its CONSUMER_* variable.
+func parse(fs *flag.FlagSet, args []string) error {
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: consumer %s [flags]\n\n", fs.Name())
+		fs.VisitAll(func(f *flag.Flag) {
+			fmt.Fprintf(fs.Output(), "  --%s (%s)\n    \t%s", f.Name, envName(f.Name), f.Usage)
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+				fmt.Fprintf(fs.Output(), " (default %s)", f.DefValue)
+			}
+			fmt.Fprintln(fs.Output())
+		})
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &exitError{code: 0}
+		}
+		return &exitError{code: 2, err: err}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = &exitError{code: 2, err: fmt.Errorf("%s=%q: %w", envName(f.Name), v, e)}
+			}
+		}
+	})
+	return err
+}
+
+// common are the flags every command that talks to SpiceDB and the PDS
+// shares.
+type common struct {
+	pdsURL         string
+	spiceEndpoint  string
+	spiceTokenFile string
+	spiceInsecure  bool
+	spiceCA        string
+	name           string
+	rulesPath      string
+	logLevel       string
+	logFormat      string
+}
+
+func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
+	fs.StringVar(&c.pdsURL, "pds-url", "", "PDS base URL, http(s):// or ws(s):// (required)")
+	fs.StringVar(&c.spiceEndpoint, "spicedb-endpoint", "127.0.0.1:50051", "SpiceDB gRPC host:port")
+	fs.StringVar(&c.spiceTokenFile, "spicedb-token-file", "", "file holding the SpiceDB preshared key (or set CONSUMER_SPICEDB_TOKEN)")
+	fs.BoolVar(&c.spiceInsecure, "spicedb-insecure", false, "plaintext gRPC to SpiceDB (loopback/dev only)")
+	fs.StringVar(&c.spiceCA, "spicedb-ca", "", "PEM CA bundle to verify SpiceDB's TLS certificate (default: system roots)")
+	fs.StringVar(&c.name, "name", pipeline.DefaultName, "projector name in SpiceDB: one per PDS stream")
+	fs.StringVar(&c.rulesPath, "rules", "", "rules file (default: the built-in rules of DESIGN §2)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", defaultFormat, "json or text")
+}
+
+func (c *common) logger() (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return nil, &exitError{code: 2, err: fmt.Errorf("--log-level: %w", err)}
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	var w io.Writer = os.Stderr
+	switch c.logFormat {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, &exitError{code: 2, err: fmt.Errorf("--log-format %q: want json or text", c.logFormat)}
+}
+
+// token reads the SpiceDB key from CONSUMER_SPICEDB_TOKEN or the file.
+func (c *common) token() (string, error) {
+	if c.spiceTokenFile != "" {
+		b, err := os.ReadFile(c.spiceTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("read --spicedb-token-file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if t := os.Getenv(EnvPrefix + "SPICEDB_TOKEN"); t != "" {
+		return t, nil
+	}
+	return "", &exitError{code: 2, err: errors.New("no SpiceDB key: set CONSUMER_SPICEDB_TOKEN or --spicedb-token-file")}
+}
+
+func (c *common) spiceConfig() (spice.Config, error) {
+	tok, err := c.token()
+	if err != nil {
+		return spice.Config{}, err
+	}
+	return spice.Config{Endpoint: c.spiceEndpoint, Token: tok, Insecure: c.spiceInsecure, CAPath: c.spiceCA}, nil
+}
+
+func (c *common) rules() (*projector.Rules, error) {
+	r, err := projector.LoadRules(c.rulesPath)
+	if err != nil {
+		return nil, &exitError{code: 2, err: err}
+	}
+	return r, nil
+}
+
+func (c *common) needPDS() error {
+	if c.pdsURL == "" {
+		return &exitError{code: 2, err: errors.New("--pds-url (CONSUMER_PDS_URL) is required")}
+	}
+	return nil
+}
+
+func (c *common) dial() (*spice.Client, error) {
+	cfg, err := c.spiceConfig()
+	if err != nil {
+		return nil, err
+	}
+	return spice.Dial(cfg)
+}
+
+// durationFlag documents durations consistently.
+func durationFlag(fs *flag.FlagSet, p *time.Duration, name string, def time.Duration, usage string) {
+	fs.DurationVar(p, name, def, usage)
+}

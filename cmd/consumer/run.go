@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spaces-authz/spaces-authz/internal/httpapi"
+	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	"github.com/spaces-authz/spaces-authz/spice"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+type runFlags struct {
+	common
+	httpAddr                                   string
+	holder                                     string
+	leaseTimeout, heartbeatEvery, flushEvery   time.Duration
+	takeover, noAutoRebuild                    bool
+	workers, queueDepth, maxInFlight, maxFrame int
+	batchUpdates, cacheRepos, heldPerRepo      int
+	resyncConcurrency                          int
+}
+
+func (f *runFlags) register(fs *flag.FlagSet) {
+	f.common.register(fs, "json")
+	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464", "address of /metrics, /healthz, /readyz, /v1/status and /v1/consistency")
+	fs.StringVar(&f.holder, "holder", "", "lease holder ID of this process (default: random per process)")
+	durationFlag(fs, &f.leaseTimeout, "lease-timeout", spice.DefaultLeaseTimeout, "a holder silent this long loses the lease")
+	durationFlag(fs, &f.heartbeatEvery, "heartbeat-every", spice.DefaultHeartbeatEvery, "how often the lease heartbeat is written")
+	durationFlag(fs, &f.flushEvery, "flush-every", time.Second, "when idle, how often the cursor is written")
+	fs.BoolVar(&f.takeover, "takeover", false, "take the lease even from a live holder (it gets fenced)")
+	fs.BoolVar(&f.noAutoRebuild, "no-auto-rebuild", false, "exit instead of rebuilding when SpiceDB was reset under the consumer")
+	fs.IntVar(&f.workers, "workers", 4, "per-DID delivery lanes (parallelism across DIDs)")
+	fs.IntVar(&f.queueDepth, "queue-depth", 64, "events queued per lane")
+	fs.IntVar(&f.maxInFlight, "max-in-flight", 20000, "events read but not yet applied, at most")
+	fs.IntVar(&f.maxFrame, "max-frame-bytes", 8<<20, "frames larger than this are counted and skipped")
+	fs.IntVar(&f.batchUpdates, "batch-updates", 996, "relationship updates per SpiceDB write, at most")
+	fs.IntVar(&f.cacheRepos, "cache-repos", 10000, "repos whose lineage is cached in memory")
+	fs.IntVar(&f.heldPerRepo, "held-per-repo", 1000, "live events held per repo while it resyncs")
+	fs.IntVar(&f.resyncConcurrency, "resync-concurrency", 4, "concurrent getRepo calls")
+}
+
+func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, error) {
+	if err := f.needPDS(); err != nil {
+		return pipeline.Config{}, err
+	}
+	log, err := f.logger()
+	if err != nil {
+		return pipeline.Config{}, err
+	}
+	sc, err := f.spiceConfig()
+	if err != nil {
+		return pipeline.Config{}, err
+	}
+	rules, err := f.rules()
+	if err != nil {
+		return pipeline.Config{}, err
+	}
+	return pipeline.Config{PDSURL: f.pdsURL, Name: f.name, Holder: f.holder, Rules: rules, SpiceDB: sc,
+		LeaseTimeout: f.leaseTimeout, Takeover: f.takeover, HeartbeatEvery: f.heartbeatEvery,
+		NoAutoRebuild: f.noAutoRebuild, Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
+		MaxInFlight: f.maxInFlight, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
+		HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, FlushEvery: f.flushEvery,
+		Logger: log, Registry: reg}, nil
+}
+
+// newRegistry is the process's one metrics registry: Go, process and
+// build-info collectors plus whatever the packages register.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector())
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "consumer", Name: "build_info",
+		Help: "Always 1; the version label says which build runs.", ConstLabels: prometheus.Labels{"version": version}},
+		func() float64 { return 1 }))
+	return reg
+}
+
+func cmdRun(ctx context.Context, args []string) error {
+	var f runFlags
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	f.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	reg := newRegistry()
+	cfg, err := f.pipelineConfig(reg)
+	if err != nil {
+		return err
+	}
+	consumer, err := pipeline.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer consumer.Close()
+	srv, err := httpapi.Listen(f.httpAddr, httpapi.Handler(consumer, reg), cfg.Logger)
+	if err != nil {
+		return err
+	}
+	cfg.Logger.Info("consumer starting", "version", version, "pds", f.pdsURL, "spicedb", f.spiceEndpoint,
+		"projector", f.name, "http", srv.Addr())
+	g, gctx := errgroup.WithContext(ctx)
+	runCtx, stopHTTP := context.WithCancel(context.Background())
+	defer stopHTTP()
+	g.Go(func() error { return srv.Run(runCtx) })
+	g.Go(func() error {
+		defer stopHTTP()
+		return consumer.Run(gctx)
+	})
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	cfg.Logger.Info("consumer stopped")
+	return nil
+}
