@@ -297,6 +297,9 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 		return 0, err
 	}
 	conn, resp, err := c.cfg.Dialer.DialContext(ctx, u, nil)
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
+	}
 	if err != nil {
 		if resp != nil {
 			return 0, fmt.Errorf("firehose: dial %s: %w (HTTP %d)", redact(u), err, resp.StatusCode)

@@ -28,8 +28,6 @@ func newBatch(id uint64, limit int) *batch {
 	return &batch{id: id, limit: limit, ups: make(map[Tuple]Op)}
 }
 
-func (b *batch) size() int { return len(b.ups) }
-
 func (b *batch) empty() bool {
 	return len(b.ups) == 0 && len(b.seqs) == 0 && len(b.revs) == 0 && len(b.changes) == 0
 }

@@ -112,6 +112,15 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 			want = nil
 		}
 		units = append(units, l.recordChange(d.did, c.Collection+"/"+c.RKey, want, d.active(), nil))
+		for _, t := range want {
+			if l.parentCycle(t) {
+				// Only the repo's own checks can suffer (SpiceDB fails
+				// them closed); the record stays as written.
+				e.cfg.Metrics.cycle()
+				e.log.Warn("parent relation closes a cycle in the repo's space tree",
+					"uri", "at://"+d.did+"/"+c.Collection+"/"+c.RKey, "seq", ev.Seq)
+			}
+		}
 	}
 	a.commitUnits(d, ev, units, a.setRev(d, l, ev.Rev), changes, ev.Rev)
 	return nil

@@ -89,3 +89,32 @@ func splitPath(path string) (collection, rkey string) {
 	}
 	return path, ""
 }
+
+// parentCycle reports whether the parent edge t (child → parent) closes a
+// cycle among the repo's parent edges.
+func (l *lineage) parentCycle(t Tuple) bool {
+	if t.ResourceType != TypeSpace || t.Relation != RelParent {
+		return false
+	}
+	parents := map[string][]string{}
+	for e := range l.producers {
+		if e.ResourceType == TypeSpace && e.Relation == RelParent {
+			parents[e.ResourceID] = append(parents[e.ResourceID], e.SubjectID)
+		}
+	}
+	seen := map[string]bool{}
+	stack := []string{t.SubjectID}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if n == t.ResourceID {
+			return true
+		}
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		stack = append(stack, parents[n]...)
+	}
+	return false
+}

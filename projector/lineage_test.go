@@ -81,3 +81,22 @@ func TestLineageWithdrawnTouchesOnlyLineage(t *testing.T) {
 		}
 	}
 }
+
+func TestParentCycle(t *testing.T) {
+	l := newLineage()
+	edge := func(child, parent string) Tuple {
+		return Tuple{ResourceType: TypeSpace, ResourceID: child, Relation: RelParent, SubjectType: TypeSpace, SubjectID: parent}
+	}
+	l.add(edge("a", "b"), "r/1")
+	l.add(edge("b", "c"), "r/2")
+	if l.parentCycle(edge("b", "c")) {
+		t.Fatal("a chain is not a cycle")
+	}
+	l.add(edge("c", "a"), "r/3")
+	if !l.parentCycle(edge("c", "a")) {
+		t.Fatal("a → b → c → a not detected")
+	}
+	if l.parentCycle(tup("x", "viewer", "y")) {
+		t.Fatal("non-parent tuple")
+	}
+}

@@ -21,7 +21,6 @@ type batchResult struct {
 
 type rebuildRequest struct {
 	reason string
-	dids   []string // nil: every repo listed by the PDS and known to the view
 }
 
 // applier is the state of the applier goroutine: the open batch and the
@@ -210,7 +209,7 @@ func (e *Engine) write(ctx context.Context, b *batch) error {
 func (e *Engine) isolate(ctx context.Context, ups []Update, cause error) error {
 	bad, err := e.findRefused(ctx, ups)
 	if err != nil {
-		return fmt.Errorf("projector: isolate refused relationship: %w (SpiceDB said: %v)", err, cause)
+		return fmt.Errorf("projector: isolate refused relationship: %w (SpiceDB said: %w)", err, cause)
 	}
 	attributable := false
 	for _, u := range bad {

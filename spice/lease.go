@@ -211,7 +211,7 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 			case <-time.After(500 * time.Millisecond):
 			}
 		case Classify(err) == ClassSchema:
-			return ProjectorState{}, fmt.Errorf("%w: %v", ErrSchema, err)
+			return ProjectorState{}, fmt.Errorf("%w: %w", ErrSchema, err)
 		default:
 			return ProjectorState{}, fmt.Errorf("spice: acquire lease: %w", err)
 		}

@@ -46,16 +46,16 @@ type WriterConfig struct {
 // Writer writes the projector's batches. It is safe for concurrent use but
 // serialises calls: the cursor it rewrites must move in order.
 type Writer struct {
-	cfg  WriterConfig
-	log  *slog.Logger
-	mu   sync.Mutex
-	cur  int64 // stored cursor
-	hb   int64 // stored heartbeat (ms)
+	cfg WriterConfig
+	log *slog.Logger
+	mu  sync.Mutex
+	cur int64 // stored cursor
+	hb  int64 // stored heartbeat (ms)
 	// rewind is the stored rewind marker: cleared in the write whose
 	// cursor passes it, since every event it covers is then replayed.
 	rewind int64
-	tok  string
-	dead error
+	tok    string
+	dead   error
 }
 
 var _ projector.Writer = (*Writer)(nil)
@@ -110,7 +110,7 @@ func (w *Writer) Write(ctx context.Context, updates []projector.Update, cursor i
 	preconditionRetries := 0
 	for {
 		all := updates
-		var newCur int64 = NoSeq
+		newCur := NoSeq
 		if cursor != NoSeq && cursor != w.cur {
 			newCur = cursor
 			all = append(all[:len(all):len(all)], projector.Update{Op: projector.OpTouch, Tuple: CursorTuple(w.cfg.Name, cursor)})
@@ -190,7 +190,7 @@ func (w *Writer) Write(ctx context.Context, updates []projector.Update, cursor i
 			w.dead = lerr
 			return "", lerr
 		case ClassSchema:
-			w.dead = fmt.Errorf("%w: %v", ErrSchema, err)
+			w.dead = fmt.Errorf("%w: %w", ErrSchema, err)
 			return "", w.dead
 		case ClassRefused:
 			return "", &RefusedError{Err: err}
@@ -268,7 +268,6 @@ func (w *Writer) Release(ctx context.Context) error {
 	w.dead = ErrNotHolder
 	return nil
 }
-
 
 // Marker is a projector marker to set: Rel is projector.RelRewind or
 // RelRebuild, Old the stored value (NoSeq when none), New the value to

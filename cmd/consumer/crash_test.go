@@ -214,4 +214,3 @@ func TestCrashSafetyUnderSIGKILL(t *testing.T) {
 	t.Logf("kills: %d injected + %d external = %d; %d record operations in %d events; %d relationships compared, 0 mismatches",
 		injected, external, injected+external, ops, head, len(got))
 }
-

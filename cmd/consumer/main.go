@@ -35,10 +35,10 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"run":       {"follow the PDS stream and project it into SpiceDB (the daemon)", cmdRun},
-	"schema":    {"schema apply: write the SpiceDB schema the consumer needs", cmdSchema},
-	"rewind":    {"rewind --to SEQ: replay the stream from SEQ (the view never moves backwards)", cmdRewind},
-	"status":    {"show cursor, PDS head, lag and lease (--json for scripts)", cmdStatus},
+	"run":    {"follow the PDS stream and project it into SpiceDB (the daemon)", cmdRun},
+	"schema": {"schema apply: write the SpiceDB schema the consumer needs", cmdSchema},
+	"rewind": {"rewind --to SEQ: replay the stream from SEQ (the view never moves backwards)", cmdRewind},
+	"status": {"show cursor, PDS head, lag and lease (--json for scripts)", cmdStatus},
 }
 
 func usage() {

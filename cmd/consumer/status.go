@@ -160,7 +160,10 @@ func probeHead(ctx context.Context, pdsURL string, cursor int64) (int64, bool) {
 		return -1, false
 	}
 	d := websocket.Dialer{HandshakeTimeout: 3 * time.Second}
-	conn, _, err := d.DialContext(ctx, u, nil)
+	conn, resp, err := d.DialContext(ctx, u, nil)
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
+	}
 	if err != nil {
 		return -1, false
 	}

@@ -119,7 +119,7 @@ func Start(ctx context.Context, opts Options) (*PDS, error) {
 	// loading, about 1.5 s for the PDS) dominates.
 	plcPort, err := freePort()
 	if err != nil {
-		p.cleanup()
+		_ = p.cleanup()
 		return nil, fmt.Errorf("localpds: start: %w", err)
 	}
 	p.PLCURL = "http://localhost:" + strconv.Itoa(plcPort)
@@ -154,7 +154,7 @@ func Start(ctx context.Context, opts Options) (*PDS, error) {
 		if p.plc != nil {
 			_ = p.plc.stop(stopGrace)
 		}
-		p.cleanup()
+		_ = p.cleanup()
 		if plcRes.err != nil {
 			return nil, fmt.Errorf("localpds: start plc: %w", plcRes.err)
 		}
@@ -396,7 +396,7 @@ func startNode(ctx context.Context, dir, script, key string, env []string, stder
 	case r := <-readyc:
 		return p, r, nil
 	case <-p.done:
-		return nil, ready{}, fmt.Errorf("%s exited before it was ready (%v): %s", script, p.waitErr, errTail.String())
+		return nil, ready{}, fmt.Errorf("%s exited before it was ready (%w): %s", script, p.waitErr, errTail.String())
 	case <-ctx.Done():
 		p.kill()
 		return nil, ready{}, fmt.Errorf("%s not ready: %w: %s", script, ctx.Err(), errTail.String())

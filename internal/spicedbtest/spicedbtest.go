@@ -110,10 +110,7 @@ func ensureBinary() (string, error) {
 	if checkVersion(bin) == nil {
 		return bin, nil
 	}
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
-	}
+	goBin := "go"
 	fmt.Fprintf(os.Stderr, "spicedbtest: building %s into %s (once; a few minutes)\n", Module, dir)
 	cmd := exec.Command(goBin, "install", Module)
 	cmd.Env = append(os.Environ(), "GOBIN="+dir, "CGO_ENABLED=1")
@@ -239,7 +236,7 @@ func (s *Server) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("not ready at %s: %v", s.Addr, err)
+			return fmt.Errorf("not ready at %s: %w", s.Addr, errors.Join(err, ctx.Err()))
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -25,10 +25,10 @@ type Kind int
 
 // Step kinds.
 const (
-	KindCommit   Kind = iota // Writes to Account's repo, one commit
-	KindSilent               // Writes applied without a stream event (a gap; fake PDS only)
-	KindStatus               // Account status change: Active, Status
-	KindSync                 // a #sync of Account (fake PDS only)
+	KindCommit Kind = iota // Writes to Account's repo, one commit
+	KindSilent             // Writes applied without a stream event (a gap; fake PDS only)
+	KindStatus             // Account status change: Active, Status
+	KindSync               // a #sync of Account (fake PDS only)
 )
 
 // Step is one action of a workload.

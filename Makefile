@@ -1,0 +1,48 @@
+# spaces-authz: the two commands that matter are `make up` (a local stack)
+# and `make test` (everything, e2e included). Both install what they need
+# into .cache/ through the package registries (Go proxy, npm).
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+export GOBIN := $(ROOT)/.cache/bin
+export PATH := $(GOBIN):$(PATH)
+export SPICEDB_BIN := $(GOBIN)/spicedb
+export NATS_SERVER_BIN := $(GOBIN)/nats-server
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+GO_TEST_FLAGS ?=
+
+.PHONY: all deps build test test-unit test-e2e lint fmt vet up bench clean
+
+all: build
+
+deps:
+	scripts/deps.sh
+
+build:
+	go build -ldflags "-X main.version=$(VERSION)" -o bin/consumer ./cmd/consumer
+
+vet:
+	go vet ./...
+	go vet -tags e2e ./...
+
+lint:
+	DEPS_PDS=0 DEPS_LINT=1 scripts/deps.sh
+	golangci-lint run ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+# The test command: installs SpiceDB, nats-server, Node 22 and the reference
+# PDS, then runs the unit, integration, crash and e2e tests for real.
+test: deps vet test-unit test-e2e
+
+test-unit:
+	go test -count=1 -timeout 30m $(GO_TEST_FLAGS) ./...
+
+test-e2e:
+	go test -count=1 -timeout 45m -tags e2e -v $(GO_TEST_FLAGS) ./internal/localpds/ 2>&1 | tee .cache/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; test $${PIPESTATUS[0]} -eq 0
+
+bench:
+	go test -run '^$$' -bench . -benchtime 1x ./...
+
+clean:
+	rm -rf bin

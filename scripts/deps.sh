@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the local stack need, into the project's
+# cache directory (.cache/), through the package registries only:
+#   - Go modules (go mod download)
+#   - SpiceDB v1.56.2   (go install, ~3-5 min on 2 cores the first time)
+#   - nats-server v2.15.2 (go install)
+#   - Node 22 + the reference PDS from npm (e2e/pds/setup.sh, ~90 s the first time)
+# Idempotent: a second run takes a second or two.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="$ROOT/.cache/bin"
+mkdir -p "$BIN"
+export GOBIN="$BIN"
+
+SPICEDB_VERSION=v1.56.2
+NATS_VERSION=v2.15.2
+GOLANGCI_VERSION=v2.15.0
+
+step() { printf '\n== %s\n' "$*" >&2; }
+t0=$(date +%s)
+
+step "Go modules"
+(cd "$ROOT" && go mod download)
+
+want() { # want BIN VERSION-SUBSTRING VERSION-COMMAND...
+  local bin="$1" ver="$2"; shift 2
+  [[ -x "$BIN/$bin" ]] && "$BIN/$bin" "$@" 2>&1 | grep -q -- "${ver#v}"
+}
+
+step "SpiceDB $SPICEDB_VERSION"
+if want spicedb "$SPICEDB_VERSION" version; then
+  echo "cached: $BIN/spicedb" >&2
+else
+  CGO_ENABLED=1 go install "github.com/authzed/spicedb/cmd/spicedb@$SPICEDB_VERSION"
+fi
+
+step "nats-server $NATS_VERSION"
+if want nats-server "$NATS_VERSION" --version; then
+  echo "cached: $BIN/nats-server" >&2
+else
+  go install "github.com/nats-io/nats-server/v2@$NATS_VERSION"
+fi
+
+if [[ "${DEPS_LINT:-0}" == 1 ]]; then
+  step "golangci-lint $GOLANGCI_VERSION"
+  if want golangci-lint "$GOLANGCI_VERSION" version; then
+    echo "cached: $BIN/golangci-lint" >&2
+  else
+    go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_VERSION"
+  fi
+fi
+
+if [[ "${DEPS_PDS:-1}" == 1 ]]; then
+  step "reference PDS (Node 22 + @atproto/pds from npm)"
+  "$ROOT/e2e/pds/setup.sh"
+fi
+
+echo "deps ready in $(( $(date +%s) - t0 ))s: $BIN" >&2
