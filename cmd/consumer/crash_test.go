@@ -4,78 +4,38 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/spaces-authz/spaces-authz/internal/crashpoint"
+	"github.com/spaces-authz/spaces-authz/internal/procs"
 	"github.com/spaces-authz/spaces-authz/internal/testenv"
 	"github.com/spaces-authz/spaces-authz/internal/workload"
 	"github.com/spaces-authz/spaces-authz/projector"
 )
 
-// buildConsumer compiles this command once per test binary.
 func buildConsumer(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "consumer")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("build consumer: %v", err)
+	bin, err := procs.BuildConsumer(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }
 
-// proc is a consumer running as a separate process, so it can be killed.
-type proc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *os.File
-}
-
-func startProc(t *testing.T, bin string, e *testenv.Env, crashAt string, extra ...string) *proc {
+func startProc(t *testing.T, bin string, e *testenv.Env, crashAt string, extra ...string) *procs.Proc {
 	t.Helper()
 	args := []string{"run", "--pds-url", e.PDS.URL(), "--spicedb-endpoint", e.SDB.Addr, "--spicedb-insecure",
 		"--http-addr", "127.0.0.1:0", "--takeover", "--flush-every", "20ms", "--heartbeat-every", "300ms",
 		"--log-format", "text", "--log-level", "warn"}
-	args = append(args, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "CONSUMER_SPICEDB_TOKEN="+e.Token, crashpoint.EnvVar+"="+crashAt)
-	logf, err := os.CreateTemp(t.TempDir(), "consumer-*.log")
+	p, err := procs.Start(bin, append(args, extra...),
+		[]string{"CONSUMER_SPICEDB_TOKEN=" + e.Token, crashpoint.EnvVar + "=" + crashAt},
+		filepath.Join(t.TempDir(), "consumer.log"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, done: make(chan struct{}), log: logf}
-	go func() { _ = cmd.Wait(); close(p.done) }()
 	return p
-}
-
-func (p *proc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-func (p *proc) kill() {
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-func (p *proc) output() string {
-	b, _ := os.ReadFile(p.log.Name())
-	return string(b)
 }
 
 func apply(t *testing.T, e *testenv.Env, dids []string, s workload.Step) {
@@ -149,7 +109,7 @@ func TestCrashSafetyUnderSIGKILL(t *testing.T) {
 		batch := fmt.Sprint([]int{1, 7, 50, 996}[rng.IntN(4)])
 		p := startProc(t, bin, e, crashAt, "--batch-updates", batch)
 		steps := 10 + rng.IntN(30)
-		for i := 0; i < steps && p.running(); i++ {
+		for i := 0; i < steps && p.Running(); i++ {
 			countOps(gen.Next())
 			if rng.IntN(15) == 0 {
 				e.PDS.Drop() // exercise reconnects
@@ -157,20 +117,17 @@ func TestCrashSafetyUnderSIGKILL(t *testing.T) {
 			time.Sleep(time.Duration(rng.IntN(4)) * time.Millisecond)
 		}
 		select {
-		case <-p.done:
+		case <-p.Done():
 		case <-time.After(time.Duration(rng.IntN(150)) * time.Millisecond):
 		}
-		if p.running() {
-			p.kill()
+		if p.Running() {
+			p.Kill()
 			external++
 		} else {
 			injected++
-			if out := p.output(); !strings.Contains(out, "") && k < 0 {
-				t.Log(out)
-			}
 		}
-		if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && !ws.Signaled() {
-			t.Fatalf("run %d (%s) exited on its own (%v):\n%s", k, crashAt, p.cmd.ProcessState, p.output())
+		if !p.Signaled() {
+			t.Fatalf("run %d (%s) exited on its own (%v):\n%s", k, crashAt, p.Cmd.ProcessState, p.Output())
 		}
 	}
 	for _, s := range gen.LastWrites() {
@@ -186,19 +143,13 @@ func TestCrashSafetyUnderSIGKILL(t *testing.T) {
 		if err == nil && st.Cursor >= head {
 			break
 		}
-		if !final.running() || time.Now().After(deadline) {
-			t.Fatalf("final run did not reach head %d (cursor %d, err %v):\n%s", head, st.Cursor, err, final.output())
+		if !final.Running() || time.Now().After(deadline) {
+			t.Fatalf("final run did not reach head %d (cursor %d, err %v):\n%s", head, st.Cursor, err, final.Output())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	_ = final.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-final.done:
-	case <-time.After(15 * time.Second):
-		t.Fatal("final run did not stop on SIGTERM")
-	}
-	if !final.cmd.ProcessState.Success() {
-		t.Fatalf("SIGTERM exit: %v\n%s", final.cmd.ProcessState, final.output())
+	if err := final.Stop(15 * time.Second); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, final.Output())
 	}
 	got := stateRelationships(e)
 

@@ -17,7 +17,7 @@ const (
 	SpaceC    = "com.atproto.space.space"
 	GroupC    = "com.atproto.space.group"
 	RelationC = "com.atproto.space.relation"
-	OtherC    = "app.bsky.feed.post"
+	OtherC    = "com.example.feed.post" // an unknown lexicon: any record key is accepted
 )
 
 // Kind of a step.

@@ -1,0 +1,342 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+
+	"github.com/spaces-authz/spaces-authz/internal/localpds"
+	"github.com/spaces-authz/spaces-authz/internal/procs"
+	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/internal/testenv"
+	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/spice"
+)
+
+const password = "e2e-password-1"
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+	binDir  string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "spaces-authz-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func consumerBin(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() { binPath, binErr = procs.BuildConsumer(binDir) })
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// stack is one test's real PDS, SpiceDB and consumer.
+type stack struct {
+	t        *testing.T
+	pds      *localpds.PDS
+	xrpc     *localpds.Client
+	sdb      *spicedbtest.Server
+	client   *spice.Client
+	rules    *projector.Rules
+	consumer *procs.Proc
+	logDir   string
+	accounts map[string]localpds.Session // by handle
+	httpAddr string
+	seen     map[string][]localpds.Record
+}
+
+type stackOpts struct {
+	backfill time.Duration
+}
+
+func newStack(t *testing.T, o stackOpts) *stack {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	pds, err := localpds.Start(ctx, localpds.Options{BackfillLimit: o.backfill})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pds.Stop() })
+	sdb, err := spicedbtest.StartServe(ctx, spicedbtest.ServeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sdb.Stop)
+	s := &stack{t: t, pds: pds, xrpc: pds.Client(), sdb: sdb, rules: projector.DefaultRules(), logDir: t.TempDir(),
+		accounts: map[string]localpds.Session{}, seen: map[string][]localpds.Record{}}
+	s.dial()
+	s.cli("schema", "apply")
+	t.Logf("stack up in %v: PDS %s, SpiceDB %s", time.Since(t0).Round(time.Millisecond), pds.URL, sdb.Addr)
+	return s
+}
+
+func (s *stack) dial() {
+	c, err := spice.Dial(spice.Config{Endpoint: s.sdb.Addr, Token: s.sdb.Key, Insecure: true})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { _ = c.Close() })
+	s.client = c
+}
+
+func (s *stack) env() []string { return []string{"CONSUMER_SPICEDB_TOKEN=" + s.sdb.Key} }
+
+func (s *stack) commonArgs() []string {
+	return []string{"--pds-url", s.pds.URL, "--spicedb-endpoint", s.sdb.Addr, "--spicedb-insecure", "--log-format", "text"}
+}
+
+// cli runs a one-shot consumer command and returns its output.
+func (s *stack) cli(args ...string) string {
+	s.t.Helper()
+	p, err := procs.Start(consumerBin(s.t), append(args, s.commonArgs()...), s.env(),
+		filepath.Join(s.logDir, "cli.log"), nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	<-p.Done()
+	if err := p.ExitErr(); err != nil {
+		s.t.Fatalf("consumer %v: %v\n%s", args, err, p.Output())
+	}
+	return p.Output()
+}
+
+// startConsumer runs `consumer run` as a process.
+func (s *stack) startConsumer(extra ...string) *procs.Proc {
+	s.t.Helper()
+	port, err := spicedbtest.FreePort()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.httpAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	args := append([]string{"run", "--http-addr", s.httpAddr, "--takeover", "--flush-every", "50ms",
+		"--heartbeat-every", "1s", "--log-level", "info"}, s.commonArgs()...)
+	p, err := procs.Start(consumerBin(s.t), append(args, extra...), s.env(), filepath.Join(s.logDir, "consumer.log"), nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.consumer = p
+	s.t.Cleanup(func() {
+		if p.Running() {
+			_ = p.Stop(15 * time.Second)
+		}
+		if s.t.Failed() {
+			s.t.Logf("consumer log (tail):\n%s", tail(p.Output(), 4000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
+
+func (s *stack) account(handle string) localpds.Session {
+	s.t.Helper()
+	sess, err := s.xrpc.CreateAccount(context.Background(), handle+".test", handle+"@example.com", password)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.accounts[handle] = sess
+	return sess
+}
+
+func (s *stack) apply(sess localpds.Session, writes ...localpds.Write) string {
+	s.t.Helper()
+	rev, _, err := s.xrpc.ApplyWrites(context.Background(), sess, writes)
+	if err != nil {
+		s.t.Fatalf("applyWrites for %s: %v", sess.Handle, err)
+	}
+	return rev
+}
+
+// oracle computes the relationships SpiceDB must hold from the PDS's
+// current records: data of active accounts, lineage of every account that
+// still exists.
+func (s *stack) oracle() (data, lineage []string) {
+	s.t.Helper()
+	ctx := context.Background()
+	dataSet := map[string]bool{}
+	for _, sess := range s.accounts {
+		st, err := s.xrpc.GetRepoStatus(ctx, sess.DID)
+		if err != nil {
+			continue // deleted
+		}
+		for _, coll := range s.rules.Collections() {
+			recs, err := s.listAll(sess.DID, coll, st.Active)
+			if err != nil {
+				s.t.Fatalf("list %s %s: %v", sess.DID, coll, err)
+			}
+			for _, r := range recs {
+				rkey := r.URI[strings.LastIndex(r.URI, "/")+1:]
+				tuples, err := s.rules.Project(sess.DID, coll, rkey, r.Value)
+				if err != nil {
+					continue
+				}
+				for _, t := range tuples {
+					if st.Active {
+						dataSet[t.String()] = true
+					}
+					lineage = append(lineage, projector.LineageTuple(t, projector.RecordID(sess.DID, coll, rkey)).String())
+				}
+			}
+		}
+	}
+	for d := range dataSet {
+		data = append(data, d)
+	}
+	sort.Strings(data)
+	sort.Strings(lineage)
+	return data, lineage
+}
+
+// listAll lists a repo's records of one collection. A deactivated or taken
+// down repo can't be listed: its records are remembered from the last time
+// the oracle saw it active (they can't change while it is inactive).
+func (s *stack) listAll(did, coll string, active bool) ([]localpds.Record, error) {
+	key := did + " " + coll
+	if !active {
+		return s.seen[key], nil
+	}
+	recs, err := s.xrpc.ListAllRecords(context.Background(), did, coll)
+	if err == nil {
+		s.seen[key] = recs
+	}
+	return recs, err
+}
+
+func (s *stack) relationships(types ...string) []string {
+	s.t.Helper()
+	var out []string
+	for _, typ := range types {
+		err := s.client.Read(context.Background(), &v1.RelationshipFilter{ResourceType: typ}, "", func(t projector.Tuple) error {
+			out = append(out, t.String())
+			return nil
+		})
+		if err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// waitOracle polls until SpiceDB holds exactly the oracle's relationships.
+func (s *stack) waitOracle(timeout time.Duration) (int, time.Duration) {
+	s.t.Helper()
+	start := time.Now()
+	wantData, wantLin := s.oracle()
+	for {
+		gotData := s.relationships(projector.TypeSpace, projector.TypeGroup)
+		gotLin := s.relationships(projector.TypeLineage)
+		dd, dl := testenv.Diff(gotData, wantData), testenv.Diff(gotLin, wantLin)
+		if dd == "" && dl == "" {
+			return len(gotData) + len(gotLin), time.Since(start)
+		}
+		if time.Since(start) > timeout {
+			s.t.Fatalf("SpiceDB differs from the oracle after %v:\ndata:\n%s\nlineage:\n%s", timeout, dd, dl)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// check asks SpiceDB (fully consistent).
+func (s *stack) check(perm, resourceID, subjectDID string) bool {
+	s.t.Helper()
+	resp, err := s.client.API().CheckPermission(context.Background(), &v1.CheckPermissionRequest{
+		Consistency: spice.Consistency(""),
+		Resource:    &v1.ObjectReference{ObjectType: projector.TypeSpace, ObjectId: resourceID},
+		Permission:  perm,
+		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: projector.TypeAcct,
+			ObjectId: projector.EncodeDID(subjectDID)}},
+	})
+	if err != nil {
+		s.t.Fatalf("check: %v", err)
+	}
+	return resp.GetPermissionship() == v1.CheckPermissionResponse_PERMISSIONSHIP_HAS_PERMISSION
+}
+
+// Writes -----------------------------------------------------------------
+
+func create(coll, rkey string, v map[string]any) localpds.Write {
+	v["$type"] = coll
+	return localpds.Write{Action: "create", Collection: coll, RKey: rkey, Value: v}
+}
+
+func update(coll, rkey string, v map[string]any) localpds.Write {
+	v["$type"] = coll
+	return localpds.Write{Action: "update", Collection: coll, RKey: rkey, Value: v}
+}
+
+func del(coll, rkey string) localpds.Write {
+	return localpds.Write{Action: "delete", Collection: coll, RKey: rkey}
+}
+
+const (
+	spaceC = "com.atproto.space.space"
+	groupC = "com.atproto.space.group"
+	relC   = "com.atproto.space.relation"
+)
+
+func space(bubble bool) map[string]any {
+	return map[string]any{"displayName": "space", "bubble": bubble}
+}
+
+func rel(resType, res, perm, subType, sub, subRel string) map[string]any {
+	m := map[string]any{"resourceType": resType, "resource": res, "permission": perm, "subjectType": subType, "subject": sub}
+	if subRel != "" {
+		m["subjectRelation"] = subRel
+	}
+	return m
+}
+
+// metrics fetches the consumer's /metrics.
+func (s *stack) metrics() string {
+	s.t.Helper()
+	resp, err := http.Get("http://" + s.httpAddr + "/metrics")
+	if err != nil {
+		s.t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func grep(text, sub string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -1,0 +1,190 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/projector"
+)
+
+// TestSpaceTreeGrantsAndMoves builds a space tree with applyWrites (a space
+// and its parent relation in one commit), a bubble, a group and grants,
+// checks view/edit/administer through the tree, then moves a space and a
+// grant and deletes things.
+func TestSpaceTreeGrantsAndMoves(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	alice, bob, carol, dave := s.account("alice"), s.account("bob"), s.account("carol"), s.account("dave")
+	s.startConsumer()
+	a := alice.DID
+	s.apply(bob, create(groupC, "friends", map[string]any{"displayName": "friends"}),
+		create(relC, "m1", rel("group", bob.DID+"/friends", "direct_member", "acct", carol.DID, "")))
+	s.apply(alice, create(spaceC, "root", space(false)))
+	// A child space and its parent relation in one commit.
+	s.apply(alice, create(spaceC, "team", space(false)), create(relC, "p-team", rel("space", a+"/team", "parent", "space", a+"/root", "")))
+	s.apply(alice, create(spaceC, "bub", space(true)), create(relC, "p-bub", rel("space", a+"/bub", "parent", "space", a+"/team", "")),
+		create(relC, "admin-bob", rel("space", a+"/root", "admin", "acct", bob.DID, "")),
+		create(relC, "ed-friends", rel("space", a+"/team", "editor", "group", bob.DID+"/friends", "member")),
+		create(relC, "view-dave", rel("space", a+"/bub", "viewer", "acct", dave.DID, "")))
+	n, took := s.waitOracle(30 * time.Second)
+	t.Logf("%d relationships match the oracle after %v", n, took)
+	id := func(k string) string { return projector.ObjectID(a, k) }
+	for _, c := range []struct {
+		perm, space, who string
+		want             bool
+	}{
+		{"administer", "bub", alice.DID, true}, // owners reach through bubbles
+		{"administer", "team", bob.DID, true},
+		{"administer", "bub", bob.DID, false}, // the bubble stops root's admin
+		{"edit", "team", carol.DID, true},     // through bob's group
+		{"edit", "bub", carol.DID, false},
+		{"view", "bub", dave.DID, true},
+		{"view", "team", dave.DID, false},
+	} {
+		if got := s.check(c.perm, id(c.space), c.who); got != c.want {
+			t.Errorf("%s on %s for %s = %v, want %v", c.perm, c.space, c.who, got, c.want)
+		}
+	}
+	// Move team under a new parent, move dave's grant to carol, delete the group member.
+	s.apply(alice, create(spaceC, "other", space(false)),
+		update(relC, "p-team", rel("space", a+"/team", "parent", "space", a+"/other", "")),
+		update(relC, "view-dave", rel("space", a+"/bub", "viewer", "acct", carol.DID, "")))
+	s.apply(bob, del(relC, "m1"))
+	s.waitOracle(30 * time.Second)
+	if s.check("administer", id("team"), bob.DID) {
+		t.Error("bob administers team after it moved away from root")
+	}
+	if s.check("view", id("bub"), dave.DID) || !s.check("view", id("bub"), carol.DID) {
+		t.Error("the viewer grant did not move from dave to carol")
+	}
+	if s.check("edit", id("team"), carol.DID) {
+		t.Error("carol edits team after leaving bob's group")
+	}
+	s.apply(alice, del(spaceC, "bub"), del(relC, "p-bub"))
+	s.waitOracle(30 * time.Second)
+	if s.check("administer", id("bub"), alice.DID) {
+		t.Error("a deleted space keeps its owner")
+	}
+}
+
+// TestForeignGrantIsDenied: one account tries to grant itself rights on
+// another's space, and a parent link into it.
+func TestForeignGrantIsDenied(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	alice, mallory := s.account("alice"), s.account("mallory")
+	s.startConsumer()
+	s.apply(alice, create(spaceC, "vault", space(true)))
+	s.apply(mallory, create(relC, "h1", rel("space", alice.DID+"/vault", "admin", "acct", mallory.DID, "")),
+		create(spaceC, "m", space(false)),
+		create(relC, "h2", rel("space", mallory.DID+"/m", "parent", "space", alice.DID+"/vault", "")))
+	s.waitOracle(30 * time.Second)
+	vault := projector.ObjectID(alice.DID, "vault")
+	if s.check("view", vault, mallory.DID) || s.check("administer", vault, mallory.DID) {
+		t.Fatal("mallory got rights on alice's space")
+	}
+	for _, r := range s.relationships(projector.TypeSpace) {
+		if strings.HasPrefix(r, "space:"+vault) && strings.Contains(r, projector.EncodeDID(mallory.DID)) {
+			t.Fatalf("a relationship on alice's space names mallory: %s", r)
+		}
+	}
+	if !strings.Contains(s.metrics(), `consumer_rejected_records_total{reason="foreign_resource"} 1`) {
+		t.Fatalf("the rejection was not counted:\n%s", grep(s.metrics(), "rejected"))
+	}
+}
+
+// TestAccountLifecycle: deactivate withdraws, activate restores, takedown
+// withdraws, reversal restores, deletion removes everything.
+func TestAccountLifecycle(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	alice, bob := s.account("alice"), s.account("bob")
+	s.startConsumer()
+	ctx := context.Background()
+	s.apply(alice, create(spaceC, "s", space(false)), create(relC, "v", rel("space", alice.DID+"/s", "viewer", "acct", bob.DID, "")),
+		create(groupC, "g", map[string]any{"displayName": "g"}))
+	s.waitOracle(30 * time.Second)
+	sp := projector.ObjectID(alice.DID, "s")
+	steps := []struct {
+		name   string
+		do     func() error
+		viewer bool
+	}{
+		{"deactivate", func() error { return s.xrpc.DeactivateAccount(ctx, alice) }, false},
+		{"activate", func() error { return s.xrpc.ActivateAccount(ctx, alice) }, true},
+		{"takedown", func() error { return s.xrpc.Takedown(ctx, s.pds.AdminPassword, alice.DID, true) }, false},
+		{"reverse takedown", func() error { return s.xrpc.Takedown(ctx, s.pds.AdminPassword, alice.DID, false) }, true},
+		{"delete", func() error { return s.xrpc.DeleteAccount(ctx, s.pds.AdminPassword, alice.DID) }, false},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		n, took := s.waitOracle(30 * time.Second)
+		if got := s.check("view", sp, bob.DID); got != st.viewer {
+			t.Fatalf("after %s: bob views = %v, want %v", st.name, got, st.viewer)
+		}
+		t.Logf("after %s: %d relationships match the oracle (%v)", st.name, n, took)
+	}
+	if n := len(s.relationships(projector.TypeSpace, projector.TypeGroup, projector.TypeLineage)); n != 0 {
+		t.Fatalf("%d relationships remain after the account was deleted", n)
+	}
+}
+
+// TestPDSRestartMidStream restarts the PDS process while writes continue:
+// the consumer reconnects from its watermark and loses nothing.
+func TestPDSRestartMidStream(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	alice, bob := s.account("alice"), s.account("bob")
+	s.startConsumer()
+	for i := range 20 {
+		s.apply(alice, create(spaceC, key("s", i), space(i%3 == 0)),
+			create(relC, key("r", i), rel("space", alice.DID+"/"+key("s", i), "viewer", "acct", bob.DID, "")))
+		if i == 10 {
+			if err := s.pds.Restart(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	n, took := s.waitOracle(60 * time.Second)
+	t.Logf("%d relationships match after the PDS restart (%v)", n, took)
+	if !strings.Contains(s.consumer.Output(), "reconnecting") {
+		t.Fatal("the consumer never noticed the restart")
+	}
+}
+
+// TestSpiceDBResetIsNoticed restarts SpiceDB (the memory datastore loses
+// everything) under a running consumer: it must not continue silently.
+func TestSpiceDBResetIsNoticed(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	alice, bob := s.account("alice"), s.account("bob")
+	s.startConsumer("--no-auto-rebuild")
+	s.apply(alice, create(spaceC, "s", space(false)))
+	s.waitOracle(30 * time.Second)
+	addr, key := s.sdb.Addr, s.sdb.Key
+	s.sdb.Stop()
+	sdb, err := spicedbtest.StartServe(context.Background(), spicedbtest.ServeOptions{Addr: addr, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sdb.Stop)
+	s.sdb = sdb
+	s.dial()
+	s.cli("schema", "apply")
+	s.apply(alice, create(relC, "v", rel("space", alice.DID+"/s", "viewer", "acct", bob.DID, "")))
+	select {
+	case <-s.consumer.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the consumer kept running on a reset SpiceDB")
+	}
+	out := s.consumer.Output()
+	if s.consumer.ExitErr() == nil || !strings.Contains(out, "SpiceDB was reset") {
+		t.Fatalf("want a clear reset error, got exit %v:\n%s", s.consumer.ExitErr(), tail(out, 2000))
+	}
+}
+
+func key(prefix string, i int) string {
+	return prefix + string(rune('a'+i%26)) + string(rune('a'+i/26))
+}
