@@ -108,7 +108,12 @@ type Client struct {
 	connected bool
 	lastErr   error
 	headTime  time.Time
+	ready     chan struct{}
+	readyOnce sync.Once
 }
+
+// Ready is closed once the first stream connection is up.
+func (c *Client) Ready() <-chan struct{} { return c.ready }
 
 // HeadTime is the `time` of the newest event read.
 func (c *Client) HeadTime() (time.Time, bool) {
@@ -144,7 +149,7 @@ func New(cfg Config) (*Client, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Client{cfg: cfg, log: log.With("component", "firehose")}, nil
+	return &Client{cfg: cfg, log: log.With("component", "firehose"), ready: make(chan struct{})}, nil
 }
 
 // Connected reports whether the stream connection is up, and the error that
@@ -310,6 +315,17 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 	c.setConnected(true, nil)
 	c.log.Info("stream connected", "url", redact(u), "cursor", cursor)
 	crashpoint.Hit(crashpoint.Reconnect)
+	first := false
+	c.readyOnce.Do(func() {
+		first = true
+		close(c.ready)
+	})
+	if !first && cursor == NoCursor {
+		c.log.Warn("reconnected live without a cursor: events between the connections may be missing")
+		if err := c.cfg.Handler.HandleInfo(ctx, Info{Name: InfoLiveGap, Message: "reconnected without a cursor"}); err != nil {
+			return 0, &handlerError{fmt.Errorf("firehose: handle live gap: %w", err)}
+		}
+	}
 
 	sctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup

@@ -96,3 +96,8 @@ type Info struct {
 // InfoOutdatedCursor is the #info name sent when the requested cursor is
 // older than the PDS's replay window: events may be missing.
 const InfoOutdatedCursor = "OutdatedCursor"
+
+// InfoLiveGap is not sent by a PDS: the client reports it when it had to
+// reconnect without a cursor (no event was applied yet on a live start), so
+// events between the two connections may be missing.
+const InfoLiveGap = "LiveGap"

@@ -13,6 +13,7 @@ import (
 	"github.com/bluesky-social/indigo/atproto/repo/mst"
 	"github.com/ipfs/go-cid"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/backoff"
@@ -67,6 +68,19 @@ type Config struct {
 	ResyncConcurrency int
 	// ResyncAttempts before a resync is given up (default 6).
 	ResyncAttempts int
+	// ResyncRate bounds getRepo calls per second, to be polite to the PDS
+	// during a rebuild (0: unlimited).
+	ResyncRate float64
+	// ProjectorName is the projector's ID in SpiceDB (for the rebuild
+	// marker; default "default").
+	ProjectorName string
+	// ResumeRebuild: a rebuild marker (RebuildMarker) is stored, so a
+	// rebuild was interrupted and runs again from the start.
+	ResumeRebuild bool
+	RebuildMarker int64
+	// OnRebuilt is called (on the applier goroutine) each time a rebuild's
+	// writes are all committed. Optional.
+	OnRebuilt func()
 	// FlushEvery: when idle, the cursor and heartbeat are written this
 	// often (default 1s).
 	FlushEvery time.Duration
@@ -105,6 +119,8 @@ type Engine struct {
 	// rebuild receives requests to resync every repo (OutdatedCursor, a
 	// first run, reset detection).
 	rebuild chan rebuildRequest
+	listed  chan listResult
+	limiter *rate.Limiter
 
 	mu     sync.Mutex // guards states and the lineage pointers in them
 	states map[string]*didState
@@ -153,6 +169,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.FlushEvery <= 0 {
 		cfg.FlushEvery = DefaultFlushEvery
 	}
+	if cfg.ProjectorName == "" {
+		cfg.ProjectorName = "default"
+	}
 	if cfg.Poison == nil {
 		cfg.Poison = NewPoison()
 	}
@@ -166,11 +185,15 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("projector: empty tree CID: %w", err)
 	}
 	e := &Engine{cfg: cfg, log: log.With("component", "projector"), in: make(chan *firehose.Event, inputDepth),
-		resyncs: make(chan *resyncResult, cfg.ResyncConcurrency), rebuild: make(chan rebuildRequest, 1),
+		resyncs: make(chan *resyncResult, cfg.ResyncConcurrency), rebuild: make(chan rebuildRequest, 4),
+		listed: make(chan listResult, 1),
 		states: map[string]*didState{}, lru: list.New(), rewound: map[string]bool{}, applied: newAppliedIndex(),
 		emptyTree: *root, fetchSem: make(chan struct{}, cfg.ResyncConcurrency)}
 	empty0 := ""
 	e.token.Store(&empty0)
+	if cfg.ResyncRate > 0 {
+		e.limiter = rate.NewLimiter(rate.Limit(cfg.ResyncRate), cfg.ResyncConcurrency)
+	}
 	return e, nil
 }
 
@@ -269,14 +292,20 @@ func (e *Engine) needsLineage(ev *firehose.Event) bool {
 // HandleInfo reacts to #info: OutdatedCursor means events were lost, so
 // every repo is resynced (a rebuild).
 func (e *Engine) HandleInfo(ctx context.Context, info firehose.Info) error {
-	if info.Name != firehose.InfoOutdatedCursor {
+	var reason string
+	switch info.Name {
+	case firehose.InfoOutdatedCursor:
+		reason = "outdated cursor"
+		e.log.Warn("the PDS no longer has the events after our cursor: rebuilding the view from repo snapshots")
+	case firehose.InfoLiveGap:
+		reason = "live reconnect without a cursor"
+		e.log.Warn("reconnected without a cursor: rebuilding the view from repo snapshots")
+	default:
 		return nil
 	}
-	e.log.Warn("the PDS no longer has the events after our cursor: rebuilding the view from repo snapshots")
 	select {
-	case e.rebuild <- rebuildRequest{reason: "outdated cursor"}:
+	case e.rebuild <- rebuildRequest{reason: reason, done: make(chan struct{})}:
 	case <-ctx.Done():
-	default: // one is already queued
 	}
 	return nil
 }

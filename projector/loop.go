@@ -19,17 +19,15 @@ type batchResult struct {
 	err error
 }
 
-type rebuildRequest struct {
-	reason string
-}
-
 // applier is the state of the applier goroutine: the open batch and the
 // closed ones waiting for the writer.
 type applier struct {
-	e       *Engine
-	ctx     context.Context
-	pending *batch
-	ready   []*batch
+	e        *Engine
+	ctx      context.Context
+	pending  *batch
+	ready    []*batch
+	rb       *rebuildRun
+	finished []finishedRebuild
 }
 
 func (a *applier) newBatch() *batch {
@@ -82,6 +80,9 @@ func (a *applier) place(units []unit, final unit, dids ...*didState) *batch {
 func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-chan batchResult) error {
 	a := &applier{e: e, ctx: ctx}
 	a.pending = a.newBatch()
+	if e.cfg.ResumeRebuild {
+		a.startRebuild(rebuildRequest{reason: "a rebuild was interrupted", done: make(chan struct{}), resume: true})
+	}
 	ticker := time.NewTicker(e.cfg.FlushEvery)
 	defer ticker.Stop()
 	busy, flush := false, false
@@ -99,9 +100,9 @@ func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-
 				out = writeCh
 			}
 		}
-		in, rs, rb := e.in, e.resyncs, e.rebuild
+		in, rs, rb, ls := e.in, e.resyncs, e.rebuild, e.listed
 		if len(a.ready) > 0 {
-			in, rs, rb = nil, nil, nil // a full batch is waiting: stop taking work
+			in, rs, rb, ls = nil, nil, nil, nil // a full batch is waiting: stop taking work
 		}
 		select {
 		case <-ctx.Done():
@@ -120,6 +121,8 @@ func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-
 			}
 		case req := <-rb:
 			a.startRebuild(req)
+		case r := <-ls:
+			a.listed(r)
 		case out <- next:
 			busy, flush = true, false
 			if len(a.ready) > 0 && next == a.ready[0] {
@@ -132,6 +135,7 @@ func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-
 			if res.err != nil {
 				return res.err
 			}
+			a.notifyFinished()
 			e.evict()
 		case <-ticker.C:
 			flush = true

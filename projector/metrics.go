@@ -15,6 +15,13 @@ type Metrics struct {
 	cachedRepos prometheus.Gauge
 	watermark   prometheus.Gauge
 	restarts    prometheus.Counter
+	rbActive    prometheus.Gauge
+	rbTotal     prometheus.Gauge
+	rbDone      prometheus.Gauge
+	rbRecords   prometheus.Counter
+	rebuilds    prometheus.Counter
+	reconciled  prometheus.Counter
+	drift       *prometheus.CounterVec
 }
 
 // Resync triggers (the `trigger` label).
@@ -48,8 +55,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		restarts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "pipeline_restarts_total",
 			Help: "Restarts of the pipeline from the stored cursor (after SpiceDB refused a relationship)."}),
 	}
+	m.rbActive = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "rebuild_active",
+		Help: "1 while a rebuild from repo snapshots runs."})
+	m.rbTotal = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "rebuild_repos",
+		Help: "Repos the running rebuild resyncs."})
+	m.rbDone = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "rebuild_repos_done",
+		Help: "Repos the running rebuild has resynced."})
+	m.rbRecords = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "rebuild_records_total",
+		Help: "Records read from snapshots by rebuilds."})
+	m.rebuilds = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "rebuilds_total",
+		Help: "Rebuilds started (first run, OutdatedCursor, reset, command)."})
+	m.reconciled = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "reconcile_repos_total",
+		Help: "Repos compared with SpiceDB by the periodic reconcile."})
+	m.drift = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Name: "reconcile_drift_total",
+		Help: "Relationships found drifting by the periodic reconcile (then repaired by a resync), by kind."}, []string{"kind"})
+	for _, k := range []string{DriftMissing, DriftExtra, DriftMissingLineage, DriftStaleLineage} {
+		m.drift.WithLabelValues(k)
+	}
 	reg.MustRegister(m.applied, m.rejected, m.resyncs, m.resyncFails, m.duplicates, m.cycles, m.cachedRepos,
-		m.watermark, m.restarts)
+		m.watermark, m.restarts, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
 	for _, r := range AllReasons {
 		m.rejected.WithLabelValues(string(r))
 	}
@@ -114,5 +138,42 @@ func (m *Metrics) setWatermark(s int64) {
 func (m *Metrics) Restarted() {
 	if m != nil {
 		m.restarts.Inc()
+	}
+}
+
+func (m *Metrics) rebuildStarted() {
+	if m != nil {
+		m.rebuilds.Inc()
+		m.rbActive.Set(1)
+	}
+}
+
+func (m *Metrics) rebuildProgress(done, total int) {
+	if m != nil {
+		m.rbDone.Set(float64(done))
+		m.rbTotal.Set(float64(total))
+	}
+}
+
+func (m *Metrics) rebuildRecords(n int) {
+	if m != nil {
+		m.rbRecords.Add(float64(n))
+	}
+}
+
+func (m *Metrics) rebuildFinished() {
+	if m != nil {
+		m.rbActive.Set(0)
+	}
+}
+
+// Reconciled counts one repo compared, with its drift.
+func (m *Metrics) Reconciled(drift []Drift) {
+	if m == nil {
+		return
+	}
+	m.reconciled.Inc()
+	for _, d := range drift {
+		m.drift.WithLabelValues(d.Kind).Inc()
 	}
 }

@@ -21,6 +21,8 @@ type resyncJob struct {
 	// tail is bookkeeping decided with the trigger (an activation's status)
 	// that is stored with the resync's last write.
 	tail unit
+	// rebuild: part of a rebuild; gone: the PDS no longer lists the repo.
+	rebuild, gone bool
 }
 
 type resyncResult struct {
@@ -35,14 +37,18 @@ type resyncResult struct {
 // startResync fetches the repo in the background; its live events are held
 // until the result is applied (DESIGN §3).
 func (a *applier) startResync(d *didState, trigger *firehose.Event, reason string) {
+	a.startJob(d, &resyncJob{trigger: trigger, reason: reason})
+}
+
+func (a *applier) startJob(d *didState, job *resyncJob) {
 	e := a.e
-	d.resync = &resyncJob{trigger: trigger, reason: reason}
-	e.cfg.Metrics.resync(reason)
+	d.resync = job
+	e.cfg.Metrics.resync(job.reason)
 	did, ctx := d.did, a.ctx
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		r := e.fetch(ctx, did)
+		r := e.fetch(ctx, did, job)
 		select {
 		case e.resyncs <- r:
 		case <-ctx.Done():
@@ -54,12 +60,28 @@ var fetchSlots = struct{}{}
 
 // fetch reads the repo (getRepo) and the data tuples SpiceDB holds under its
 // prefix, retrying transient failures up to ResyncAttempts.
-func (e *Engine) fetch(ctx context.Context, did string) *resyncResult {
-	e.fetchSem <- fetchSlots
-	defer func() { <-e.fetchSem }()
+func (e *Engine) fetch(ctx context.Context, did string, job *resyncJob) *resyncResult {
 	r := &resyncResult{did: did}
+	select {
+	case e.fetchSem <- fetchSlots:
+	case <-ctx.Done():
+		r.err = ctx.Err()
+		return r
+	}
+	defer func() { <-e.fetchSem }()
+	// The repo is pinned while it resyncs, so lineage loaded here stays.
+	if err := e.ensureLineage(ctx, did); err != nil {
+		r.err = err
+		return r
+	}
 	bo := backoff.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
-	for attempt := 1; ; attempt++ {
+	for attempt := 1; !job.gone; attempt++ {
+		if e.limiter != nil {
+			if err := e.limiter.Wait(ctx); err != nil {
+				r.err = err
+				return r
+			}
+		}
 		snap, err := e.cfg.Fetcher.GetRepo(ctx, did, e.cfg.Rules.Projects)
 		switch {
 		case err == nil:
@@ -83,6 +105,9 @@ func (e *Engine) fetch(ctx context.Context, did string) *resyncResult {
 			continue
 		}
 		break
+	}
+	if job.gone {
+		r.notFound = true
 	}
 	bo.Reset()
 	for {
@@ -198,6 +223,13 @@ func (a *applier) applyResync(r *resyncResult) error {
 		}
 		b.seqs = b.seqs[:0]
 	}
+	if job.rebuild {
+		n := 0
+		if r.snap != nil {
+			n = len(r.snap.Records)
+		}
+		a.rebuildResyncDone(n)
+	}
 	for _, ev := range job.held {
 		if err := a.decide(ev); err != nil {
 			return err
@@ -299,9 +331,4 @@ func sameTuples(old map[Tuple]struct{}, now []Tuple) bool {
 		}
 	}
 	return true
-}
-
-// startRebuild resyncs every repo (see rebuild.go).
-func (a *applier) startRebuild(req rebuildRequest) {
-	a.e.log.Warn("rebuild requested", "reason", req.reason)
 }

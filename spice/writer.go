@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -190,7 +191,7 @@ func (w *Writer) Write(ctx context.Context, updates []projector.Update, cursor i
 			w.dead = lerr
 			return "", lerr
 		case ClassSchema:
-			w.dead = fmt.Errorf("%w: %w", ErrSchema, err)
+			w.dead = w.schemaError(ctx, err)
 			return "", w.dead
 		case ClassRefused:
 			return "", &RefusedError{Err: err}
@@ -199,6 +200,16 @@ func (w *Writer) Write(ctx context.Context, updates []projector.Update, cursor i
 			return "", w.dead
 		}
 	}
+}
+
+// schemaError tells a wrong schema from a SpiceDB that lost everything: a
+// restarted memory datastore has no schema at all, and that is a reset.
+func (w *Writer) schemaError(ctx context.Context, err error) error {
+	s, rerr := w.cfg.Client.ReadSchema(ctx)
+	if rerr == nil && !strings.Contains(s, "definition "+projector.TypeProjector+" ") {
+		return fmt.Errorf("%w (its schema is gone too: %w)", ErrReset, err)
+	}
+	return fmt.Errorf("%w: %w", ErrSchema, err)
 }
 
 // leaseError re-reads the lease after a failed precondition and says why.

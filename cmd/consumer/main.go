@@ -4,6 +4,8 @@
 //	consumer run             follow the stream (the daemon)
 //	consumer schema apply    write the SpiceDB schema
 //	consumer rewind --to N   replay the stream from seq N
+//	consumer rebuild         resync every repo from snapshots
+//	consumer reconcile       compare repos with SpiceDB, repair with --fix
 //	consumer status          cursor, head, lag, lease
 //
 // Every flag has a CONSUMER_* environment variable (--pds-url is
@@ -35,10 +37,12 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"run":    {"follow the PDS stream and project it into SpiceDB (the daemon)", cmdRun},
-	"schema": {"schema apply: write the SpiceDB schema the consumer needs", cmdSchema},
-	"rewind": {"rewind --to SEQ: replay the stream from SEQ (the view never moves backwards)", cmdRewind},
-	"status": {"show cursor, PDS head, lag and lease (--json for scripts)", cmdStatus},
+	"run":       {"follow the PDS stream and project it into SpiceDB (the daemon)", cmdRun},
+	"schema":    {"schema apply: write the SpiceDB schema the consumer needs", cmdSchema},
+	"rewind":    {"rewind --to SEQ: replay the stream from SEQ (the view never moves backwards)", cmdRewind},
+	"status":    {"show cursor, PDS head, lag and lease (--json for scripts)", cmdStatus},
+	"rebuild":   {"resync every repo from getRepo snapshots, then follow the stream (--exit-when-done to stop)", cmdRebuild},
+	"reconcile": {"compare repos with what SpiceDB holds (exit 3 on drift); --fix repairs it", cmdReconcile},
 }
 
 func usage() {

@@ -26,6 +26,8 @@ type runFlags struct {
 	workers, queueDepth, maxInFlight, maxFrame int
 	batchUpdates, cacheRepos, heldPerRepo      int
 	resyncConcurrency                          int
+	resyncRate                                 float64
+	reconcileEvery                             time.Duration
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -45,6 +47,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.cacheRepos, "cache-repos", 10000, "repos whose lineage is cached in memory")
 	fs.IntVar(&f.heldPerRepo, "held-per-repo", 1000, "live events held per repo while it resyncs")
 	fs.IntVar(&f.resyncConcurrency, "resync-concurrency", 4, "concurrent getRepo calls")
+	fs.Float64Var(&f.resyncRate, "resync-rate", 20, "getRepo calls per second at most, to be polite to the PDS (0: no limit)")
+	durationFlag(fs, &f.reconcileEvery, "reconcile-every", 0, "compare every repo with SpiceDB this often, one at a time, and resync drift (0: off)")
 }
 
 func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, error) {
@@ -68,7 +72,7 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 		NoAutoRebuild: f.noAutoRebuild, Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
 		MaxInFlight: f.maxInFlight, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
 		HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, FlushEvery: f.flushEvery,
-		Logger: log, Registry: reg}, nil
+		ResyncRate: f.resyncRate, ReconcileEvery: f.reconcileEvery, Logger: log, Registry: reg}, nil
 }
 
 // newRegistry is the process's one metrics registry: Go, process and
@@ -95,6 +99,29 @@ func cmdRun(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	return serve(ctx, f, cfg, reg)
+}
+
+// cmdRebuild is `run` that first resyncs every repo from snapshots.
+func cmdRebuild(ctx context.Context, args []string) error {
+	var f runFlags
+	var exit bool
+	fs := flag.NewFlagSet("rebuild", flag.ContinueOnError)
+	f.register(fs)
+	fs.BoolVar(&exit, "exit-when-done", false, "stop once the rebuild is committed instead of following the stream")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	reg := newRegistry()
+	cfg, err := f.pipelineConfig(reg)
+	if err != nil {
+		return err
+	}
+	cfg.Rebuild, cfg.ExitAfterRebuild = true, exit
+	return serve(ctx, f, cfg, reg)
+}
+
+func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus.Registry) error {
 	consumer, err := pipeline.New(cfg)
 	if err != nil {
 		return err

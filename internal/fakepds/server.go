@@ -549,3 +549,12 @@ func (s *Server) WaitConnections(ctx context.Context, n int) error {
 		}
 	}
 }
+
+// Forget removes an account's repo without any event, as if the PDS had
+// lost it: listRepos stops listing it and getRepo answers RepoNotFound.
+func (s *Server) Forget(did string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.repos, did)
+	delete(s.accounts, did)
+}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/bluesky-social/indigo/atproto/syntax"
@@ -31,6 +32,7 @@ const (
 type Source interface {
 	Snapshot() pipeline.Snapshot
 	WaitApplied(ctx context.Context, did, rev string) (string, error)
+	Resync(ctx context.Context, dids []string) error
 }
 
 // Server is the HTTP server.
@@ -62,6 +64,27 @@ func Handler(src Source, reg prometheus.Gatherer) http.Handler {
 	mux.HandleFunc("GET /v1/consistency", func(w http.ResponseWriter, r *http.Request) {
 		consistency(w, r, src)
 	})
+	// Admin: resync repos from snapshots (reconcile --fix uses it).
+	mux.HandleFunc("POST /v1/admin/resync", func(w http.ResponseWriter, r *http.Request) {
+		dids := r.URL.Query()["did"]
+		for _, d := range dids {
+			if _, err := syntax.ParseDID(d); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "malformed did: " + err.Error()})
+				return
+			}
+		}
+		if len(dids) == 0 {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "give at least one did"})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+		defer cancel()
+		if err := src.Resync(ctx, dids); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"resynced": len(dids)})
+	})
 	return mux
 }
 
@@ -69,7 +92,7 @@ func notReady(s pipeline.Snapshot) string {
 	switch {
 	case s.Fenced:
 		return "fenced: another consumer holds the lease"
-	case s.State != "running":
+	case !strings.HasPrefix(s.State, "running"):
 		return s.State
 	case !s.Connected:
 		return "not connected to the PDS stream"

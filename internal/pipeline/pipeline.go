@@ -49,6 +49,18 @@ type Config struct {
 	// Engine tuning (zero values take the projector defaults).
 	BatchUpdates, CacheRepos, HeldPerRepo, ResyncConcurrency int
 	FlushEvery                                               time.Duration
+	// ResyncRate bounds getRepo calls per second (0: unlimited).
+	ResyncRate float64
+	// Rebuild resyncs every repo from snapshots at start (consumer rebuild),
+	// or only RebuildDIDs when set; ExitAfterRebuild then stops the
+	// consumer once it is committed.
+	Rebuild, ExitAfterRebuild bool
+	RebuildDIDs               []string
+	// NoWait fails at once when another consumer holds the lease.
+	NoWait bool
+	// ReconcileEvery: compare every repo with SpiceDB this often, one at a
+	// time, and resync the ones that drift (0: off).
+	ReconcileEvery time.Duration
 	// Publisher fans changes out (optional).
 	Publisher projector.Publisher
 	// Logger (default slog.Default()).
@@ -113,6 +125,7 @@ type Consumer struct {
 	fenced   bool
 	started  time.Time
 	restarts int
+	rebuilt  int
 }
 
 // New checks cfg and registers metrics.
@@ -172,7 +185,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	c.setState("waiting for lease", nil)
 	lease, err := spice.AcquireLease(ctx, spice.LeaseConfig{Client: c.client, Name: c.cfg.Name, Holder: c.cfg.Holder,
-		Timeout: c.cfg.LeaseTimeout, Takeover: c.cfg.Takeover, Wait: true, Logger: c.log, Metrics: c.sm})
+		Timeout: c.cfg.LeaseTimeout, Takeover: c.cfg.Takeover, Wait: !c.cfg.NoWait, Logger: c.log, Metrics: c.sm})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -181,9 +194,26 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return err
 	}
 	poison := projector.NewPoison()
+	rebuild := c.cfg.Rebuild
 	for {
-		err := c.runOnce(ctx, lease, poison)
+		err := c.runOnce(ctx, lease, poison, rebuild)
+		rebuild = false
 		switch {
+		case errors.Is(err, spice.ErrReset) && !c.cfg.NoAutoRebuild:
+			c.log.Error("SpiceDB was reset under the consumer (lease and cursor are gone): rebuilding the view from repo snapshots")
+			c.setState("rebuilding after a SpiceDB reset", err)
+			if lease, err = c.reacquire(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				c.setState("failed", err)
+				return err
+			}
+			continue
+		case errors.Is(err, spice.ErrReset):
+			err = fmt.Errorf("%w; not rebuilding (--no-auto-rebuild): check SpiceDB, then run `consumer rebuild`", err)
+			c.setState("failed", err)
+			return err
 		case errors.Is(err, projector.ErrRestart):
 			c.pm.Restarted()
 			c.mu.Lock()
@@ -212,6 +242,25 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 }
 
+// reacquire waits for SpiceDB's schema to be back after a reset and takes
+// the (now empty) lease again.
+func (c *Consumer) reacquire(ctx context.Context) (spice.ProjectorState, error) {
+	for {
+		err := c.CheckSchema(ctx)
+		if err == nil {
+			break
+		}
+		c.log.Warn("waiting for the SpiceDB schema to be applied (consumer schema apply)", "err", err)
+		select {
+		case <-ctx.Done():
+			return spice.ProjectorState{}, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+	return spice.AcquireLease(ctx, spice.LeaseConfig{Client: c.client, Name: c.cfg.Name, Holder: c.cfg.Holder,
+		Timeout: c.cfg.LeaseTimeout, Takeover: c.cfg.Takeover, Wait: true, Logger: c.log, Metrics: c.sm})
+}
+
 func (c *Consumer) release() {
 	c.mu.Lock()
 	w := c.writer
@@ -226,12 +275,15 @@ func (c *Consumer) release() {
 	}
 }
 
-func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, poison *projector.Poison) error {
+func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, poison *projector.Poison, rebuild bool) error {
 	cursor := lease.Cursor
+	reason := "consumer rebuild"
 	if cursor == spice.NoSeq {
-		// First run: replay everything the PDS still has. (A rebuild from
-		// repo snapshots covers what it no longer has.)
-		cursor = 0
+		// First run (or SpiceDB reset): follow the stream live from the
+		// first event of this connection and build the view from repo
+		// snapshots meanwhile (DESIGN §5).
+		cursor = firehose.NoCursor
+		rebuild, reason = true, "first run: no cursor stored"
 	}
 	tracker := firehose.NewTracker(cursor, c.cfg.MaxInFlight)
 	writer := spice.NewWriter(spice.WriterConfig{Client: c.client, Name: c.cfg.Name, Holder: c.cfg.Holder, Lease: lease,
@@ -243,7 +295,13 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 	engine, err := projector.New(projector.Config{Rules: c.cfg.Rules, Store: spice.NewStore(c.client), Writer: writer,
 		Fetcher: sync, Tracker: tracker, Publisher: c.cfg.Publisher, Poison: poison, RewindSeq: lease.Rewind,
 		BatchUpdates: c.cfg.BatchUpdates, CacheRepos: c.cfg.CacheRepos, HeldPerRepo: c.cfg.HeldPerRepo,
-		ResyncConcurrency: c.cfg.ResyncConcurrency, FlushEvery: c.cfg.FlushEvery, Logger: c.log, Metrics: c.pm})
+		ResyncConcurrency: c.cfg.ResyncConcurrency, FlushEvery: c.cfg.FlushEvery, Logger: c.log, Metrics: c.pm,
+		ResyncRate: c.cfg.ResyncRate, ProjectorName: c.cfg.Name, ResumeRebuild: lease.Rebuild != spice.NoSeq,
+		RebuildMarker: lease.Rebuild, OnRebuilt: func() {
+			c.mu.Lock()
+			c.rebuilt++
+			c.mu.Unlock()
+		}})
 	if err != nil {
 		return err
 	}
@@ -270,8 +328,46 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
 	g.Go(func() error { return stream.Run(gctx) })
-	return g.Wait()
+	if c.cfg.ReconcileEvery > 0 {
+		g.Go(func() error { return c.reconcileLoop(gctx, engine, sync) })
+	}
+	if rebuild {
+		if cursor == firehose.NoCursor {
+			// Snapshots must be taken after the live connection is up, so
+			// that every change is in a snapshot or on the stream.
+			select {
+			case <-stream.Ready():
+			case <-gctx.Done():
+				return g.Wait()
+			}
+		}
+		done, err := engine.Rebuild(gctx, reason, c.cfg.RebuildDIDs)
+		if err != nil {
+			return g.Wait()
+		}
+		c.setState("running (rebuilding)", nil)
+		g.Go(func() error {
+			select {
+			case <-done:
+				c.setState("running", nil)
+				c.log.Info("rebuild committed")
+				if c.cfg.ExitAfterRebuild {
+					return errRebuilt
+				}
+			case <-gctx.Done():
+			}
+			return nil
+		})
+	}
+	err = g.Wait()
+	if errors.Is(err, errRebuilt) {
+		return nil
+	}
+	return err
 }
+
+// errRebuilt stops the pipeline after a rebuild with ExitAfterRebuild.
+var errRebuilt = errors.New("rebuild done")
 
 // Snapshot is the consumer's state for status and health endpoints.
 type Snapshot struct {
@@ -287,7 +383,9 @@ type Snapshot struct {
 	Holder    string
 	Name      string
 	Restarts  int
-	Started   time.Time
+	// Rebuilt counts the rebuilds committed.
+	Rebuilt int
+	Started time.Time
 	// LagSeconds is how far behind the newest event read the newest
 	// applied one is, by their `time` fields (0 when nothing is pending).
 	LagSeconds float64
@@ -297,6 +395,7 @@ type Snapshot struct {
 func (c *Consumer) Snapshot() Snapshot {
 	c.mu.Lock()
 	s := Snapshot{State: c.state, Fenced: c.fenced, Holder: c.cfg.Holder, Name: c.cfg.Name, Restarts: c.restarts,
+		Rebuilt: c.rebuilt,
 		Started: c.started, Watermark: firehose.NoCursor, Highest: firehose.NoCursor, Cursor: spice.NoSeq}
 	if c.lastErr != nil {
 		s.LastError = c.lastErr.Error()
@@ -342,4 +441,63 @@ func (c *Consumer) Engine() *projector.Engine {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.engine
+}
+
+// reconcileLoop compares every repo with SpiceDB every ReconcileEvery, one
+// account at a time, and resyncs the repos that drift.
+func (c *Consumer) reconcileLoop(ctx context.Context, engine *projector.Engine, fetcher *firehose.SyncClient) error {
+	r := &projector.Reconciler{Rules: c.cfg.Rules, Store: spice.NewStore(c.client), Fetcher: fetcher}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(c.cfg.ReconcileEvery):
+		}
+		dids, err := r.Repos(ctx)
+		if err != nil {
+			c.log.Warn("reconcile: listing repos failed", "err", err)
+			continue
+		}
+		drifting := 0
+		for _, did := range dids {
+			rep, err := r.Check(ctx, did)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				c.log.Warn("reconcile: check failed", "did", did, "err", err)
+				continue
+			}
+			c.pm.Reconciled(rep.Drift)
+			if len(rep.Drift) == 0 {
+				continue
+			}
+			drifting++
+			c.log.Warn("reconcile: repo drifted from its records; resyncing it", "did", did, "drift", len(rep.Drift),
+				"first", rep.Drift[0].Kind+" "+rep.Drift[0].Relationship)
+			if _, err := engine.Rebuild(ctx, "reconcile", []string{did}); err != nil {
+				return nil
+			}
+		}
+		c.log.Info("reconcile pass done", "repos", len(dids), "drifting", drifting)
+	}
+}
+
+// Resync asks the running engine to resync repos from snapshots and waits
+// until the writes are committed (the admin endpoint and reconcile --fix).
+func (c *Consumer) Resync(ctx context.Context, dids []string) error {
+	e := c.Engine()
+	if e == nil {
+		return errors.New("pipeline: the consumer is not running yet")
+	}
+	done, err := e.Rebuild(ctx, "resync requested", dids)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -18,6 +18,7 @@ import (
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/deploy"
 	"github.com/spaces-authz/spaces-authz/internal/fakepds"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
@@ -116,8 +117,30 @@ func (r *Running) Done() <-chan struct{} { return r.done }
 // Err is what Run returned (valid after Done is closed).
 func (r *Running) Err() error { return r.err }
 
-// Start runs a consumer against the env; mutate tunes its config.
+// StoreCursor stores a cursor as if a consumer had applied everything up to
+// seq, so that a consumer replays the stream from there instead of
+// rebuilding from snapshots (which is what a first run does).
+func (e *Env) StoreCursor(seq int64) {
+	e.T.Helper()
+	st := &checkpoint.SpiceDB{Client: e.Client, Name: pipeline.DefaultName, Holder: "testenv"}
+	if err := st.Save(context.Background(), seq); err != nil {
+		e.T.Fatal(err)
+	}
+}
+
+// Start runs a consumer against the env; mutate tunes its config. Unless
+// a cursor is stored already, it stores cursor 0 first: the consumer
+// replays the whole stream (StartFirstRun tests the rebuild instead).
 func (e *Env) Start(mutate ...func(*pipeline.Config)) *Running {
+	e.T.Helper()
+	if st, err := e.Client.ReadProjector(context.Background(), pipeline.DefaultName); err == nil && st.Cursor == spice.NoSeq {
+		e.StoreCursor(0)
+	}
+	return e.StartFirstRun(mutate...)
+}
+
+// StartFirstRun runs a consumer without storing a cursor first.
+func (e *Env) StartFirstRun(mutate ...func(*pipeline.Config)) *Running {
 	e.T.Helper()
 	cfg := pipeline.Config{PDSURL: e.PDS.URL(), SpiceDB: e.SpiceConfig(), Logger: Logger(), FlushEvery: 50 * time.Millisecond,
 		HeartbeatEvery: time.Second, LeaseTimeout: 3 * time.Second, Rules: e.Rules}
@@ -159,6 +182,24 @@ func (e *Env) WaitCaughtUp(r *Running) {
 		if time.Now().After(deadline) {
 			e.T.Fatalf("consumer did not catch up: watermark %d, head %d, state %s, last error %s",
 				s.Watermark, head, s.State, s.LastError)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// WaitRebuilt waits until r has committed n rebuilds.
+func (e *Env) WaitRebuilt(r *Running, n int) {
+	e.T.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for r.Snapshot().Rebuilt < n {
+		select {
+		case <-r.done:
+			e.T.Fatalf("consumer stopped before rebuilding: %v", r.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s := r.Snapshot()
+			e.T.Fatalf("no rebuild committed: state %s, last error %s", s.State, s.LastError)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/spice"
+)
+
+// exitDrift is the exit code of reconcile when drift is found.
+const exitDrift = 3
+
+func cmdReconcile(ctx context.Context, args []string) error {
+	var c common
+	var did, httpAddr string
+	var fix bool
+	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
+	c.register(fs, "text")
+	fs.StringVar(&did, "did", "", "reconcile one repo (default: every repo the PDS lists and the view knows)")
+	fs.BoolVar(&fix, "fix", false, "repair the drift: resync the drifting repos (through the running daemon, or under the lease)")
+	fs.StringVar(&httpAddr, "http-addr", "127.0.0.1:9464", "the running daemon's HTTP address (used by --fix)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := c.needPDS(); err != nil {
+		return err
+	}
+	rules, err := c.rules()
+	if err != nil {
+		return err
+	}
+	client, err := c.dial()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	fetcher, err := firehose.NewSyncClient(firehose.SyncConfig{URL: c.pdsURL})
+	if err != nil {
+		return err
+	}
+	r := &projector.Reconciler{Rules: rules, Store: spice.NewStore(client), Fetcher: fetcher}
+	dids := []string{did}
+	if did == "" {
+		if dids, err = r.Repos(ctx); err != nil {
+			return err
+		}
+	}
+	drifting, reports, err := reconcileAll(ctx, r, dids)
+	if err != nil {
+		return err
+	}
+	printDrift(os.Stdout, reports, len(dids))
+	if len(drifting) == 0 {
+		return nil
+	}
+	if !fix {
+		return &exitError{code: exitDrift}
+	}
+	if err := repair(ctx, c, httpAddr, drifting); err != nil {
+		return err
+	}
+	fmt.Printf("\nresynced %d repos; checking again\n", len(drifting))
+	again, reports, err := reconcileAll(ctx, r, drifting)
+	if err != nil {
+		return err
+	}
+	printDrift(os.Stdout, reports, len(drifting))
+	if len(again) > 0 {
+		return &exitError{code: exitDrift, err: fmt.Errorf("%d repos still drift after --fix", len(again))}
+	}
+	return nil
+}
+
+func reconcileAll(ctx context.Context, r *projector.Reconciler, dids []string) ([]string, []projector.Report, error) {
+	var drifting []string
+	var reports []projector.Report
+	for _, d := range dids {
+		rep, err := r.Check(ctx, d)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(rep.Drift) > 0 {
+			drifting = append(drifting, d)
+			reports = append(reports, rep)
+		}
+	}
+	return drifting, reports, nil
+}
+
+func printDrift(w io.Writer, reports []projector.Report, checked int) {
+	if len(reports) == 0 {
+		fmt.Fprintf(w, "no drift: %d repos match what their records produce\n", checked)
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "REPO\tKIND\tRELATIONSHIP")
+	n := 0
+	for _, rep := range reports {
+		for _, d := range rep.Drift {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", rep.DID, d.Kind, d.Relationship)
+			n++
+		}
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "drift: %d relationships in %d of %d repos\n", n, len(reports), checked)
+}
+
+// repair resyncs repos through the running daemon's admin endpoint, or,
+// when no daemon answers, by taking the lease for a one-shot resync.
+func repair(ctx context.Context, c common, httpAddr string, dids []string) error {
+	q := url.Values{"did": dids}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+httpAddr+"/v1/admin/resync?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Timeout: 3 * time.Minute}).Do(req)
+	if err == nil {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("the daemon refused the resync: HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+		}
+		return nil
+	}
+	fmt.Printf("no daemon at %s (%v): resyncing under the lease\n", httpAddr, err)
+	log, err := c.logger()
+	if err != nil {
+		return err
+	}
+	sc, err := c.spiceConfig()
+	if err != nil {
+		return err
+	}
+	rules, err := c.rules()
+	if err != nil {
+		return err
+	}
+	cons, err := pipeline.New(pipeline.Config{PDSURL: c.pdsURL, Name: c.name, Rules: rules, SpiceDB: sc, Logger: log,
+		Rebuild: true, RebuildDIDs: dids, ExitAfterRebuild: true, NoWait: true})
+	if err != nil {
+		return err
+	}
+	defer cons.Close()
+	if err := cons.Run(ctx); err != nil {
+		if errors.Is(err, spice.ErrLeaseHeld) {
+			return fmt.Errorf("%w: a daemon holds the lease but doesn't answer on --http-addr %s", err, httpAddr)
+		}
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,272 @@
+package projector
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/backoff"
+)
+
+// Lister lists the repos a PDS hosts. The Fetcher implements it when a
+// rebuild is possible.
+type Lister interface {
+	ListAllRepos(ctx context.Context, fn func(firehose.RepoInfo) error) error
+}
+
+type rebuildRequest struct {
+	reason string
+	// dids to resync; nil means every repo the PDS lists and every repo the
+	// view knows (those no longer listed are removed).
+	dids []string
+	// done is closed once every resync of the rebuild is committed.
+	done chan struct{}
+	// resume: a rebuild marker is already stored (an interrupted rebuild).
+	resume bool
+}
+
+// rebuildRun is the rebuild in progress (DESIGN §5).
+type rebuildRun struct {
+	reason   string
+	full     bool
+	listing  bool
+	queue    []string
+	gone     map[string]bool
+	inFlight int
+	total    int
+	done     int
+	records  int
+	started  time.Time
+	lastLog  time.Time
+	marker   int64 // stored marker value, or firehose.NoCursor
+	waiters  []chan struct{}
+}
+
+type listResult struct {
+	repos []firehose.RepoInfo
+	err   error
+}
+
+type finishedRebuild struct {
+	batch   uint64
+	waiters []chan struct{}
+}
+
+// Rebuild resyncs every repo from getRepo snapshots (dids nil), or the
+// given repos, while the stream goes on; repos the view knows but the PDS
+// no longer lists are removed. Checks keep answering meanwhile: it diffs
+// against the live view, nothing is emptied first. The returned channel is
+// closed when every resync is committed.
+func (e *Engine) Rebuild(ctx context.Context, reason string, dids []string) (<-chan struct{}, error) {
+	req := rebuildRequest{reason: reason, dids: dids, done: make(chan struct{})}
+	select {
+	case e.rebuild <- req:
+		return req.done, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (e *Engine) markerTuple(seq int64) Tuple {
+	return Tuple{ResourceType: TypeProjector, ResourceID: e.cfg.ProjectorName, Relation: RelRebuild,
+		SubjectType: TypeSeq, SubjectID: strconv.FormatInt(seq, 10)}
+}
+
+// startRebuild begins a rebuild, or adds repos to the one running.
+func (a *applier) startRebuild(req rebuildRequest) {
+	e := a.e
+	if rb := a.rb; rb != nil {
+		if req.dids == nil && !rb.full {
+			rb.full = true
+			rb.listing = true
+			a.list()
+		}
+		rb.queue = append(rb.queue, req.dids...)
+		rb.total += len(req.dids)
+		rb.waiters = append(rb.waiters, req.done)
+		a.pumpRebuild()
+		return
+	}
+	rb := &rebuildRun{reason: req.reason, full: req.dids == nil, started: time.Now(), lastLog: time.Now(),
+		marker: firehose.NoCursor, waiters: []chan struct{}{req.done}}
+	a.rb = rb
+	if rb.full {
+		// The marker says "a rebuild is in progress": a crash before it is
+		// cleared makes the next start rebuild again.
+		if req.resume {
+			rb.marker = e.cfg.RebuildMarker
+		} else {
+			rb.marker = max(e.cfg.Tracker.Highest(), 0)
+			a.pending.addUnit(unit{{Op: OpTouch, Tuple: e.markerTuple(rb.marker)}})
+		}
+		rb.listing = true
+		a.list()
+	} else {
+		rb.queue = append(rb.queue, req.dids...)
+		rb.total = len(req.dids)
+	}
+	e.cfg.Metrics.rebuildStarted()
+	e.log.Warn("rebuild started: resyncing repos from snapshots while the stream goes on", "reason", req.reason,
+		"repos", rb.total, "full", rb.full)
+	a.pumpRebuild()
+}
+
+// list pages through listRepos in the background.
+func (a *applier) list() {
+	e, ctx := a.e, a.ctx
+	lister, ok := e.cfg.Fetcher.(Lister)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		var res listResult
+		if !ok {
+			res.err = fmt.Errorf("projector: the fetcher can't list repos")
+		}
+		bo := backoff.Backoff{Min: 500 * time.Millisecond, Max: 10 * time.Second}
+		for ok {
+			var repos []firehose.RepoInfo
+			err := lister.ListAllRepos(ctx, func(r firehose.RepoInfo) error {
+				repos = append(repos, r)
+				return nil
+			})
+			if err == nil {
+				res.repos = repos
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			e.log.Warn("listRepos failed; retrying", "err", err)
+			if bo.Wait(ctx) != nil {
+				return
+			}
+		}
+		select {
+		case e.listed <- res:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// listed queues every listed repo, and every repo the view knows that the
+// PDS no longer lists (to be removed).
+func (a *applier) listed(r listResult) {
+	e, rb := a.e, a.rb
+	if rb == nil {
+		return
+	}
+	rb.listing = false
+	if r.err != nil {
+		e.log.Error("rebuild can't list repos", "err", r.err)
+		a.pumpRebuild()
+		return
+	}
+	listed := map[string]bool{}
+	for _, info := range r.repos {
+		if !listed[info.DID] {
+			listed[info.DID] = true
+			rb.queue = append(rb.queue, info.DID)
+		}
+	}
+	rb.gone = map[string]bool{}
+	e.mu.Lock()
+	var gone []string
+	for did, d := range e.states {
+		if d.known && !listed[did] && d.status != statusDeleted {
+			gone = append(gone, did)
+		}
+	}
+	e.mu.Unlock()
+	sort.Strings(gone)
+	for _, did := range gone {
+		rb.gone[did] = true
+		rb.queue = append(rb.queue, did)
+	}
+	rb.total += len(listed) + len(gone)
+	e.log.Info("rebuild: repos listed", "listed", len(listed), "gone", len(gone))
+	a.pumpRebuild()
+}
+
+// pumpRebuild keeps a bounded number of the rebuild's resyncs in flight,
+// and finishes the rebuild when none is left.
+func (a *applier) pumpRebuild() {
+	e, rb := a.e, a.rb
+	if rb == nil {
+		return
+	}
+	for rb.inFlight < 2*e.cfg.ResyncConcurrency && len(rb.queue) > 0 {
+		did := rb.queue[0]
+		rb.queue = rb.queue[1:]
+		d := e.state(did)
+		if d.resync != nil {
+			d.resync.again = true // a fresh snapshot after the one in flight
+			rb.done++
+			continue
+		}
+		a.startJob(d, &resyncJob{reason: TriggerRebuild, rebuild: true, gone: rb.gone[did]})
+		rb.inFlight++
+	}
+	e.cfg.Metrics.rebuildProgress(rb.done, rb.total)
+	if time.Since(rb.lastLog) > 2*time.Second {
+		rb.lastLog = time.Now()
+		a.logProgress("rebuild progress")
+	}
+	if rb.listing || rb.inFlight > 0 || len(rb.queue) > 0 {
+		return
+	}
+	var final unit
+	if rb.marker != firehose.NoCursor {
+		final = unit{{Op: OpDelete, Tuple: e.markerTuple(rb.marker)}}
+	}
+	b := a.place(nil, final)
+	a.finished = append(a.finished, finishedRebuild{batch: b.id, waiters: rb.waiters})
+	a.logProgress("rebuild done")
+	e.cfg.Metrics.rebuildFinished()
+	a.rb = nil
+}
+
+func (a *applier) logProgress(msg string) {
+	rb := a.rb
+	secs := time.Since(rb.started).Seconds()
+	rate := 0.0
+	if secs > 0 {
+		rate = float64(rb.records) / secs
+	}
+	a.e.log.Info(msg, "repos_done", rb.done, "repos_total", rb.total, "records", rb.records,
+		"records_per_second", fmt.Sprintf("%.0f", rate), "elapsed", time.Since(rb.started).Round(time.Millisecond))
+}
+
+// rebuildResyncDone counts a finished resync of the rebuild.
+func (a *applier) rebuildResyncDone(records int) {
+	rb := a.rb
+	if rb == nil {
+		return
+	}
+	rb.inFlight--
+	rb.done++
+	rb.records += records
+	a.e.cfg.Metrics.rebuildRecords(records)
+	a.pumpRebuild()
+}
+
+// notifyFinished closes the waiters of rebuilds whose last batch committed.
+func (a *applier) notifyFinished() {
+	committed := a.e.committed.Load()
+	kept := a.finished[:0]
+	for _, f := range a.finished {
+		if f.batch <= committed {
+			for _, w := range f.waiters {
+				close(w)
+			}
+			if a.e.cfg.OnRebuilt != nil {
+				a.e.cfg.OnRebuilt()
+			}
+			continue
+		}
+		kept = append(kept, f)
+	}
+	a.finished = kept
+}

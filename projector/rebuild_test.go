@@ -1,0 +1,144 @@
+package projector_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
+	"github.com/spaces-authz/spaces-authz/projector"
+)
+
+// TestFirstRunRebuildsFromSnapshots: with no cursor, the consumer follows
+// the stream live and builds the view from getRepo snapshots meanwhile.
+func TestFirstRunRebuildsFromSnapshots(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, bob, Group("create", "g"), Relation("create", "m", "group", bob+"/g", "direct_member", "acct", alice, ""))
+	commit(t, e, alice, Delete(relC, "v"), Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
+	reg := prometheus.NewRegistry()
+	r := e.StartFirstRun(func(c *pipeline.Config) { c.Registry = reg })
+	e.WaitRebuilt(r, 1)
+	e.AssertMatchesOracle()
+	// The stream goes on from the live connection.
+	commit(t, e, bob, Delete(groupC, "g"))
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	if got := metricValue(t, reg, "consumer_resyncs_total", "trigger", "rebuild"); got != 2 {
+		t.Fatalf("rebuild resyncs = %v, want 2 (one per repo)", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := e.Client.ReadProjector(t.Context(), "default")
+		if err == nil && st.Rebuild == -1 && st.Cursor >= 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the rebuild: marker %d, cursor %d (%v)", st.Rebuild, st.Cursor, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestOutdatedCursorRebuilds: the PDS no longer has the events after the
+// stored cursor, including deletes; the rebuild brings the view back.
+func TestOutdatedCursorRebuilds(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	r := e.Start()
+	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""),
+		Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
+	e.WaitCaughtUp(r)
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// While the consumer is away: deletes and creates, then the PDS
+	// forgets those events.
+	commit(t, e, alice, Delete(relC, "v"), Space("create", "t", true))
+	commit(t, e, bob, Space("create", "b", false), Relation("create", "x", "space", bob+"/b", "admin", "acct", alice, ""))
+	commit(t, e, alice, Delete(relC, "w"))
+	e.PDS.Trim(e.PDS.Head())
+	reg := prometheus.NewRegistry()
+	r2 := e.Start(func(c *pipeline.Config) { c.Registry = reg })
+	e.WaitRebuilt(r2, 1)
+	commit(t, e, alice, Group("create", "late"))
+	e.WaitCaughtUp(r2)
+	e.AssertMatchesOracle()
+	if got := metricValue(t, reg, "consumer_rebuilds_total"); got != 1 {
+		t.Fatalf("rebuilds = %v", got)
+	}
+}
+
+// TestRebuildRemovesReposNoLongerListed: a repo the view knows but the PDS
+// lost is removed by a rebuild.
+func TestRebuildRemovesReposNoLongerListed(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	r := e.Start()
+	commit(t, e, alice, Space("create", "s", false))
+	commit(t, e, bob, Space("create", "b", false), Relation("create", "x", "space", bob+"/b", "viewer", "acct", alice, ""))
+	e.WaitCaughtUp(r)
+	e.PDS.Forget(bob)
+	done, err := r.Engine().Rebuild(t.Context(), "test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("rebuild did not finish")
+	}
+	for _, rel := range append(e.Data(), e.Lineage()...) {
+		if contains(rel, projector.EncodeDID(bob)) {
+			t.Fatalf("a forgotten repo's relationship remains: %s", rel)
+		}
+	}
+	if !e.Check("administer", "space", projector.ObjectID(alice, "s"), alice) {
+		t.Fatal("the rebuild lost a listed repo")
+	}
+}
+
+func contains(s, sub string) bool { return len(s) >= len(sub) && (s == sub || indexOf(s, sub) >= 0) }
+
+func indexOf(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+// TestSpiceDBResetTriggersRebuild empties SpiceDB under a running consumer
+// (as a restart of a memory datastore would): it notices (its lease and
+// cursor are gone) and rebuilds instead of going on from a wrong place.
+func TestSpiceDBResetTriggersRebuild(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	r := e.Start()
+	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	e.WaitCaughtUp(r)
+	wipe(t, e)
+	commit(t, e, bob, Space("create", "b", false))
+	e.WaitRebuilt(r, 1)
+	commit(t, e, alice, Group("create", "g"))
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+}
+
+// wipe deletes every relationship of the test's datastore (the schema stays).
+func wipe(t *testing.T, e *Env) {
+	t.Helper()
+	for _, typ := range []string{"space", "group", "lineage", "repo", "projector"} {
+		_, err := e.Client.API().DeleteRelationships(context.Background(), &v1.DeleteRelationshipsRequest{
+			RelationshipFilter: &v1.RelationshipFilter{ResourceType: typ}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}

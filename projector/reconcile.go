@@ -1,0 +1,180 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/firehose"
+)
+
+// Drift kinds.
+const (
+	DriftMissing        = "missing"         // a record produces it, SpiceDB lacks it
+	DriftExtra          = "extra"           // SpiceDB holds it, no record produces it
+	DriftMissingLineage = "missing lineage" // the lineage of a produced tuple is absent
+	DriftStaleLineage   = "stale lineage"   // lineage names a record that doesn't produce it
+)
+
+// Drift is one difference between what a repo's records produce under the
+// rules and what SpiceDB holds for that account.
+type Drift struct {
+	Kind         string
+	Relationship string
+}
+
+// Report is the result of reconciling one repo.
+type Report struct {
+	DID     string
+	Rev     string // the snapshot's rev
+	Records int
+	// Status is "active", "inactive" (getRepo refused: only data is
+	// compared) or "not found" (everything the view holds is extra).
+	Status string
+	Drift  []Drift
+}
+
+// Reconciler compares repos with SpiceDB (DESIGN §5).
+type Reconciler struct {
+	Rules   *Rules
+	Store   Store
+	Fetcher Fetcher
+	// Settle is how long to wait before checking a drifting repo again: a
+	// drift seen twice is reported, one seen once was a write in flight
+	// (default 1s).
+	Settle time.Duration
+}
+
+// Check reconciles one repo, checking twice when drift shows up so that a
+// change the consumer is applying right now is not reported.
+func (r *Reconciler) Check(ctx context.Context, did string) (Report, error) {
+	first, err := r.check(ctx, did)
+	if err != nil || len(first.Drift) == 0 {
+		return first, err
+	}
+	settle := r.Settle
+	if settle <= 0 {
+		settle = time.Second
+	}
+	select {
+	case <-ctx.Done():
+		return first, ctx.Err()
+	case <-time.After(settle):
+	}
+	second, err := r.check(ctx, did)
+	if err != nil {
+		return second, err
+	}
+	seen := map[Drift]bool{}
+	for _, d := range first.Drift {
+		seen[d] = true
+	}
+	kept := second.Drift[:0]
+	for _, d := range second.Drift {
+		if seen[d] {
+			kept = append(kept, d)
+		}
+	}
+	second.Drift = kept
+	return second, nil
+}
+
+func (r *Reconciler) check(ctx context.Context, did string) (Report, error) {
+	rep := Report{DID: did, Status: "active"}
+	snap, err := r.Fetcher.GetRepo(ctx, did, r.Rules.Projects)
+	switch {
+	case errors.Is(err, firehose.ErrRepoNotFound):
+		rep.Status = "not found"
+	case errors.Is(err, firehose.ErrRepoInactive):
+		rep.Status = "inactive"
+	case err != nil:
+		return rep, fmt.Errorf("projector: reconcile %s: %w", did, err)
+	}
+	wantData := map[string]bool{}
+	wantLin := map[string]bool{}
+	if snap != nil {
+		rep.Rev, rep.Records = snap.Rev, len(snap.Records)
+		for _, rec := range snap.Records {
+			if rec.Err != nil {
+				continue
+			}
+			tuples, err := r.Rules.Project(did, rec.Collection, rec.RKey, rec.Value)
+			if err != nil {
+				continue
+			}
+			rid := RecordID(did, rec.Collection, rec.RKey)
+			for _, t := range tuples {
+				wantData[t.String()] = true
+				wantLin[LineageTuple(t, rid).String()] = true
+			}
+		}
+	}
+	data, err := r.Store.LoadData(ctx, did, "")
+	if err != nil {
+		return rep, fmt.Errorf("projector: reconcile %s: %w", did, err)
+	}
+	entries, err := r.Store.LoadLineage(ctx, did, "")
+	if err != nil {
+		return rep, fmt.Errorf("projector: reconcile %s: %w", did, err)
+	}
+	gotData := map[string]bool{}
+	for _, t := range data {
+		gotData[t.String()] = true
+	}
+	gotLin := map[string]bool{}
+	for _, en := range entries {
+		coll, rkey := splitPath(en.Path)
+		gotLin[LineageTuple(en.Tuple, RecordID(did, coll, rkey)).String()] = true
+	}
+	add := func(kind string, set map[string]bool, not map[string]bool) {
+		for s := range set {
+			if !not[s] {
+				rep.Drift = append(rep.Drift, Drift{Kind: kind, Relationship: s})
+			}
+		}
+	}
+	add(DriftMissing, wantData, gotData)
+	add(DriftExtra, gotData, wantData)
+	if rep.Status != "inactive" { // an inactive repo's records can't be read
+		add(DriftMissingLineage, wantLin, gotLin)
+		add(DriftStaleLineage, gotLin, wantLin)
+	}
+	sort.Slice(rep.Drift, func(i, j int) bool {
+		if rep.Drift[i].Kind != rep.Drift[j].Kind {
+			return rep.Drift[i].Kind < rep.Drift[j].Kind
+		}
+		return rep.Drift[i].Relationship < rep.Drift[j].Relationship
+	})
+	return rep, nil
+}
+
+// Repos lists the repos to reconcile: every repo the PDS lists and every
+// repo the view knows.
+func (r *Reconciler) Repos(ctx context.Context) ([]string, error) {
+	set := map[string]bool{}
+	if l, ok := r.Fetcher.(Lister); ok {
+		if err := l.ListAllRepos(ctx, func(info firehose.RepoInfo) error {
+			set[info.DID] = true
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("projector: list repos: %w", err)
+		}
+	}
+	known, err := r.Store.LoadRepos(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range known {
+		if k.Status != statusDeleted {
+			set[k.DID] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for d := range set {
+		out = append(out, d)
+	}
+	sort.Strings(out)
+	return out, nil
+}
