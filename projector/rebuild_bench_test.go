@@ -1,0 +1,99 @@
+package projector_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spaces-authz/spaces-authz/internal/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
+)
+
+// BenchmarkRebuild100k rebuilds the view of 100 repos holding 1,000
+// projected records each (100,000 records: spaces, groups, grants) from
+// getRepo snapshots into a real SpiceDB (memory datastore), with the
+// default concurrency and rate limit. Target (DESIGN §10): ≤ 60 s.
+//
+//	go test ./projector -run '^$' -bench BenchmarkRebuild100k -benchtime 1x
+func BenchmarkRebuild100k(b *testing.B) {
+	const repos, perRepo = 100, 1000
+	e := New(b)
+	var dids []string
+	for i := range repos {
+		r, err := e.PDS.CreateAccount(fmt.Sprintf("bench%03d", i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		dids = append(dids, r.DID())
+	}
+	for i, did := range dids {
+		var ws []fakepds.Write
+		for k := range 20 {
+			ws = append(ws, Space("create", fmt.Sprintf("s%d", k), k%5 == 0))
+		}
+		for k := range 5 {
+			ws = append(ws, Group("create", fmt.Sprintf("g%d", k)))
+		}
+		for k := 0; len(ws) < perRepo; k++ {
+			other := dids[(i+k+1)%repos]
+			space := fmt.Sprintf("%s/s%d", did, k%20)
+			switch k % 4 {
+			case 0:
+				ws = append(ws, Relation("create", fmt.Sprintf("r%d", k), "space", space, "viewer", "acct", other, ""))
+			case 1:
+				ws = append(ws, Relation("create", fmt.Sprintf("r%d", k), "space", space, "viewer", "group", other+"/g1", "member"))
+			case 2:
+				ws = append(ws, Relation("create", fmt.Sprintf("r%d", k), "group", fmt.Sprintf("%s/g%d", did, k%5), "direct_member", "acct", other, ""))
+			default:
+				ws = append(ws, Relation("create", fmt.Sprintf("r%d", k), "space", space, "editor", "acct", other, ""))
+			}
+		}
+		if _, _, err := e.PDS.Commit(did, ws...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, rate := range []float64{20, 0} {
+		b.Run(fmt.Sprintf("resync-rate=%v", rate), func(b *testing.B) { benchRebuild(b, e, rate, repos*perRepo) })
+	}
+}
+
+func benchRebuild(b *testing.B, e *Env, rate float64, records int) {
+	for range b.N {
+		env := e.Fork() // an empty SpiceDB datastore each time
+		reg := prometheus.NewRegistry()
+		c, err := pipeline.New(pipeline.Config{PDSURL: e.PDS.URL(), SpiceDB: env.SpiceConfig(), Logger: Logger(),
+			Registry: reg, Rebuild: true, ExitAfterRebuild: true, ResyncRate: rate})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		if err := c.Run(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		took := time.Since(start)
+		c.Close()
+		b.StopTimer()
+		env.AssertMatchesOracle()
+		n := len(env.Data()) + len(env.Lineage())
+		mfs, _ := reg.Gather()
+		sum := func(name string) float64 {
+			for _, mf := range mfs {
+				if mf.GetName() == name {
+					return mf.GetMetric()[0].GetHistogram().GetSampleSum()
+				}
+			}
+			return 0
+		}
+		b.ReportMetric(took.Seconds(), "s/rebuild")
+		b.ReportMetric(float64(records)/took.Seconds(), "records/s")
+		b.ReportMetric(float64(n)/took.Seconds(), "relationships/s")
+		b.Logf("rebuild of %d records: %v; %d relationships written; getRepo+CAR read %.1fs summed over "+
+			"4 concurrent fetches; SpiceDB writes %.1fs (one writer)", records, took.Round(time.Millisecond), n,
+			sum("consumer_sync_repo_fetch_duration_seconds"), sum("consumer_write_duration_seconds"))
+		b.StartTimer()
+	}
+}
