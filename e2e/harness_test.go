@@ -340,3 +340,23 @@ func grep(text, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// waitReady waits for the consumer's /readyz (connected to the PDS, lease
+// held).
+func (s *stack) waitReady() {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + s.httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("consumer not ready: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

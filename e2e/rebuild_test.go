@@ -26,10 +26,12 @@ func TestOutdatedCursorAfterReplayWindow(t *testing.T) {
 	s := newStack(t, stackOpts{backfill: 2 * time.Second})
 	alice, bob := s.account("alice"), s.account("bob")
 	p := s.startConsumer()
+	s.waitReady() // so the writes below travel on the stream and a cursor is stored
 	a := alice.DID
 	s.apply(alice, create(spaceC, "s", space(false)), create(relC, "v", rel("space", a+"/s", "viewer", "acct", bob.DID, "")),
 		create(relC, "w", rel("space", a+"/s", "editor", "acct", bob.DID, "")))
 	s.waitOracle(30 * time.Second)
+	waitCursor(t, s, 1)
 	if err := p.Stop(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -247,7 +247,7 @@ func (e *Engine) HandleEvent(ctx context.Context, ev *firehose.Event) error {
 	e.mu.Lock()
 	d := e.states[ev.DID]
 	fast := false
-	if d == nil && e.cfg.Publisher == nil && ev.Seq > e.cfg.RewindSeq {
+	if d == nil && ev.Seq > e.cfg.RewindSeq {
 		switch ev.Kind {
 		case firehose.KindIdentity:
 			fast = true
@@ -434,10 +434,29 @@ func (e *Engine) Run(ctx context.Context) error {
 	doneCh := make(chan batchResult, 1)
 	g.Go(func() error { return e.writeLoop(gctx, writeCh, doneCh) })
 	g.Go(func() error { return e.applyLoop(gctx, writeCh, doneCh) })
+	g.Go(func() error { return e.heartbeatLoop(gctx) })
 	err := g.Wait()
 	e.wg.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		return nil
 	}
 	return err
+}
+
+// heartbeatLoop keeps the lease alive while the write loop is stalled (on
+// fan-out backpressure, say): the writer refreshes the heartbeat in any
+// write when it is due, so a write carrying nothing else is enough.
+func (e *Engine) heartbeatLoop(ctx context.Context) error {
+	t := time.NewTicker(e.cfg.FlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if _, err := e.cfg.Writer.Write(ctx, nil, firehose.NoCursor); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("projector: heartbeat: %w", err)
+			}
+		}
+	}
 }

@@ -187,6 +187,14 @@ func (a *applier) applyResync(r *resyncResult) error {
 			d.status = "inactive"
 		}
 	default:
+		if d.status != "" {
+			// getRepo answered: the PDS serves the repo, so it is active
+			// (its #account event may have been missed while no cursor
+			// was stored). Restore it with this resync.
+			e.log.Info("resync: the repo is served again; marking it active", "did", d.did, "was", d.status)
+			final = append(final, a.setStatus(d, statusActive, max(d.statusSeq, trigSeq))...)
+			d.status = ""
+		}
 		var u []unit
 		u, changes = a.resyncDiff(d, l, r, trigSeq, trigTime)
 		units = append(units, u...)

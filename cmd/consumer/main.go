@@ -41,6 +41,7 @@ var commands = map[string]command{
 	"schema":    {"schema apply: write the SpiceDB schema the consumer needs", cmdSchema},
 	"rewind":    {"rewind --to SEQ: replay the stream from SEQ (the view never moves backwards)", cmdRewind},
 	"status":    {"show cursor, PDS head, lag and lease (--json for scripts)", cmdStatus},
+	"tail":      {"follow the NATS fan-out with a durable pull consumer and print the changes", cmdTail},
 	"rebuild":   {"resync every repo from getRepo snapshots, then follow the stream (--exit-when-done to stop)", cmdRebuild},
 	"reconcile": {"compare repos with what SpiceDB holds (exit 3 on drift); --fix repairs it", cmdReconcile},
 }

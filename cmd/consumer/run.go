@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/spaces-authz/spaces-authz/fanout"
 	"github.com/spaces-authz/spaces-authz/internal/httpapi"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	"github.com/spaces-authz/spaces-authz/spice"
@@ -28,6 +29,9 @@ type runFlags struct {
 	resyncConcurrency                          int
 	resyncRate                                 float64
 	reconcileEvery                             time.Duration
+	nats                                       natsFlags
+	publishAll                                 bool
+	natsMaxAge                                 time.Duration
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -49,6 +53,9 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.resyncConcurrency, "resync-concurrency", 4, "concurrent getRepo calls")
 	fs.Float64Var(&f.resyncRate, "resync-rate", 20, "getRepo calls per second at most, to be polite to the PDS (0: no limit)")
 	durationFlag(fs, &f.reconcileEvery, "reconcile-every", 0, "compare every repo with SpiceDB this often, one at a time, and resync drift (0: off)")
+	f.nats.register(fs)
+	fs.BoolVar(&f.publishAll, "publish-all-collections", false, "publish every record op of every collection to NATS (raw mode)")
+	durationFlag(fs, &f.natsMaxAge, "nats-max-age", fanout.DefaultMaxAge, "how long JetStream keeps messages")
 }
 
 func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, error) {
@@ -72,7 +79,8 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 		NoAutoRebuild: f.noAutoRebuild, Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
 		MaxInFlight: f.maxInFlight, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
 		HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, FlushEvery: f.flushEvery,
-		ResyncRate: f.resyncRate, ReconcileEvery: f.reconcileEvery, Logger: log, Registry: reg}, nil
+		ResyncRate: f.resyncRate, ReconcileEvery: f.reconcileEvery, Logger: log, Registry: reg,
+		NATS: f.nats.config(f.natsMaxAge), PublishAllCollections: f.publishAll}, nil
 }
 
 // newRegistry is the process's one metrics registry: Go, process and

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/spaces-authz/spaces-authz/fanout"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
@@ -61,8 +63,11 @@ type Config struct {
 	// ReconcileEvery: compare every repo with SpiceDB this often, one at a
 	// time, and resync the ones that drift (0: off).
 	ReconcileEvery time.Duration
-	// Publisher fans changes out (optional).
-	Publisher projector.Publisher
+	// NATS turns the fan-out on (nil: off). Source defaults to the PDS host.
+	NATS *fanout.Config
+	// PublishAllCollections publishes every record op of every collection
+	// (raw mode); the rules file can turn it on too.
+	PublishAllCollections bool
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 	// Registry for metrics (default a private registry).
@@ -115,6 +120,8 @@ type Consumer struct {
 	fhm      *firehose.Metrics
 	pm       *projector.Metrics
 	sm       *spice.Metrics
+	nm       *fanout.Metrics
+	pub      *fanout.Publisher
 	mu       sync.Mutex
 	engine   *projector.Engine
 	stream   *firehose.Client
@@ -137,13 +144,45 @@ func New(cfg Config) (*Consumer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Consumer{cfg: cfg, log: cfg.Logger, client: client, fhm: firehose.NewMetrics(cfg.Registry),
+	c := &Consumer{cfg: cfg, log: cfg.Logger, client: client, fhm: firehose.NewMetrics(cfg.Registry),
 		pm: projector.NewMetrics(cfg.Registry), sm: spice.NewMetrics(cfg.Registry), state: "starting",
-		started: time.Now()}, nil
+		started: time.Now()}
+	if cfg.NATS != nil {
+		c.nm = fanout.NewMetrics(cfg.Registry)
+	}
+	return c, nil
 }
 
-// Close releases the SpiceDB connection.
-func (c *Consumer) Close() error { return c.client.Close() }
+// Close releases the SpiceDB and NATS connections.
+func (c *Consumer) Close() error {
+	if c.pub != nil {
+		c.pub.Close()
+	}
+	return c.client.Close()
+}
+
+// connectNATS dials NATS and ensures the stream (once per process).
+func (c *Consumer) connectNATS(ctx context.Context) error {
+	if c.cfg.NATS == nil || c.pub != nil {
+		return nil
+	}
+	nc := *c.cfg.NATS
+	if nc.Source == "" {
+		u, err := url.Parse(c.cfg.PDSURL)
+		if err != nil {
+			return fmt.Errorf("pipeline: PDS URL: %w", err)
+		}
+		nc.Source = u.Host
+	}
+	nc.Logger, nc.Metrics = c.log, c.nm
+	pub, err := fanout.Connect(ctx, nc)
+	if err != nil {
+		return err
+	}
+	c.pub = pub
+	c.log.Info("fan-out to NATS JetStream on", "url", nc.URL, "stream", pub.Stream(), "source", nc.Source)
+	return nil
+}
 
 // SpiceDB is the consumer's SpiceDB client.
 func (c *Consumer) SpiceDB() *spice.Client { return c.client }
@@ -180,6 +219,10 @@ func (c *Consumer) setState(s string, err error) {
 // pipeline from the stored cursor after SpiceDB refused a relationship.
 func (c *Consumer) Run(ctx context.Context) error {
 	if err := c.CheckSchema(ctx); err != nil {
+		c.setState("failed", err)
+		return err
+	}
+	if err := c.connectNATS(ctx); err != nil {
 		c.setState("failed", err)
 		return err
 	}
@@ -292,8 +335,12 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 	if err != nil {
 		return err
 	}
+	var publisher projector.Publisher
+	if c.pub != nil {
+		publisher = c.pub
+	}
 	engine, err := projector.New(projector.Config{Rules: c.cfg.Rules, Store: spice.NewStore(c.client), Writer: writer,
-		Fetcher: sync, Tracker: tracker, Publisher: c.cfg.Publisher, Poison: poison, RewindSeq: lease.Rewind,
+		Fetcher: sync, Tracker: tracker, Publisher: publisher, Poison: poison, RewindSeq: lease.Rewind,
 		BatchUpdates: c.cfg.BatchUpdates, CacheRepos: c.cfg.CacheRepos, HeldPerRepo: c.cfg.HeldPerRepo,
 		ResyncConcurrency: c.cfg.ResyncConcurrency, FlushEvery: c.cfg.FlushEvery, Logger: c.log, Metrics: c.pm,
 		ResyncRate: c.cfg.ResyncRate, ProjectorName: c.cfg.Name, ResumeRebuild: lease.Rebuild != spice.NoSeq,
@@ -309,8 +356,8 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 		return err
 	}
 	filter := c.cfg.Rules.MatchPath
-	if c.cfg.Rules.PublishAllCollections && c.cfg.Publisher != nil {
-		filter = nil
+	if (c.cfg.Rules.PublishAllCollections || c.cfg.PublishAllCollections) && c.pub != nil {
+		filter = nil // raw mode: every op is decoded and published
 	}
 	stream, err := firehose.New(firehose.Config{URL: c.cfg.PDSURL, Tracker: tracker, Handler: engine, Filter: filter,
 		Workers: c.cfg.Workers, QueueDepth: c.cfg.QueueDepth, MaxFrameBytes: c.cfg.MaxFrameBytes, Logger: c.log,
@@ -328,6 +375,9 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
 	g.Go(func() error { return stream.Run(gctx) })
+	if c.pub != nil {
+		g.Go(func() error { return c.pub.Run(gctx) })
+	}
 	if c.cfg.ReconcileEvery > 0 {
 		g.Go(func() error { return c.reconcileLoop(gctx, engine, sync) })
 	}
