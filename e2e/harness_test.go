@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func consumerBin(t *testing.T) string {
+func consumerBin(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() { binPath, binErr = procs.BuildConsumer(binDir) })
 	if binErr != nil {
@@ -57,7 +57,7 @@ func consumerBin(t *testing.T) string {
 
 // stack is one test's real PDS, SpiceDB and consumer.
 type stack struct {
-	t        *testing.T
+	t        testing.TB
 	pds      *localpds.PDS
 	xrpc     *localpds.Client
 	sdb      *spicedbtest.Server
@@ -74,7 +74,7 @@ type stackOpts struct {
 	backfill time.Duration
 }
 
-func newStack(t *testing.T, o stackOpts) *stack {
+func newStack(t testing.TB, o stackOpts) *stack {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

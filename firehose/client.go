@@ -108,8 +108,16 @@ type Client struct {
 	connected bool
 	lastErr   error
 	headTime  time.Time
+	lastRead  time.Time
 	ready     chan struct{}
 	readyOnce sync.Once
+}
+
+// LastRead is when the newest event was read (zero before any).
+func (c *Client) LastRead() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastRead
 }
 
 // Ready is closed once the first stream connection is up.
@@ -419,11 +427,12 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 		}
 		delivered = ev.Seq
 		c.cfg.Metrics.event(ev)
+		c.mu.Lock()
+		c.lastRead = time.Now()
 		if ts, ok := parseTime(ev.Time); ok {
-			c.mu.Lock()
 			c.headTime = ts
-			c.mu.Unlock()
 		}
+		c.mu.Unlock()
 		c.cfg.Metrics.setInFlight(c.cfg.Tracker.InFlight())
 		select {
 		case lanes[lane(ev.DID, len(lanes))] <- f:

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/bluesky-social/indigo/atproto/syntax"
@@ -52,7 +51,7 @@ func Handler(src Source, reg prometheus.Gatherer) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		s := src.Snapshot()
-		if why := notReady(s); why != "" {
+		if why := s.NotReadyReason(); why != "" {
 			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
@@ -88,18 +87,6 @@ func Handler(src Source, reg prometheus.Gatherer) http.Handler {
 	return mux
 }
 
-func notReady(s pipeline.Snapshot) string {
-	switch {
-	case s.Fenced:
-		return "fenced: another consumer holds the lease"
-	case !strings.HasPrefix(s.State, "running"):
-		return s.State
-	case !s.Connected:
-		return "not connected to the PDS stream"
-	}
-	return ""
-}
-
 // Status is the JSON of /v1/status and `consumer status --json`.
 type Status struct {
 	Name             string  `json:"name"`
@@ -126,7 +113,7 @@ type Status struct {
 
 // StatusOf turns a snapshot into the status document.
 func StatusOf(s pipeline.Snapshot) Status {
-	st := Status{Name: s.Name, Holder: s.Holder, State: s.State, Ready: notReady(s) == "", Fenced: s.Fenced,
+	st := Status{Name: s.Name, Holder: s.Holder, State: s.State, Ready: s.Ready(), Fenced: s.Fenced,
 		Connected: s.Connected, Cursor: s.Cursor, Watermark: s.Watermark, HeadSeq: s.Highest, InFlight: s.InFlight,
 		EventsWritten: s.Engine.EventsWritten, Batches: s.Engine.Batches, CachedRepos: s.Engine.CachedRepos,
 		RefusedTuples: s.Engine.Poisoned, PipelineRestarts: s.Restarts, LastError: s.LastError,

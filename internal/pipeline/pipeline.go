@@ -150,6 +150,36 @@ func New(cfg Config) (*Consumer, error) {
 	if cfg.NATS != nil {
 		c.nm = fanout.NewMetrics(cfg.Registry)
 	}
+	cfg.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "consumer", Name: "lag_events",
+			Help: "Events read from the stream and not yet applied (head seq minus watermark)."},
+			func() float64 {
+				s := c.Snapshot()
+				if s.Watermark < 0 || s.Highest < s.Watermark {
+					return 0
+				}
+				return float64(s.Highest - s.Watermark)
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "consumer", Name: "lag_seconds",
+			Help: "How far the newest applied event's time is behind the newest event read (0 when caught up)."},
+			func() float64 { return c.Snapshot().LagSeconds }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "consumer", Name: "ready",
+			Help: "1 when connected to the PDS, holding the lease, and not failed."},
+			func() float64 {
+				if c.Snapshot().Ready() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "consumer", Name: "last_event_age_seconds",
+			Help: "Seconds since the newest event was read from the stream (alert on silence while the PDS is up)."},
+			func() float64 {
+				if t := c.lastEventTime(); !t.IsZero() {
+					return time.Since(t).Seconds()
+				}
+				return time.Since(c.started).Seconds()
+			}),
+	)
 	return c, nil
 }
 
@@ -484,6 +514,34 @@ func (c *Consumer) WaitApplied(ctx context.Context, did, rev string) (string, er
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// Ready reports connected to the PDS, running (holding the lease), not
+// fenced or failed.
+func (s Snapshot) Ready() bool { return s.NotReadyReason() == "" }
+
+// NotReadyReason says why the consumer is not ready ("" when it is).
+func (s Snapshot) NotReadyReason() string {
+	switch {
+	case s.Fenced:
+		return "fenced: another consumer holds the lease"
+	case !strings.HasPrefix(s.State, "running"):
+		return s.State
+	case !s.Connected:
+		return "not connected to the PDS stream"
+	}
+	return ""
+}
+
+// lastEventTime is when the newest event was read (zero before any).
+func (c *Consumer) lastEventTime() time.Time {
+	c.mu.Lock()
+	stream := c.stream
+	c.mu.Unlock()
+	if stream == nil {
+		return time.Time{}
+	}
+	return stream.LastRead()
 }
 
 // Engine is the current engine (nil before the first start).
