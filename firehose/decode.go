@@ -52,10 +52,31 @@ func bad(reason string, format string, args ...any) *BadFrameError {
 // DecodeRecords only when some op matched. It never panics on hostile input
 // (see the fuzz tests) and returns a *BadFrameError for anything unusable.
 func DecodeFrame(b []byte, filter Filter) (*Frame, error) {
+	fast := &cborReader{b: b}
+	op, typ, err := fast.readHeader()
+	if err != nil {
+		return nil, bad(ReasonMalformedFrame, "header: %w", err)
+	}
+	if op == events.EvtKindMessage && unsafeString(typ) == "#commit" {
+		ev, blocks, err := decodeCommit(b[fast.i:], filter)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkDID(ev.DID); err != nil {
+			return nil, err
+		}
+		if ev.Seq <= 0 {
+			return nil, bad(ReasonMalformedFrame, "#commit without a positive seq")
+		}
+		ev.FrameBytes = len(b)
+		// The CAR is copied only when some op matched: the frame buffer is
+		// reused for the next frame.
+		return &Frame{Event: ev, blocks: cloneBytes(blocks)}, nil
+	}
 	r := bytes.NewReader(b)
 	cr := cbg.NewCborReader(r)
-	var h events.EventHeader
-	if err := h.UnmarshalCBOR(cr); err != nil {
+	h := events.EventHeader{Op: op, MsgType: string(typ)}
+	if _, err := r.Seek(int64(fast.i), 0); err != nil {
 		return nil, bad(ReasonMalformedFrame, "header: %w", err)
 	}
 	switch h.Op {
@@ -71,36 +92,6 @@ func DecodeFrame(b []byte, filter Filter) (*Frame, error) {
 	}
 	f := &Frame{}
 	switch h.MsgType {
-	case "#commit":
-		var c comatproto.SyncSubscribeRepos_Commit
-		if err := c.UnmarshalCBOR(cr); err != nil {
-			return nil, bad(ReasonMalformedFrame, "#commit: %w", err)
-		}
-		if err := checkDID(c.Repo); err != nil {
-			return nil, err
-		}
-		ev := &Event{Seq: c.Seq, Kind: KindCommit, DID: c.Repo, Time: c.Time, Rev: c.Rev, TooBig: c.TooBig,
-			OpCount: len(c.Ops), FrameBytes: len(b)}
-		if c.Since != nil {
-			ev.Since = *c.Since
-		}
-		for _, op := range c.Ops {
-			if op == nil {
-				continue
-			}
-			if filter != nil && !filter(op.Path) {
-				continue
-			}
-			o, err := parseOp(op)
-			if err != nil {
-				return nil, err
-			}
-			ev.Ops = append(ev.Ops, o)
-		}
-		if len(ev.Ops) > 0 {
-			f.blocks = c.Blocks
-		}
-		f.Event = ev
 	case "#sync":
 		var s comatproto.SyncSubscribeRepos_Sync
 		if err := s.UnmarshalCBOR(cr); err != nil {
@@ -167,29 +158,25 @@ func checkDID(did string) error {
 	return nil
 }
 
-func parseOp(op *comatproto.SyncSubscribeRepos_RepoOp) (Op, error) {
-	coll, rkey, ok := strings.Cut(op.Path, "/")
+func splitOpPath(path string) (coll, rkey string, err error) {
+	coll, rkey, ok := strings.Cut(path, "/")
 	if !ok || strings.Contains(rkey, "/") {
-		return Op{}, bad(ReasonBadPath, "op path %q", clip(op.Path))
+		return "", "", bad(ReasonBadPath, "op path %q", clip(path))
 	}
 	if _, err := syntax.ParseNSID(coll); err != nil {
-		return Op{}, bad(ReasonBadPath, "op path %q: %w", clip(op.Path), err)
+		return "", "", bad(ReasonBadPath, "op path %q: %w", clip(path), err)
 	}
 	if _, err := syntax.ParseRecordKey(rkey); err != nil {
-		return Op{}, bad(ReasonBadPath, "op path %q: %w", clip(op.Path), err)
+		return "", "", bad(ReasonBadPath, "op path %q: %w", clip(path), err)
 	}
-	o := Op{Action: Action(op.Action), Collection: coll, RKey: rkey}
-	switch o.Action {
-	case ActionCreate, ActionUpdate:
-		if op.Cid == nil {
-			return Op{}, bad(ReasonBadAction, "%s of %q without a cid", op.Action, clip(op.Path))
-		}
-		o.CID = cid.Cid(*op.Cid)
-	case ActionDelete:
-	default:
-		return Op{}, bad(ReasonBadAction, "action %q", clip(op.Action))
+	return coll, rkey, nil
+}
+
+func cloneBytes(b []byte) []byte {
+	if b == nil {
+		return nil
 	}
-	return o, nil
+	return append([]byte(nil), b...)
 }
 
 // DecodeRecords reads the records of ev's ops from the frame's CAR, checking

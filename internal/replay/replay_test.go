@@ -1,0 +1,87 @@
+package replay_test
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/capture"
+	"github.com/spaces-authz/spaces-authz/internal/replay"
+	"github.com/spaces-authz/spaces-authz/internal/synth"
+)
+
+type counter struct {
+	tr   *firehose.Tracker
+	mu   sync.Mutex
+	seqs []int64
+	ops  int
+}
+
+func (c *counter) HandleEvent(_ context.Context, ev *firehose.Event) error {
+	c.mu.Lock()
+	c.seqs = append(c.seqs, ev.Seq)
+	c.ops += len(ev.Ops)
+	c.mu.Unlock()
+	c.tr.Done(ev.Seq)
+	return nil
+}
+
+func (c *counter) HandleInfo(context.Context, firehose.Info) error { return nil }
+
+func TestSynthCaptureReplayedInLoops(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "synth.zst")
+	st, err := synth.Write(path, synth.Options{Events: 500, Accounts: 20, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Frames != 500 || st.ProjectedOps == 0 || st.OtherOps < 400 {
+		t.Fatalf("stats %+v", st)
+	}
+	raw, err := capture.ReadFile(path)
+	if err != nil || len(raw) != 500 {
+		t.Fatalf("%d frames, %v", len(raw), err)
+	}
+	frames, _ := replay.Prepare(raw)
+	srv, err := replay.New(frames, 3, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	tr := firehose.NewTracker(synth.SeqBase+99, 0) // skip the first 100 of the first loop
+	c := &counter{tr: tr}
+	cl, err := firehose.New(firehose.Config{URL: srv.URL(), Tracker: tr, Handler: c,
+		Filter: func(p string) bool { return len(p) > 11 && p[:11] == "com.atproto" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- cl.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for tr.Watermark() < srv.LastSeq() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if tr.Watermark() != srv.LastSeq() {
+		t.Fatalf("watermark %d, last %d", tr.Watermark(), srv.LastSeq())
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.seqs) != 1400 {
+		t.Fatalf("%d events, want 1400", len(c.seqs))
+	}
+	seen := map[int64]bool{}
+	for _, s := range c.seqs {
+		if seen[s] {
+			t.Fatalf("seq %d twice", s)
+		}
+		seen[s] = true
+	}
+	if c.ops == 0 {
+		t.Fatal("no projected op decoded")
+	}
+}
