@@ -3,6 +3,7 @@ package firehose_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
@@ -50,7 +51,7 @@ func decodeAllRecords(c *comatproto.SyncSubscribeRepos_Commit) (int, error) {
 	blocks := map[string][]byte{}
 	for {
 		blk, err := cr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
@@ -247,4 +248,3 @@ func mark(mu *sync.Mutex, last *int64, seq, target int64, finished chan struct{}
 	}
 	return nil
 }
-

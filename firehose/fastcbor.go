@@ -388,4 +388,3 @@ func parseOpFields(action, path string, c *cid.Cid) (Op, error) {
 	}
 	return o, nil
 }
-

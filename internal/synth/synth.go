@@ -20,9 +20,9 @@ const SeqBase = int64(1) << 40
 
 // Options shape a stream.
 type Options struct {
-	Events   int     // frames to generate
-	Accounts int     // repos
-	Seed     uint64  // reproducible
+	Events    int     // frames to generate
+	Accounts  int     // repos
+	Seed      uint64  // reproducible
 	Projected float64 // share of commits touching projected records (default 0.03)
 }
 
