@@ -221,9 +221,10 @@ func (e *Engine) Load(ctx context.Context) error {
 	return nil
 }
 
-// didState is the applier's view of one repo. Fields other than lin, elem
-// and gen are touched only by the applier goroutine; those three are
-// guarded by Engine.mu because the lanes install loaded lineage.
+// didState is the applier's view of one repo. Fields other than lin, elem,
+// gen and queued are touched only by the applier goroutine; those are
+// guarded by Engine.mu because the lanes install loaded lineage and count
+// the events they hand over.
 type didState struct {
 	did       string
 	known     bool // bookkeeping is stored (or decided) for this repo
@@ -233,6 +234,7 @@ type didState struct {
 	lin       *lineage // nil until loaded
 	elem      *list.Element
 	gen       uint64 // bumped when lin is evicted
+	queued    int    // events handed to the applier, not yet decided
 	lastBatch uint64
 	resync    *resyncJob
 }
@@ -260,6 +262,18 @@ func (e *Engine) HandleEvent(ctx context.Context, ev *firehose.Event) error {
 		}
 	}
 	needLineage := d != nil && d.known && d.lin == nil && e.needsLineage(ev)
+	if !fast {
+		// The state exists (and can't be evicted) from now until the
+		// applier has decided this event: later events of the repo must
+		// follow it to the applier, or a commit could skip past the rev it
+		// sets and look like a gap.
+		if d == nil {
+			d = &didState{did: ev.DID, lin: newLineage()}
+			d.elem = e.lru.PushFront(d)
+			e.states[ev.DID] = d
+		}
+		d.queued++
+	}
 	e.mu.Unlock()
 	if fast {
 		e.cfg.Metrics.eventApplied(ev.Kind.String())
@@ -277,6 +291,15 @@ func (e *Engine) HandleEvent(ctx context.Context, ev *firehose.Event) error {
 	case <-ctx.Done():
 		return nil
 	}
+}
+
+// dequeued counts an event the applier took from its input.
+func (e *Engine) dequeued(did string) {
+	e.mu.Lock()
+	if d := e.states[did]; d != nil && d.queued > 0 {
+		d.queued--
+	}
+	e.mu.Unlock()
 }
 
 func (e *Engine) needsLineage(ev *firehose.Event) bool {
@@ -413,7 +436,7 @@ func (e *Engine) evict() {
 	for el := e.lru.Back(); el != nil && e.lru.Len() > e.cfg.CacheRepos; {
 		d := el.Value.(*didState)
 		prev := el.Prev()
-		if d.lastBatch <= committed && d.resync == nil {
+		if d.lastBatch <= committed && d.resync == nil && d.queued == 0 {
 			e.lru.Remove(el)
 			d.elem, d.lin = nil, nil
 			d.gen++

@@ -108,6 +108,7 @@ func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-
 		case <-ctx.Done():
 			return nil
 		case ev := <-in:
+			e.dequeued(ev.DID)
 			if err := a.decide(ev); err != nil {
 				return err
 			}

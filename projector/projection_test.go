@@ -419,3 +419,37 @@ func TestSecondConsumerWaitsThenFencesTheFirst(t *testing.T) {
 		t.Fatalf("consumer b is %q: it must keep waiting while c heartbeats", st)
 	}
 }
+
+// TestNoFalseGapsWhenARepoTurnsProjected: a repo's commits that carry no
+// projected op must not skip past the applier while an earlier commit of
+// the same repo (its first projected one) is still undecided, or the next
+// commit's `since` looks like a gap and the repo is resynced for nothing.
+func TestNoFalseGapsWhenARepoTurnsProjected(t *testing.T) {
+	e := New(t)
+	var dids []string
+	for i := range 100 {
+		dids = append(dids, account(t, e, "gapless"+itoaTest(i)))
+	}
+	reg := prometheus.NewRegistry()
+	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
+	post := func(k string) fakepds.Write {
+		return fakepds.Write{Action: "create", Collection: "app.bsky.feed.post", RKey: k,
+			Value: map[string]any{"$type": "app.bsky.feed.post", "text": "hi", "createdAt": "2026-01-01T00:00:00Z"}}
+	}
+	for round := range 3 {
+		for _, did := range dids {
+			commit(t, e, did, post("a"+itoaTest(round)))
+			if round == 1 {
+				commit(t, e, did, Space("create", "s", false))
+			}
+			commit(t, e, did, post("b"+itoaTest(round)))
+		}
+	}
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	if got := metricValue(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 0 {
+		t.Fatalf("%v false gap resyncs", got)
+	}
+}
+
+func itoaTest(i int) string { return string(rune('a'+i/26%26)) + string(rune('a'+i%26)) }

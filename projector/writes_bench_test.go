@@ -1,0 +1,168 @@
+package projector_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spaces-authz/spaces-authz/internal/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
+	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/spice"
+)
+
+// BenchmarkProjectionWriteRate measures, in one run against one real
+// SpiceDB (memory datastore), three ways of getting the same kind of
+// relationships in:
+//   - projection: the consumer following a stream of 20,000 relation
+//     records, end to end (one record per commit, as createRecord writes
+//     them; or 4 per commit, as applyWrites may);
+//   - raw: SpiceDB's own rate for 1,000-TOUCH WriteRelationships batches;
+//   - one-per-event: one WriteRelationships call per commit with its
+//     updates, what a naive consumer does.
+//
+// Targets (DESIGN §10): projection ≥ 50% of raw, ≥ 4× one-per-event.
+func BenchmarkProjectionWriteRate(b *testing.B) {
+	for _, perCommit := range []int{1, 4} {
+		b.Run(fmt.Sprintf("records-per-commit=%d", perCommit), func(b *testing.B) {
+			benchWriteRate(b, 20000/perCommit, perCommit)
+		})
+	}
+}
+
+func benchWriteRate(b *testing.B, commits, perCommit int) {
+	const accounts = 40
+	e := New(b)
+	var dids []string
+	for i := range accounts {
+		dids = append(dids, Must(e.PDS.CreateAccount(fmt.Sprintf("w%02d", i))).DID())
+	}
+	rules := projector.DefaultRules()
+	var events [][]projector.Update // per commit: what a naive consumer writes
+	for c := range commits {
+		a := c % accounts
+		did := dids[a]
+		var ws []fakepds.Write
+		if c < accounts {
+			ws = append(ws, Space("create", "s", false))
+		}
+		for k := range perCommit {
+			ws = append(ws, Relation("create", fmt.Sprintf("r%d-%d", c, k), "space", did+"/s", "viewer", "acct",
+				dids[(c+k+1)%accounts], ""))
+		}
+		cm, _, err := e.PDS.Commit(did, ws...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var ups []projector.Update
+		for _, w := range ws {
+			tuples, _ := rules.Project(did, w.Collection, w.RKey, w.Value)
+			for _, t := range tuples {
+				ups = append(ups, projector.Update{Op: projector.OpTouch, Tuple: t},
+					projector.Update{Op: projector.OpTouch, Tuple: projector.LineageTuple(t, projector.RecordID(did, w.Collection, w.RKey))})
+			}
+		}
+		ups = append(ups, projector.Update{Op: projector.OpTouch, Tuple: projector.RevTuple(did, cm.Rev)})
+		events = append(events, ups)
+	}
+	records := commits * perCommit
+	for range b.N {
+		// 1. projection, end to end
+		env := e.Fork()
+		env.StoreCursor(0)
+		reg := prometheus.NewRegistry()
+		start := time.Now()
+		r := env.Start(func(c *pipeline.Config) { c.Registry = reg; c.FlushEvery = time.Second })
+		env.WaitCaughtUp(r)
+		took := time.Since(start)
+		_ = r.Stop()
+		written := counter(b, reg, "consumer_relationship_updates_total")
+		calls, writeSecs := histogram(b, reg, "consumer_write_duration_seconds")
+		projRate := written / took.Seconds()
+
+		// 2. raw 1,000-TOUCH batches of the same number of relationships
+		raw := e.Fork()
+		var all []projector.Update
+		seen := map[projector.Tuple]bool{}
+		for _, ev := range events {
+			for _, u := range ev {
+				if !seen[u.Tuple] {
+					seen[u.Tuple] = true
+					all = append(all, u)
+				}
+			}
+		}
+		start = time.Now()
+		for i := 0; i < len(all); i += 1000 {
+			write(b, raw.Client, all[i:min(i+1000, len(all))])
+		}
+		rawRate := float64(len(all)) / time.Since(start).Seconds()
+
+		// 3. one WriteRelationships per event (a sample of 1,000 commits)
+		naive := e.Fork()
+		start = time.Now()
+		n := 0
+		for _, ev := range events[:1000] {
+			write(b, naive.Client, ev)
+			n += len(ev)
+		}
+		naiveRate := float64(n) / time.Since(start).Seconds()
+
+		b.ReportMetric(projRate, "projection-updates/s")
+		b.ReportMetric(float64(records)/took.Seconds(), "projection-records/s")
+		b.ReportMetric(rawRate, "raw-1000-touch-updates/s")
+		b.ReportMetric(naiveRate, "one-per-event-updates/s")
+		b.ReportMetric(projRate/rawRate, "ratio-vs-raw")
+		b.ReportMetric(projRate/naiveRate, "ratio-vs-one-per-event")
+		b.Logf("projection: %d records, %.0f updates in %v (%.0f updates/s, %.0f records/s) in %d writes "+
+			"(%.0f updates each, %.2fs writing); raw 1,000-TOUCH: %.0f/s; one write per event: %.0f/s",
+			records, written, took.Round(time.Millisecond), projRate, float64(records)/took.Seconds(), calls,
+			written/float64(max(calls, 1)), writeSecs, rawRate, naiveRate)
+	}
+}
+
+func write(b *testing.B, c *spice.Client, ups []projector.Update) {
+	b.Helper()
+	req := &v1.WriteRelationshipsRequest{}
+	for _, u := range ups {
+		op := v1.RelationshipUpdate_OPERATION_TOUCH
+		if u.Op == projector.OpDelete {
+			op = v1.RelationshipUpdate_OPERATION_DELETE
+		}
+		req.Updates = append(req.Updates, &v1.RelationshipUpdate{Operation: op, Relationship: spice.ToV1(u.Tuple)})
+	}
+	if _, err := c.API().WriteRelationships(context.Background(), req); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func counter(b *testing.B, reg *prometheus.Registry, name string) float64 {
+	b.Helper()
+	mfs, _ := reg.Gather()
+	total := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				total += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return total
+}
+
+func histogram(b *testing.B, reg *prometheus.Registry, name string) (int, float64) {
+	b.Helper()
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			h := mf.GetMetric()[0].GetHistogram()
+			return int(h.GetSampleCount()), h.GetSampleSum()
+		}
+	}
+	return 0, 0
+}
