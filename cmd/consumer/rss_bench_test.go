@@ -80,7 +80,6 @@ func BenchmarkReplayMillionFramesRSS(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	raw = nil
 	bin, err := procs.BuildConsumer(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
