@@ -163,16 +163,7 @@ func TestSpiceDBResetIsNoticed(t *testing.T) {
 	s.startConsumer("--no-auto-rebuild")
 	s.apply(alice, create(spaceC, "s", space(false)))
 	s.waitOracle(30 * time.Second)
-	addr, key := s.sdb.Addr, s.sdb.Key
-	s.sdb.Stop()
-	sdb, err := spicedbtest.StartServe(context.Background(), spicedbtest.ServeOptions{Addr: addr, Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sdb.Stop)
-	s.sdb = sdb
-	s.dial()
-	s.cli("schema", "apply")
+	s.restartSpiceDB()
 	s.apply(alice, create(relC, "v", rel("space", alice.DID+"/s", "viewer", "acct", bob.DID, "")))
 	select {
 	case <-s.consumer.Done():
@@ -199,16 +190,7 @@ func TestSpiceDBResetRebuildsAutomatically(t *testing.T) {
 	s.apply(alice, create(spaceC, "s", space(false)), create(relC, "v", rel("space", alice.DID+"/s", "viewer", "acct", bob.DID, "")))
 	s.apply(bob, create(groupC, "g", map[string]any{"displayName": "g"}))
 	s.waitOracle(30 * time.Second)
-	addr, key := s.sdb.Addr, s.sdb.Key
-	s.sdb.Stop()
-	sdb, err := spicedbtest.StartServe(context.Background(), spicedbtest.ServeOptions{Addr: addr, Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sdb.Stop)
-	s.sdb = sdb
-	s.dial()
-	s.cli("schema", "apply")
+	s.restartSpiceDB()
 	s.apply(alice, create(relC, "w", rel("space", alice.DID+"/s", "editor", "acct", bob.DID, "")))
 	n, took := s.waitOracle(60 * time.Second)
 	if !s.consumer.Running() {
@@ -218,4 +200,21 @@ func TestSpiceDBResetRebuildsAutomatically(t *testing.T) {
 		t.Fatal("the reset was not reported")
 	}
 	t.Logf("rebuilt after the SpiceDB reset: %d relationships match the oracle (%v)", n, took)
+}
+
+// restartSpiceDB stops SpiceDB and starts it again on the same address and
+// key: the memory datastore comes back empty, and the schema is applied
+// again (as an operator would).
+func (s *stack) restartSpiceDB() {
+	s.t.Helper()
+	addr, key := s.sdb.Addr, s.sdb.Key
+	s.sdb.Stop()
+	sdb, err := spicedbtest.StartServe(context.Background(), spicedbtest.ServeOptions{Addr: addr, Key: key})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(sdb.Stop)
+	s.sdb = sdb
+	s.dial()
+	s.cli("schema", "apply")
 }

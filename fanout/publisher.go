@@ -134,18 +134,7 @@ func Connect(ctx context.Context, cfg Config) (*Publisher, error) {
 			log.Info("NATS reconnected")
 			cfg.Metrics.setConnected(true)
 		})}, cfg.Options...)
-	if cfg.User != "" {
-		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
-	}
-	if cfg.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
-	}
-	if cfg.CAFile != "" {
-		opts = append(opts, nats.RootCAs(cfg.CAFile))
-	}
-	if cfg.CertFile != "" {
-		opts = append(opts, nats.ClientCert(cfg.CertFile, cfg.KeyFile))
-	}
+	opts = append(opts, AuthOptions(cfg.User, cfg.Password, cfg.CredsFile, cfg.CAFile, cfg.CertFile, cfg.KeyFile)...)
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("fanout: connect %s: %w", cfg.URL, err)
@@ -162,6 +151,25 @@ func Connect(ctx context.Context, cfg Config) (*Publisher, error) {
 	}
 	cfg.Metrics.setConnected(nc.IsConnected())
 	return p, nil
+}
+
+// AuthOptions turns credentials and TLS settings into NATS options (empty
+// values are left out).
+func AuthOptions(user, password, credsFile, caFile, certFile, keyFile string) []nats.Option {
+	var opts []nats.Option
+	if user != "" {
+		opts = append(opts, nats.UserInfo(user, password))
+	}
+	if credsFile != "" {
+		opts = append(opts, nats.UserCredentials(credsFile))
+	}
+	if caFile != "" {
+		opts = append(opts, nats.RootCAs(caFile))
+	}
+	if certFile != "" {
+		opts = append(opts, nats.ClientCert(certFile, keyFile))
+	}
+	return opts
 }
 
 // ensureStream creates or updates the stream, retrying while NATS is not

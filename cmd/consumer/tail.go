@@ -38,19 +38,8 @@ func cmdTail(ctx context.Context, args []string) error {
 	if subject == "" {
 		subject = n.prefix + ".change.>"
 	}
-	opts := []nats.Option{nats.Name("spaces-authz-tail"), nats.MaxReconnects(-1)}
-	if u := os.Getenv(EnvPrefix + "NATS_USER"); u != "" {
-		opts = append(opts, nats.UserInfo(u, os.Getenv(EnvPrefix+"NATS_PASSWORD")))
-	}
-	if n.creds != "" {
-		opts = append(opts, nats.UserCredentials(n.creds))
-	}
-	if n.ca != "" {
-		opts = append(opts, nats.RootCAs(n.ca))
-	}
-	if n.cert != "" {
-		opts = append(opts, nats.ClientCert(n.cert, n.key))
-	}
+	opts := append([]nats.Option{nats.Name("spaces-authz-tail"), nats.MaxReconnects(-1)},
+		fanout.AuthOptions(os.Getenv(EnvPrefix+"NATS_USER"), os.Getenv(EnvPrefix+"NATS_PASSWORD"), n.creds, n.ca, n.cert, n.key)...)
 	nc, err := nats.Connect(n.url, opts...)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", n.url, err)
