@@ -36,7 +36,7 @@ fmt:
 test: deps vet test-unit test-e2e
 
 test-unit:
-	go test -count=1 -timeout 30m $(GO_TEST_FLAGS) ./...
+	go test -race -count=1 -timeout 30m $(GO_TEST_FLAGS) ./...
 
 test-e2e:
 	go test -count=1 -timeout 45m -tags e2e -v $(GO_TEST_FLAGS) ./e2e/ ./internal/localpds/ 2>&1 | tee .cache/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; test $${PIPESTATUS[0]} -eq 0

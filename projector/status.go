@@ -21,7 +21,9 @@ func (s *engineStatus) applied(b *batch) {
 	defer s.mu.Unlock()
 	s.lastCommit = time.Now()
 	s.events += int64(b.events)
-	s.batches++
+	if len(b.ups) > 0 {
+		s.batches++
+	}
 	if t, ok := firehose.EventTime(&firehose.Event{Time: b.newestTime}); ok && t.After(s.appliedTime) {
 		s.appliedTime = t
 	}
