@@ -186,7 +186,7 @@ func TestRewindReplayIsDeduplicated(t *testing.T) {
 	_, _, _ = e.PDS.Commit(alice, Space("create", "late", false))
 	e.WaitCaughtUp(r2)
 	e.AssertMatchesOracle()
-	dups := metric(t, reg2, "consumer_nats_publishes_total", "duplicate")
+	dups := MetricValue(t, reg2, "consumer_nats_publishes_total", "result", "duplicate")
 	if dups < 10 {
 		t.Fatalf("JetStream reported %v duplicates on the replay, want at least 10", dups)
 	}
@@ -204,24 +204,6 @@ func TestRewindReplayIsDeduplicated(t *testing.T) {
 		}
 		t.Fatalf("downstream saw %d changes, want 11", len(msgs))
 	}
-}
-
-func metric(t *testing.T, reg *prometheus.Registry, name, result string) float64 {
-	t.Helper()
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetValue() == result {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
 }
 
 // TestRawModePublishesEveryCollection: the daemon doubles as a firehose →

@@ -13,10 +13,10 @@ import (
 	car "github.com/ipld/go-car"
 	carutil "github.com/ipld/go-car/util"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testenv"
 )
 
 // recorder is a Handler that records what it is given and marks events done
@@ -222,46 +222,12 @@ func TestResumeFromWatermarkAfterDrop(t *testing.T) {
 	}
 	rec.mu.Unlock()
 	// 9..14 were replayed by the PDS and dropped as duplicates.
-	if got := testutil.ToFloat64(counter(t, r.reg, "consumer_firehose_duplicate_events_total")); got != 6 {
+	if got := testenv.MetricValue(t, r.reg, "consumer_firehose_duplicate_events_total"); got != 6 {
 		t.Fatalf("duplicates counted %v, want 6", got)
 	}
 }
 
 func rkey(i int) string { return "k" + string(rune('a'+i%26)) + string(rune('a'+i/26)) }
-
-func counter(t *testing.T, reg *prometheus.Registry, name string, labels ...string) prometheus.Collector {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			ok := true
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				ok = ok && found
-			}
-			if ok {
-				v := m.GetCounter().GetValue()
-				if m.GetGauge() != nil {
-					v = m.GetGauge().GetValue()
-				}
-				return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "x"}, func() float64 { return v })
-			}
-		}
-	}
-	t.Fatalf("metric %s %v not found", name, labels)
-	return nil
-}
 
 func TestFutureCursorIsFatal(t *testing.T) {
 	pds := fakepds.New(t)
@@ -366,7 +332,7 @@ func TestBadFramesAreCountedAndSkipped(t *testing.T) {
 	}
 	for reason, want := range map[string]float64{firehose.ReasonMalformedFrame: 2, firehose.ReasonUnknownType: 1,
 		firehose.ReasonOversized: 1, firehose.ReasonBadPath: 1} {
-		got := testutil.ToFloat64(counter(t, r.reg, "consumer_firehose_bad_frames_total", "reason", reason))
+		got := testenv.MetricValue(t, r.reg, "consumer_firehose_bad_frames_total", "reason", reason)
 		if got != want {
 			t.Errorf("bad frames %s = %v, want %v", reason, got, want)
 		}
@@ -442,7 +408,7 @@ func TestSlowConsumerBlocksReader(t *testing.T) {
 	rec.gate = make(chan struct{})
 	rec.hold = true
 	r := start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec, Workers: workers, QueueDepth: depth})
-	headSeq := func() float64 { return testutil.ToFloat64(counter(t, r.reg, "consumer_head_seq")) }
+	headSeq := func() float64 { return testenv.MetricValue(t, r.reg, "consumer_head_seq") }
 
 	// 1. The handler is stuck: the lanes fill and the reader stops; it has
 	// read at most the lanes' capacity, a frame in each handler and one

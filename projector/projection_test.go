@@ -314,43 +314,12 @@ func TestRefusedTupleRejectsOnlyItsRecord(t *testing.T) {
 			t.Fatalf("lineage of the refused record: %s", l)
 		}
 	}
-	if got := metricValue(t, reg, "consumer_rejected_records_total", "reason", "spicedb_refused"); got != 1 {
+	if got := MetricValue(t, reg, "consumer_rejected_records_total", "reason", "spicedb_refused"); got != 1 {
 		t.Fatalf("spicedb_refused rejections = %v, want 1", got)
 	}
-	if got := metricValue(t, reg, "consumer_pipeline_restarts_total"); got != 1 {
+	if got := MetricValue(t, reg, "consumer_pipeline_restarts_total"); got != 1 {
 		t.Fatalf("restarts = %v, want 1", got)
 	}
-}
-
-func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					found = found || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
-				}
-				if !found {
-					continue metrics
-				}
-			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("metric %s%v not found", name, labels)
-	return 0
 }
 
 func TestGapIsRepairedByResync(t *testing.T) {
@@ -374,7 +343,7 @@ func TestGapIsRepairedByResync(t *testing.T) {
 	if e.Check("view", "space", s, bob) || !e.Check("edit", "space", s, carol) {
 		t.Fatal("the resync did not repair the gap")
 	}
-	if got := metricValue(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 1 {
+	if got := MetricValue(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 1 {
 		t.Fatalf("gap resyncs = %v, want 1", got)
 	}
 	// A #sync resyncs too (and finds nothing to change).
@@ -447,7 +416,7 @@ func TestNoFalseGapsWhenARepoTurnsProjected(t *testing.T) {
 	}
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	if got := metricValue(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 0 {
+	if got := MetricValue(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 0 {
 		t.Fatalf("%v false gap resyncs", got)
 	}
 }

@@ -29,7 +29,7 @@ func TestFirstRunRebuildsFromSnapshots(t *testing.T) {
 	commit(t, e, bob, Delete(groupC, "g"))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	if got := metricValue(t, reg, "consumer_resyncs_total", "trigger", "rebuild"); got != 2 {
+	if got := MetricValue(t, reg, "consumer_resyncs_total", "trigger", "rebuild"); got != 2 {
 		t.Fatalf("rebuild resyncs = %v, want 2 (one per repo)", got)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -69,7 +69,7 @@ func TestOutdatedCursorRebuilds(t *testing.T) {
 	commit(t, e, alice, Group("create", "late"))
 	e.WaitCaughtUp(r2)
 	e.AssertMatchesOracle()
-	if got := metricValue(t, reg, "consumer_rebuilds_total"); got != 1 {
+	if got := MetricValue(t, reg, "consumer_rebuilds_total"); got != 1 {
 		t.Fatalf("rebuilds = %v", got)
 	}
 }

@@ -81,7 +81,7 @@ func benchWriteRate(b *testing.B, commits, perCommit int) {
 		env.WaitCaughtUp(r)
 		took := time.Since(start)
 		_ = r.Stop()
-		written := counter(b, reg, "consumer_relationship_updates_total")
+		written := MetricValue(b, reg, "consumer_relationship_updates_total")
 		calls, writeSecs := histogram(b, reg, "consumer_write_duration_seconds")
 		projRate := written / took.Seconds()
 
@@ -139,20 +139,6 @@ func write(b *testing.B, c *spice.Client, ups []projector.Update) {
 	if _, err := c.API().WriteRelationships(context.Background(), req); err != nil {
 		b.Fatal(err)
 	}
-}
-
-func counter(b *testing.B, reg *prometheus.Registry, name string) float64 {
-	b.Helper()
-	mfs, _ := reg.Gather()
-	total := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				total += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return total
 }
 
 func histogram(b *testing.B, reg *prometheus.Registry, name string) (int, float64) {
