@@ -19,8 +19,6 @@ const (
 	ReasonMissingBlock   = "missing_block"
 	ReasonCIDMismatch    = "cid_mismatch"
 	ReasonMalformedRec   = "malformed_record"
-	ReasonErrorFrame     = "error_frame"
-	ReasonOutOfOrder     = "out_of_order"
 )
 
 // OpError says why the record of an op could not be read.

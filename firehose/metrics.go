@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.events.WithLabelValues(k.String())
 	}
 	for _, r := range []string{ReasonMalformedFrame, ReasonUnknownType, ReasonOversized, ReasonTextFrame,
-		ReasonInvalidDID, ReasonBadPath, ReasonBadAction, ReasonOutOfOrder} {
+		ReasonInvalidDID, ReasonBadPath, ReasonBadAction} {
 		m.badFrames.WithLabelValues(r)
 	}
 	return m
