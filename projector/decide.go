@@ -239,6 +239,15 @@ func (a *applier) decideAccount(d *didState, ev *firehose.Event) error {
 	}
 	next := normalizeStatus(ev.Active, ev.Status)
 	if next == d.status {
+		if d.known {
+			// Nothing to withdraw or restore, but the status tuple moves
+			// to this event's seq: a resync that ran while the stream was
+			// behind (after a crash, say) may have stored this status
+			// under an earlier seq, and the bookkeeping must not depend
+			// on when resyncs happened.
+			a.commitUnits(d, ev, nil, a.setStatus(d, statusOrActive(next), ev.Seq), nil, "")
+			return nil
+		}
 		a.settle(ev, nil)
 		return nil
 	}
@@ -283,15 +292,19 @@ func (a *applier) decideAccount(d *didState, ev *firehose.Event) error {
 	return nil
 }
 
+// statusOrActive names a status as stored: "" (active) is "active".
+func statusOrActive(status string) string {
+	if status == "" {
+		return statusActive
+	}
+	return status
+}
+
 // setStatus rewrites the repo's status tuple.
 func (a *applier) setStatus(d *didState, status string, seq int64) unit {
 	var u unit
 	if d.known && d.statusSeq > 0 {
-		old := d.status
-		if old == "" {
-			old = statusActive
-		}
-		u = append(u, Update{Op: OpDelete, Tuple: StatusTuple(d.did, old, d.statusSeq)})
+		u = append(u, Update{Op: OpDelete, Tuple: StatusTuple(d.did, statusOrActive(d.status), d.statusSeq)})
 	}
 	u = append(u, Update{Op: OpTouch, Tuple: StatusTuple(d.did, status, seq)})
 	d.statusSeq = seq

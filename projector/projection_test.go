@@ -422,3 +422,34 @@ func TestNoFalseGapsWhenARepoTurnsProjected(t *testing.T) {
 }
 
 func itoaTest(i int) string { return string(rune('a'+i/26%26)) + string(rune('a'+i%26)) }
+
+// A resync that runs while the stream is behind reads the repo as it is
+// now, so it can find a repo active before its activation event arrives.
+// The status tuple must still end on the seq of the last #account event:
+// whether a crash made the consumer replay (and resync) earlier must not
+// change the bookkeeping it converges to.
+func TestStatusSeqFollowsTheLastAccountEvent(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	r := e.Start()
+	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	e.WaitCaughtUp(r)
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// While the consumer is away: deactivate, #sync, activate. Replaying
+	// them, the #sync's resync already finds the repo served.
+	e.SetStatus(alice, "deactivated")
+	if _, err := e.PDS.Sync(alice); err != nil {
+		t.Fatal(err)
+	}
+	e.SetStatus(alice, "")
+	activated := e.PDS.Head()
+	r = e.Start()
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	want := projector.StatusTuple(alice, "active", activated).String()
+	if got := e.Relationships(projector.TypeRepo); !has(got, want) {
+		t.Fatalf("status tuple: want %s among %v", want, got)
+	}
+}
