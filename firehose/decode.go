@@ -12,8 +12,6 @@ import (
 	"github.com/bluesky-social/indigo/atproto/syntax"
 	"github.com/bluesky-social/indigo/events"
 	"github.com/ipfs/go-cid"
-	cbor "github.com/ipfs/go-ipld-cbor"
-	car "github.com/ipld/go-car"
 	cbg "github.com/whyrusleeping/cbor-gen"
 )
 
@@ -163,11 +161,11 @@ func splitOpPath(path string) (coll, rkey string, err error) {
 	if !ok || strings.Contains(rkey, "/") {
 		return "", "", bad(ReasonBadPath, "op path %q", clip(path))
 	}
-	if _, err := syntax.ParseNSID(coll); err != nil {
-		return "", "", bad(ReasonBadPath, "op path %q: %w", clip(path), err)
+	if !validNSID(coll) {
+		return "", "", bad(ReasonBadPath, "op path %q: the collection is not an NSID", clip(path))
 	}
-	if _, err := syntax.ParseRecordKey(rkey); err != nil {
-		return "", "", bad(ReasonBadPath, "op path %q: %w", clip(path), err)
+	if !validRecordKey(rkey) {
+		return "", "", bad(ReasonBadPath, "op path %q: not a valid record key", clip(path))
 	}
 	return coll, rkey, nil
 }
@@ -248,12 +246,13 @@ func readCAR(b []byte) (map[string][]byte, error) {
 	if n <= 0 || hlen == 0 || hlen > uint64(len(b)-n) {
 		return nil, fmt.Errorf("CAR header length")
 	}
-	var h car.CarHeader
-	if err := cbor.DecodeInto(b[n:n+int(hlen)], &h); err != nil {
+	hr := &cborReader{b: b[n : n+int(hlen)]}
+	version, err := hr.readCARHeader()
+	if err != nil {
 		return nil, fmt.Errorf("CAR header: %w", err)
 	}
-	if h.Version != 1 {
-		return nil, fmt.Errorf("CAR version %d", h.Version)
+	if version != 1 {
+		return nil, fmt.Errorf("CAR version %d", version)
 	}
 	b = b[n+int(hlen):]
 	out := make(map[string][]byte)

@@ -246,6 +246,7 @@ func decodeCommit(b []byte, filter Filter) (*Event, []byte, error) {
 	ev := &Event{Kind: KindCommit, FrameBytes: len(b)}
 	var blocks []byte
 	var haveRepo, haveRev, haveSeq bool
+	var did, rev, since, tm []byte // views into b, copied once at the end
 	for range n {
 		k, err := r.text()
 		if err != nil {
@@ -257,27 +258,27 @@ func decodeCommit(b []byte, filter Filter) (*Event, []byte, error) {
 			if err != nil {
 				return nil, nil, bad(ReasonMalformedFrame, "#commit repo: %w", err)
 			}
-			ev.DID, haveRepo = string(t), true
+			did, haveRepo = t, true
 		case "rev":
 			t, err := r.text()
 			if err != nil {
 				return nil, nil, bad(ReasonMalformedFrame, "#commit rev: %w", err)
 			}
-			ev.Rev, haveRev = string(t), true
+			rev, haveRev = t, true
 		case "since":
 			t, ok, err := r.optText()
 			if err != nil {
 				return nil, nil, bad(ReasonMalformedFrame, "#commit since: %w", err)
 			}
 			if ok {
-				ev.Since = string(t)
+				since = t
 			}
 		case "time":
 			t, err := r.text()
 			if err != nil {
 				return nil, nil, bad(ReasonMalformedFrame, "#commit time: %w", err)
 			}
-			ev.Time = string(t)
+			tm = t
 		case "seq":
 			v, err := r.uint()
 			if err != nil || v > 1<<62 {
@@ -320,10 +321,21 @@ func decodeCommit(b []byte, filter Filter) (*Event, []byte, error) {
 	if !haveRepo || !haveRev || !haveSeq {
 		return nil, nil, bad(ReasonMalformedFrame, "#commit without repo, rev or seq")
 	}
+	ev.DID, ev.Rev, ev.Since, ev.Time = copyStrings(did, rev, since, tm)
 	if len(ev.Ops) == 0 {
 		blocks = nil
 	}
 	return ev, blocks, nil
+}
+
+// copyStrings copies four byte views into strings with one allocation
+// (they share a backing array): the per-frame allocations are most of a
+// no-match frame's cost.
+func copyStrings(a, b, c, d []byte) (string, string, string, string) {
+	var buf [256]byte
+	all := string(append(append(append(append(buf[:0], a...), b...), c...), d...))
+	i, j, k := len(a), len(a)+len(b), len(a)+len(b)+len(c)
+	return all[:i], all[i:j], all[j:k], all[k:]
 }
 
 // readOp reads one repoOp; it allocates only when the path passes filter.
@@ -387,4 +399,51 @@ func parseOpFields(action, path string, c *cid.Cid) (Op, error) {
 		return Op{}, bad(ReasonBadAction, "action %q", clip(action))
 	}
 	return o, nil
+}
+
+// readCARHeader reads a CARv1 header ({roots: [links], version}) and
+// returns its version, accepting what go-car's header decode accepts (a
+// differential test and fuzz target check that). The roots must be valid CIDs but are not used: the
+// consumer finds records by their ops' CIDs.
+func (r *cborReader) readCARHeader() (version uint64, err error) {
+	n, err := r.mapLen()
+	if err != nil {
+		return 0, err
+	}
+	for range n {
+		k, err := r.text()
+		if err != nil {
+			return 0, err
+		}
+		switch unsafeString(k) {
+		case "version":
+			if version, err = r.uint(); err != nil {
+				return 0, err
+			}
+		case "roots":
+			if r.i < len(r.b) && r.b[r.i] == 0xf6 { // null, as go-car writes no roots
+				r.i++
+				continue
+			}
+			m, l, err := r.head()
+			if err != nil || m != majArray || l > uint64(len(r.b)) {
+				return 0, errCBOR
+			}
+			for range l {
+				b, err := r.link()
+				if err != nil || b == nil {
+					return 0, errCBOR
+				}
+				if _, err := cid.Cast(b); err != nil {
+					return 0, err
+				}
+			}
+		default: // go-car refuses unknown fields too
+			return 0, errCBOR
+		}
+	}
+	if r.i != len(r.b) {
+		return 0, errCBOR
+	}
+	return version, nil
 }

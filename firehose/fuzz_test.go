@@ -54,6 +54,10 @@ func FuzzReadCAR(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = readCAR(b)
+		if _, err := readCAR(b); err == nil {
+			if v, ok := goCARVersion(b); !ok || v != 1 {
+				t.Fatalf("readCAR accepted a header go-car reads as (v%d, ok=%v)", v, ok)
+			}
+		}
 	})
 }
