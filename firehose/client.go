@@ -151,7 +151,10 @@ func New(cfg Config) (*Client, error) {
 		cfg.ReadTimeout = DefaultReadTimeout
 	}
 	if cfg.Dialer == nil {
-		cfg.Dialer = &websocket.Dialer{HandshakeTimeout: 10 * time.Second, Proxy: http.ProxyFromEnvironment}
+		// A large read buffer lets one read syscall bring in many frames
+		// (gorilla's default of 4 KiB costs about one syscall per frame).
+		cfg.Dialer = &websocket.Dialer{HandshakeTimeout: 10 * time.Second, Proxy: http.ProxyFromEnvironment,
+			ReadBufferSize: 256 << 10}
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -347,9 +350,19 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 		c.keepAlive(sctx, conn)
 	}()
 
-	extend := func() { _ = conn.SetReadDeadline(time.Now().Add(c.cfg.ReadTimeout)) }
-	extend()
-	conn.SetPongHandler(func(string) error { extend(); return nil })
+	// The read deadline moves at most every slack (a tenth of the timeout,
+	// at most a second): setting it per frame costs more than decoding a
+	// frame nobody projects.
+	slack := min(time.Second, c.cfg.ReadTimeout/10)
+	var extended time.Time
+	extend := func(now time.Time) {
+		if now.Sub(extended) >= slack {
+			_ = conn.SetReadDeadline(now.Add(c.cfg.ReadTimeout))
+			extended = now
+		}
+	}
+	extend(time.Now())
+	conn.SetPongHandler(func(string) error { extend(time.Now()); return nil })
 
 	n := 0
 	delivered := c.cfg.Tracker.Highest()
@@ -362,7 +375,8 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 			}
 			return n, fmt.Errorf("firehose: read: %w", err)
 		}
-		extend()
+		now := time.Now()
+		extend(now)
 		frame, over, err := readFrame(r, buf[:0], c.cfg.MaxFrameBytes)
 		if err != nil {
 			return n, fmt.Errorf("firehose: read frame: %w", err)
@@ -426,10 +440,11 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 			return n, err
 		}
 		delivered = ev.Seq
-		c.cfg.Metrics.event(ev)
+		ts, _ := parseTime(ev.Time)
+		c.cfg.Metrics.event(ev, ts)
 		c.mu.Lock()
-		c.lastRead = time.Now()
-		if ts, ok := parseTime(ev.Time); ok {
+		c.lastRead = now
+		if !ts.IsZero() {
 			c.headTime = ts
 		}
 		c.mu.Unlock()

@@ -1,6 +1,8 @@
 package firehose
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -8,6 +10,7 @@ import (
 // valid and records nothing.
 type Metrics struct {
 	events       *prometheus.CounterVec
+	eventsByKind [len(kindNames)]prometheus.Counter // events' children, resolved once
 	badFrames    *prometheus.CounterVec
 	badOps       *prometheus.CounterVec
 	duplicates   prometheus.Counter
@@ -59,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.events, m.badFrames, m.badOps, m.duplicates, m.reconnects, m.connected, m.headSeq,
 		m.headTime, m.frameBytes, m.infos, m.errorFrames, m.inFlight, m.repoFetches, m.repoFetchDur)
 	for _, k := range []Kind{KindCommit, KindSync, KindIdentity, KindAccount} {
-		m.events.WithLabelValues(k.String())
+		m.eventsByKind[k] = m.events.WithLabelValues(k.String())
 	}
 	for _, r := range []string{ReasonMalformedFrame, ReasonUnknownType, ReasonOversized, ReasonTextFrame,
 		ReasonInvalidDID, ReasonBadPath, ReasonBadAction} {
@@ -68,13 +71,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) event(ev *Event) {
+// event counts an event read; ts is its parsed time (zero when absent).
+func (m *Metrics) event(ev *Event, ts time.Time) {
 	if m == nil {
 		return
 	}
-	m.events.WithLabelValues(ev.Kind.String()).Inc()
+	if int(ev.Kind) < len(m.eventsByKind) && m.eventsByKind[ev.Kind] != nil {
+		m.eventsByKind[ev.Kind].Inc()
+	} else {
+		m.events.WithLabelValues(ev.Kind.String()).Inc()
+	}
 	m.headSeq.Set(float64(ev.Seq))
-	if ts, ok := parseTime(ev.Time); ok {
+	if !ts.IsZero() {
 		m.headTime.Set(float64(ts.UnixMilli()) / 1000)
 	}
 }

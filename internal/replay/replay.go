@@ -7,6 +7,7 @@ package replay
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -131,7 +132,25 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	buf := make([]byte, 0, 64<<10)
+	// Frames are encoded as websocket messages into a batch that goes out
+	// in one write when it passes batchBytes: one syscall per frame would
+	// make the server, not the consumer under test, the bottleneck. Each
+	// write carries whole messages, so a pong that gorilla writes between
+	// two batches (net.Conn writes don't interleave) keeps the stream valid.
+	nc := conn.NetConn()
+	batch := make([]byte, 0, 2*batchBytes)
+	pending := 0
+	flush := func() bool {
+		if len(batch) == 0 {
+			return true
+		}
+		if _, err := nc.Write(batch); err != nil {
+			return false
+		}
+		s.sent.Add(int64(pending))
+		batch, pending = batch[:0], 0
+		return true
+	}
 	for loop := 0; loop < s.loops; loop++ {
 		off := int64(loop) * s.span
 		start := 0
@@ -139,25 +158,39 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			start = sort.Search(len(s.frames), func(i int) bool { return s.frames[i].Seq+off > cursor })
 		}
 		for _, f := range s.frames[start:] {
-			data := f.Data
+			batch = appendBinaryMessage(batch, f.Data)
 			if loop > 0 && f.seqOff >= 0 {
-				buf = append(buf[:0], f.Data...)
-				putUint64(buf[f.seqOff:], uint64(f.Seq+off))
-				data = buf
+				payload := batch[len(batch)-len(f.Data):]
+				binary.BigEndian.PutUint64(payload[f.seqOff:], uint64(f.Seq+off))
 			}
-			if err := conn.WriteMessage(websocket.BinaryMessage, data); err != nil {
+			pending++
+			if len(batch) >= batchBytes && !flush() {
 				return
 			}
-			s.sent.Add(1)
 		}
+	}
+	if !flush() {
+		return
 	}
 	// Stay open like a live PDS with nothing new.
 	<-gone
 }
 
-func putUint64(b []byte, v uint64) {
-	for i := 7; i >= 0; i-- {
-		b[i] = byte(v)
-		v >>= 8
+// batchBytes is how much the server buffers before a write.
+const batchBytes = 256 << 10
+
+// appendBinaryMessage appends p as one unmasked, final binary websocket
+// frame (RFC 6455 §5.2), as a server sends it.
+func appendBinaryMessage(b, p []byte) []byte {
+	b = append(b, 0x82)
+	switch n := len(p); {
+	case n < 126:
+		b = append(b, byte(n))
+	case n <= 0xffff:
+		b = append(b, 126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
 	}
+	return append(b, p...)
 }

@@ -1,11 +1,14 @@
 package replay_test
 
 import (
+	"bytes"
 	"context"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/capture"
@@ -83,5 +86,49 @@ func TestSynthCaptureReplayedInLoops(t *testing.T) {
 	}
 	if c.ops == 0 {
 		t.Fatal("no projected op decoded")
+	}
+}
+
+// The server writes websocket frames itself (batched); gorilla's client
+// must read back every payload length class of RFC 6455 byte for byte,
+// while pings are answered in between.
+func TestFramesReadBackExactly(t *testing.T) {
+	sizes := []int{1, 125, 126, 65535, 65536, 300000}
+	var raw [][]byte
+	for round := range 40 { // enough to span several write batches
+		for i, n := range sizes {
+			b := make([]byte, n)
+			for j := range b {
+				b[j] = byte(round*7 + i + j)
+			}
+			raw = append(raw, b)
+		}
+	}
+	frames, _ := replay.Prepare(raw)
+	srv, err := replay.New(frames, 1, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+srv.URL()[len("http"):]+"/xrpc/com.atproto.sync.subscribeRepos", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadLimit(1 << 20)
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for i, want := range raw {
+		if i%10 == 0 {
+			if err := conn.WriteControl(websocket.PingMessage, []byte("p"), time.Now().Add(time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mt, got, err := conn.ReadMessage()
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if mt != websocket.BinaryMessage || !bytes.Equal(got, want) {
+			t.Fatalf("frame %d: type %d, %d bytes, want binary %d bytes", i, mt, len(got), len(want))
+		}
 	}
 }
