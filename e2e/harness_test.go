@@ -89,7 +89,15 @@ func newStack(t testing.TB, o stackOpts) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(sdb.Stop)
-	s := &stack{t: t, pds: pds, xrpc: pds.Client(), sdb: sdb, rules: projector.DefaultRules(), logDir: t.TempDir(),
+	logDir := t.TempDir()
+	if d := os.Getenv("E2E_LOG_DIR"); d != "" { // keep the processes' logs, e.g. to study a failure
+		logDir = filepath.Join(d, fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano()))
+		if err := os.MkdirAll(logDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("logs in %s", logDir)
+	}
+	s := &stack{t: t, pds: pds, xrpc: pds.Client(), sdb: sdb, rules: projector.DefaultRules(), logDir: logDir,
 		accounts: map[string]localpds.Session{}, seen: map[string][]localpds.Record{}}
 	s.dial()
 	s.cli("schema", "apply")
@@ -136,7 +144,7 @@ func (s *stack) startConsumer(extra ...string) *procs.Proc {
 	}
 	s.httpAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	args := append([]string{"run", "--http-addr", s.httpAddr, "--takeover", "--flush-every", "50ms",
-		"--heartbeat-every", "1s", "--log-level", "info"}, s.commonArgs()...)
+		"--heartbeat-every", "1s", "--log-level", logLevel()}, s.commonArgs()...)
 	p, err := procs.Start(consumerBin(s.t), append(args, extra...), s.env(), filepath.Join(s.logDir, "consumer.log"), nil)
 	if err != nil {
 		s.t.Fatal(err)
@@ -151,6 +159,15 @@ func (s *stack) startConsumer(extra ...string) *procs.Proc {
 		}
 	})
 	return p
+}
+
+// logLevel is the consumer's log level: info, or E2E_LOG_LEVEL (debug
+// logs every event and every committed batch).
+func logLevel() string {
+	if l := os.Getenv("E2E_LOG_LEVEL"); l != "" {
+		return l
+	}
+	return "info"
 }
 
 func tail(s string, n int) string {

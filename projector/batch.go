@@ -22,6 +22,9 @@ type batch struct {
 	events int
 	// newestTime is the newest event time applied by this batch (lag).
 	newestTime string
+	// noCursor: the batch must not store the cursor (it was opened before
+	// a first run's rebuild marker; see Config.AwaitRebuild).
+	noCursor bool
 }
 
 func newBatch(id uint64, limit int) *batch {

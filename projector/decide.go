@@ -2,6 +2,7 @@ package projector
 
 import (
 	"errors"
+	"log/slog"
 
 	"github.com/bluesky-social/indigo/atproto/syntax"
 
@@ -32,6 +33,10 @@ func normalizeStatus(active bool, status string) string {
 func (a *applier) decide(ev *firehose.Event) error {
 	e := a.e
 	d := e.state(ev.DID)
+	if e.log.Enabled(a.ctx, slog.LevelDebug) {
+		e.log.Debug("event", "seq", ev.Seq, "kind", ev.Kind.String(), "did", ev.DID, "rev", ev.Rev, "since", ev.Since,
+			"ops", len(ev.Ops), "resyncing", d.resync != nil, "known_rev", d.rev, "status", d.status)
+	}
 	if d.resync != nil {
 		a.hold(d, ev)
 		return nil

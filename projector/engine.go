@@ -78,6 +78,13 @@ type Config struct {
 	// rebuild was interrupted and runs again from the start.
 	ResumeRebuild bool
 	RebuildMarker int64
+	// AwaitRebuild: no cursor is stored yet (a first run, or SpiceDB was
+	// reset) and a full rebuild will be requested once the stream is live.
+	// Until the rebuild marker is in a batch, writes carry no cursor: a
+	// crash in that window must leave "no cursor" (so the next start
+	// rebuilds), not a cursor without a marker (which would skip every
+	// change made before this start).
+	AwaitRebuild bool
 	// OnRebuilt is called (on the applier goroutine) each time a rebuild's
 	// writes are all committed. Optional.
 	OnRebuilt func()
@@ -128,11 +135,17 @@ type Engine struct {
 
 	rewound map[string]bool // repos resynced since the rewind (applier only)
 
-	batchSeq  uint64 // applier only
-	committed atomic.Uint64
-	token     atomic.Pointer[string]
-	applied   *appliedIndex
-	wg        sync.WaitGroup
+	batchSeq uint64 // applier only
+	// awaitMarker: no batch may carry a cursor until the rebuild marker is
+	// placed (AwaitRebuild); applier only.
+	awaitMarker bool
+	// cursorStored: a batch that may carry a cursor has committed, so the
+	// final flush may store one.
+	cursorStored atomic.Bool
+	committed    atomic.Uint64
+	token        atomic.Pointer[string]
+	applied      *appliedIndex
+	wg           sync.WaitGroup
 
 	emptyTree cid.Cid
 	status    engineStatus
@@ -191,6 +204,8 @@ func New(cfg Config) (*Engine, error) {
 		emptyTree: *root, fetchSem: make(chan struct{}, cfg.ResyncConcurrency)}
 	empty0 := ""
 	e.token.Store(&empty0)
+	e.awaitMarker = cfg.AwaitRebuild && !cfg.ResumeRebuild
+	e.cursorStored.Store(!e.awaitMarker)
 	if cfg.ResyncRate > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.ResyncRate), cfg.ResyncConcurrency)
 	}

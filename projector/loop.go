@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
@@ -32,7 +33,9 @@ type applier struct {
 
 func (a *applier) newBatch() *batch {
 	a.e.batchSeq++
-	return newBatch(a.e.batchSeq, a.e.cfg.BatchUpdates)
+	b := newBatch(a.e.batchSeq, a.e.cfg.BatchUpdates)
+	b.noCursor = a.e.awaitMarker
+	return b
 }
 
 // closePending moves the open batch to the ready queue.
@@ -171,6 +174,9 @@ func (e *Engine) writeLoop(ctx context.Context, writeCh <-chan *batch, doneCh ch
 // finalFlush stores the watermark reached, so a clean restart replays
 // nothing that was applied.
 func (e *Engine) finalFlush(ctx context.Context) error {
+	if !e.cursorStored.Load() {
+		return nil // a first run stopped before its rebuild marker was stored: store no cursor
+	}
 	if _, err := e.cfg.Writer.Write(ctx, nil, e.cfg.Tracker.Watermark()); err != nil && !errors.Is(err, context.Canceled) {
 		e.log.Warn("final cursor write failed; the next start replays from the previous cursor", "err", err)
 	}
@@ -180,7 +186,11 @@ func (e *Engine) finalFlush(ctx context.Context) error {
 // write commits one batch, then settles its events (after fan-out, when on).
 func (e *Engine) write(ctx context.Context, b *batch) error {
 	ups := b.updates()
-	tok, err := e.cfg.Writer.Write(ctx, ups, e.cfg.Tracker.Watermark())
+	cursor := e.cfg.Tracker.Watermark()
+	if b.noCursor {
+		cursor = firehose.NoCursor
+	}
+	tok, err := e.cfg.Writer.Write(ctx, ups, cursor)
 	if err != nil {
 		if e.cfg.Writer.Refused(err) {
 			return e.isolate(ctx, ups, err)
@@ -193,7 +203,17 @@ func (e *Engine) write(ctx context.Context, b *batch) error {
 	if tok != "" {
 		e.token.Store(&tok)
 	}
+	if e.log.Enabled(ctx, slog.LevelDebug) {
+		lines := make([]string, len(ups))
+		for i, u := range ups {
+			lines[i] = u.Op.String() + " " + u.Tuple.String()
+		}
+		e.log.Debug("batch committed", "batch", b.id, "seqs", b.seqs, "updates", lines)
+	}
 	e.committed.Store(b.id)
+	if !b.noCursor {
+		e.cursorStored.Store(true)
+	}
 	e.applied.commit(b.revs, e.Token())
 	e.status.applied(b)
 	finish := func() {

@@ -101,6 +101,10 @@ func (a *applier) startRebuild(req rebuildRequest) {
 		} else {
 			rb.marker = max(e.cfg.Tracker.Highest(), 0)
 			a.pending.addUnit(unit{{Op: OpTouch, Tuple: e.markerTuple(rb.marker)}})
+			// From this batch on, the cursor may be stored: the marker
+			// commits with it or before it.
+			e.awaitMarker = false
+			a.pending.noCursor = false
 		}
 		rb.listing = true
 		a.list()

@@ -132,3 +132,40 @@ func wipe(t *testing.T, e *Env) {
 		}
 	}
 }
+
+// A first run stores no cursor before its rebuild marker: if it did, a
+// crash in between would leave a cursor without a marker, and the next
+// start would follow the stream from there and never build what came
+// before. Events arriving before the rebuild is requested are projected,
+// but their batches carry no cursor.
+func TestFirstRunStoresNoCursorBeforeTheRebuildMarker(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	commit(t, e, alice, Space("create", "early", false), Relation("create", "v", "space", alice+"/early", "viewer", "acct", bob, ""))
+	r := e.StartFirstRun(func(c *pipeline.Config) {
+		c.BeforeRebuild = func(ctx context.Context) {
+			// A live event is decided and written before the rebuild starts.
+			commit(t, e, bob, Relation("create", "m", "group", bob+"/g", "direct_member", "acct", alice, ""))
+			deadline := time.Now().Add(10 * time.Second)
+			for len(e.Data()) == 0 {
+				if time.Now().After(deadline) {
+					t.Error("the live event was not written")
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(200 * time.Millisecond) // idle flushes (every 50 ms) would store a cursor
+			st, err := e.Client.ReadProjector(ctx, "default")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if st.Cursor != -1 || st.Rebuild != -1 {
+				t.Errorf("before the rebuild was requested: cursor %d, marker %d; want neither stored", st.Cursor, st.Rebuild)
+			}
+		}
+	})
+	e.WaitRebuilt(r, 1)
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+}

@@ -211,8 +211,9 @@ func (a *applier) applyResync(r *resyncResult) error {
 	if d.known {
 		b.noteRev(d.did, d.rev)
 	}
+	var own []int64 // the seqs this resync completes
 	if job.trigger != nil {
-		b.seqs = append(b.seqs, job.trigger.Seq)
+		own = append(own, job.trigger.Seq)
 		b.events++
 		if job.trigger.Time > b.newestTime {
 			b.newestTime = job.trigger.Time
@@ -221,15 +222,18 @@ func (a *applier) applyResync(r *resyncResult) error {
 	}
 	covered := job.covered
 	if !job.again {
-		b.seqs = append(b.seqs, covered...)
+		own = append(own, covered...)
 		covered = nil
 	}
 	if e.cfg.Publisher == nil && !written {
-		// Nothing to write: complete now rather than with the next batch.
-		for _, s := range b.seqs {
+		// Nothing to write: complete the resync's own events now, like a
+		// settled event. (Not the rest of the open batch: its events are
+		// done only once it commits.)
+		for _, s := range own {
 			e.cfg.Tracker.Done(s)
 		}
-		b.seqs = b.seqs[:0]
+	} else {
+		b.seqs = append(b.seqs, own...)
 	}
 	if job.rebuild {
 		n := 0

@@ -74,6 +74,9 @@ type Config struct {
 	Registry prometheus.Registerer
 	// OnFrame sees raw frames (captures); optional.
 	OnFrame func([]byte)
+	// BeforeRebuild, a test hook, runs after the live connection is up and
+	// before a first run's rebuild is requested.
+	BeforeRebuild func(context.Context)
 }
 
 // DefaultName is the projector name when none is given.
@@ -374,7 +377,7 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 		BatchUpdates: c.cfg.BatchUpdates, CacheRepos: c.cfg.CacheRepos, HeldPerRepo: c.cfg.HeldPerRepo,
 		ResyncConcurrency: c.cfg.ResyncConcurrency, FlushEvery: c.cfg.FlushEvery, Logger: c.log, Metrics: c.pm,
 		ResyncRate: c.cfg.ResyncRate, ProjectorName: c.cfg.Name, ResumeRebuild: lease.Rebuild != spice.NoSeq,
-		RebuildMarker: lease.Rebuild, OnRebuilt: func() {
+		RebuildMarker: lease.Rebuild, AwaitRebuild: cursor == firehose.NoCursor, OnRebuilt: func() {
 			c.mu.Lock()
 			c.rebuilt++
 			c.mu.Unlock()
@@ -420,6 +423,9 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 			case <-gctx.Done():
 				return g.Wait()
 			}
+		}
+		if c.cfg.BeforeRebuild != nil {
+			c.cfg.BeforeRebuild(gctx)
 		}
 		done, err := engine.Rebuild(gctx, reason, c.cfg.RebuildDIDs)
 		if err != nil {
