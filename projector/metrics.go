@@ -12,6 +12,7 @@ type Metrics struct {
 	resyncFails prometheus.Counter
 	duplicates  prometheus.Counter
 	cycles      prometheus.Counter
+	unreadable  prometheus.Counter
 	cachedRepos prometheus.Gauge
 	watermark   prometheus.Gauge
 	restarts    prometheus.Counter
@@ -48,6 +49,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Events already applied (seq or rev at or below the repo's), changing nothing in SpiceDB."}),
 		cycles: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "parent_cycles_total",
 			Help: "Parent relations that close a cycle in a repo's own space tree (checks fail closed)."}),
+		unreadable: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "unreadable_snapshot_records_total",
+			Help: "Records a getRepo snapshot names but whose block is missing or corrupt; what they produced is kept."}),
 		cachedRepos: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "cached_repos",
 			Help: "Repos whose lineage is cached in memory."}),
 		watermark: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "watermark_seq",
@@ -72,7 +75,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, k := range []string{DriftMissing, DriftExtra, DriftMissingLineage, DriftStaleLineage} {
 		m.drift.WithLabelValues(k)
 	}
-	reg.MustRegister(m.applied, m.rejected, m.resyncs, m.resyncFails, m.duplicates, m.cycles, m.cachedRepos,
+	reg.MustRegister(m.applied, m.rejected, m.resyncs, m.resyncFails, m.duplicates, m.cycles, m.unreadable, m.cachedRepos,
 		m.watermark, m.restarts, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
 	for _, r := range AllReasons {
 		m.rejected.WithLabelValues(string(r))
@@ -113,6 +116,12 @@ func (m *Metrics) resyncFailed() {
 func (m *Metrics) duplicate() {
 	if m != nil {
 		m.duplicates.Inc()
+	}
+}
+
+func (m *Metrics) unreadableRecord() {
+	if m != nil {
+		m.unreadable.Inc()
 	}
 }
 

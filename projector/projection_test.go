@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spaces-authz/spaces-authz/deploy"
+	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	"github.com/spaces-authz/spaces-authz/spice"
 
@@ -451,5 +452,38 @@ func TestStatusSeqFollowsTheLastAccountEvent(t *testing.T) {
 	want := projector.StatusTuple(alice, "active", activated).String()
 	if got := e.Relationships(projector.TypeRepo); !has(got, want) {
 		t.Fatalf("status tuple: want %s among %v", want, got)
+	}
+}
+
+// A snapshot that names a record but lacks its block (the reference PDS
+// served such exports after deleting one of two identical records) must
+// not erase what the record produces: its content is unknown, not invalid.
+// Reconcile does not call it drift either.
+func TestResyncKeepsRecordsWhoseBlockIsMissing(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	reg := prometheus.NewRegistry()
+	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
+	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	e.WaitCaughtUp(r)
+	e.PDS.Repo(alice).OmitFromExport(relC+"/v", true)
+	if _, err := e.PDS.Sync(alice); err != nil { // a #sync resyncs from the incomplete export
+		t.Fatal(err)
+	}
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	if got := MetricValue(t, reg, "consumer_unreadable_snapshot_records_total"); got != 1 {
+		t.Fatalf("unreadable records = %v, want 1", got)
+	}
+	sync, err := firehose.NewSyncClient(firehose.SyncConfig{URL: e.PDS.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := (&projector.Reconciler{Rules: e.Rules, Store: spice.NewStore(e.Client), Fetcher: sync}).Check(t.Context(), alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Drift) != 0 || rep.Unreadable != 1 {
+		t.Fatalf("reconcile: drift %v, unreadable %d; want none and 1", rep.Drift, rep.Unreadable)
 	}
 }

@@ -34,6 +34,9 @@ type Report struct {
 	// compared) or "not found" (everything the view holds is extra).
 	Status string
 	Drift  []Drift
+	// Unreadable counts records the snapshot names but whose block it
+	// lacks; what SpiceDB holds for them is not reported as drift.
+	Unreadable int
 }
 
 // Reconciler compares repos with SpiceDB (DESIGN §5).
@@ -94,9 +97,15 @@ func (r *Reconciler) check(ctx context.Context, did string) (Report, error) {
 	}
 	wantData := map[string]bool{}
 	wantLin := map[string]bool{}
+	unknown := map[string]bool{} // paths of records whose block the snapshot lacks
 	if snap != nil {
 		rep.Rev, rep.Records = snap.Rev, len(snap.Records)
 		for _, rec := range snap.Records {
+			if unreadable(rec.Err) {
+				unknown[rec.Path()] = true
+				rep.Unreadable++
+				continue
+			}
 			if rec.Err != nil {
 				continue
 			}
@@ -126,7 +135,14 @@ func (r *Reconciler) check(ctx context.Context, did string) (Report, error) {
 	gotLin := map[string]bool{}
 	for _, en := range entries {
 		coll, rkey := splitPath(en.Path)
-		gotLin[LineageTuple(en.Tuple, RecordID(did, coll, rkey)).String()] = true
+		lin := LineageTuple(en.Tuple, RecordID(did, coll, rkey)).String()
+		gotLin[lin] = true
+		if unknown[en.Path] { // unreadable now: what it produced is not drift
+			wantLin[lin] = true
+			if gotData[en.Tuple.String()] {
+				wantData[en.Tuple.String()] = true
+			}
+		}
 	}
 	add := func(kind string, set map[string]bool, not map[string]bool) {
 		for s := range set {

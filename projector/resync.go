@@ -262,6 +262,20 @@ func (a *applier) resyncDiff(d *didState, l *lineage, r *resyncResult, seq int64
 	var changes []Change
 	for _, rec := range r.snap.Records {
 		path := rec.Path()
+		if unreadable(rec.Err) {
+			// The repo names this record but the CAR lacks its block (or
+			// the block is corrupt): the PDS served an incomplete export.
+			// Its content is unknown, not invalid, so what it produced
+			// stays; the next resync or reconcile reads it again. (The
+			// reference PDS has been seen to drop a block shared by two
+			// identical records when one of them is deleted, until an
+			// identical record brings it back.)
+			a.e.cfg.Metrics.unreadableRecord()
+			a.e.log.Warn("resync: a record's block is missing from the snapshot; keeping what it produced",
+				"uri", "at://"+d.did+"/"+path, "reason", rec.Err.Reason, "detail", clip(rec.Err.Detail))
+			want[path] = tupleList(l.byRecord[path])
+			continue
+		}
 		c := Change{Seq: seq, DID: d.did, Rev: r.snap.Rev, Time: evTime, Collection: rec.Collection, RKey: rec.RKey,
 			CID: rec.CID.String(), Record: rec.Value, Projected: true, Resync: true}
 		if rec.Err != nil {
@@ -331,6 +345,21 @@ func (a *applier) removeAll(d *didState, l *lineage, data []Tuple) []unit {
 		units = append(units, unit{{Op: OpDelete, Tuple: t}})
 	}
 	return units
+}
+
+// unreadable reports whether a snapshot record's error means its content
+// could not be read (as opposed to content that is malformed).
+func unreadable(err *firehose.OpError) bool {
+	return err != nil && (err.Reason == firehose.ReasonMissingBlock || err.Reason == firehose.ReasonCIDMismatch)
+}
+
+func tupleList(set map[Tuple]struct{}) []Tuple {
+	out := make([]Tuple, 0, len(set))
+	for t := range set {
+		out = append(out, t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
 }
 
 func sameTuples(old map[Tuple]struct{}, now []Tuple) bool {

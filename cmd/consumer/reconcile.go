@@ -115,6 +115,12 @@ func printDrift(w io.Writer, reports []projector.Report, checked int) {
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "drift: %d relationships in %d of %d repos\n", n, len(reports), checked)
+	for _, rep := range reports {
+		if rep.Unreadable > 0 {
+			fmt.Fprintf(w, "%s: %d records named by the repo had no block in its export (not counted as drift)\n",
+				rep.DID, rep.Unreadable)
+		}
+	}
 }
 
 // repair resyncs repos through the running daemon's admin endpoint, or,

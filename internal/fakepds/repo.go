@@ -72,6 +72,20 @@ type Repo struct {
 	rev     string
 	// head is the last signed commit block, which getRepo exports.
 	head blocks.Block
+	// omit holds paths whose record block Export leaves out.
+	omit map[string]bool
+}
+
+// OmitFromExport makes Export leave out the record block of path (or put
+// it back with false), as a PDS that lost a block serves an incomplete
+// repo: the MST still names the record.
+func (r *Repo) OmitFromExport(path string, omit bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.omit == nil {
+		r.omit = map[string]bool{}
+	}
+	r.omit[path] = omit
 }
 
 type recordBlock struct {
@@ -281,6 +295,9 @@ func (r *Repo) Export() ([]byte, error) {
 	}
 	sort.Strings(paths)
 	for _, p := range paths {
+		if r.omit[p] {
+			continue
+		}
 		rb := r.records[p]
 		b, _ := blocks.NewBlockWithCid(rb.data, rb.cid)
 		all = append(all, b)
