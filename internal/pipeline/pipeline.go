@@ -427,7 +427,11 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 		if c.cfg.BeforeRebuild != nil {
 			c.cfg.BeforeRebuild(gctx)
 		}
-		done, err := engine.Rebuild(gctx, reason, c.cfg.RebuildDIDs)
+		dids := c.cfg.RebuildDIDs
+		if cursor == firehose.NoCursor {
+			dids = nil // without a cursor only a full rebuild makes a view to follow the stream from
+		}
+		done, err := engine.Rebuild(gctx, reason, dids)
 		if err != nil {
 			return g.Wait()
 		}
