@@ -308,11 +308,11 @@ func statusOrActive(status string) string {
 // setStatus rewrites the repo's status tuple.
 func (a *applier) setStatus(d *didState, status string, seq int64) unit {
 	var u unit
-	if d.known && d.statusSeq > 0 {
+	if d.hasStatus {
 		u = append(u, Update{Op: OpDelete, Tuple: StatusTuple(d.did, statusOrActive(d.status), d.statusSeq)})
 	}
 	u = append(u, Update{Op: OpTouch, Tuple: StatusTuple(d.did, status, seq)})
-	d.statusSeq = seq
+	d.statusSeq, d.hasStatus = seq, true
 	a.e.markKnown(d)
 	return u
 }

@@ -136,6 +136,9 @@ type Engine struct {
 	rewound map[string]bool // repos resynced since the rewind (applier only)
 
 	batchSeq uint64 // applier only
+	// stale are extra status tuples found at load (left by versions that
+	// could leave one behind); the first batch deletes them.
+	stale []Tuple
 	// awaitMarker: no batch may carry a cursor until the rebuild marker is
 	// placed (AwaitRebuild); applier only.
 	awaitMarker bool
@@ -229,7 +232,12 @@ func (e *Engine) Load(ctx context.Context) error {
 		if st == "active" {
 			st = ""
 		}
-		e.states[r.DID] = &didState{did: r.DID, known: true, rev: r.Rev, status: st, statusSeq: r.StatusSeq}
+		e.states[r.DID] = &didState{did: r.DID, known: true, rev: r.Rev, status: st, statusSeq: r.StatusSeq,
+			hasStatus: r.Status != ""}
+		for _, old := range r.StaleStatuses {
+			e.stale = append(e.stale, Tuple{ResourceType: TypeRepo, ResourceID: RepoID(r.DID), Relation: RelStatus,
+				SubjectType: TypeStatus, SubjectID: old})
+		}
 		e.applied.set(r.DID, r.Rev, "")
 	}
 	e.log.Info("repo index loaded", "repos", len(repos))
@@ -246,6 +254,7 @@ type didState struct {
 	rev       string
 	status    string // "" when active, else the account status
 	statusSeq int64
+	hasStatus bool     // a status tuple is stored (or decided); its seq may be 0
 	lin       *lineage // nil until loaded
 	elem      *list.Element
 	gen       uint64 // bumped when lin is evicted

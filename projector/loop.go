@@ -83,6 +83,11 @@ func (a *applier) place(units []unit, final unit, dids ...*didState) *batch {
 func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-chan batchResult) error {
 	a := &applier{e: e, ctx: ctx}
 	a.pending = a.newBatch()
+	for _, t := range e.stale {
+		e.log.Warn("deleting a stale repo status tuple", "relationship", t.String())
+		a.pending.addUnit(unit{{Op: OpDelete, Tuple: t}})
+	}
+	e.stale = nil
 	if e.cfg.ResumeRebuild {
 		a.startRebuild(rebuildRequest{reason: "a rebuild was interrupted", done: make(chan struct{}), resume: true})
 	}

@@ -169,3 +169,37 @@ func TestFirstRunStoresNoCursorBeforeTheRebuildMarker(t *testing.T) {
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 }
+
+// A rebuild that finds a repo inactive stores its status under seq 0 (no
+// event triggered it). That tuple must still be replaced, not left next to
+// the next status: two status tuples made a later start load the wrong one
+// and withdraw an active repo for good (seen in the e2e kill test).
+func TestRebuildStatusOfAnInactiveRepoIsReplaced(t *testing.T) {
+	e := New(t)
+	alice, bob := account(t, e, "alice"), account(t, e, "bob")
+	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	e.SetStatus(alice, "deactivated")
+	r := e.StartFirstRun()
+	e.WaitRebuilt(r, 1)
+	e.SetStatus(alice, "")
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	var statuses []string
+	for _, rel := range e.Relationships(projector.TypeRepo) {
+		if strings.Contains(rel, "#status@") && strings.Contains(rel, projector.RepoID(alice)) {
+			statuses = append(statuses, rel)
+		}
+	}
+	want := projector.StatusTuple(alice, "active", e.PDS.Head()).String()
+	if len(statuses) != 1 || statuses[0] != want {
+		t.Fatalf("alice's status tuples: %v, want only %s", statuses, want)
+	}
+	// A restart loads the repo as active and keeps it so.
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, e, alice, Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
+	r = e.Start()
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+}

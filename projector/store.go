@@ -12,6 +12,9 @@ type RepoState struct {
 	Rev       string
 	Status    string // "" or "active" when active
 	StatusSeq int64
+	// StaleStatuses are the subject IDs of further status tuples (Status
+	// is the one with the highest seq); they should not exist.
+	StaleStatuses []string
 }
 
 // LineageEntry is one stored lineage relationship, parsed: record Path

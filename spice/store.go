@@ -89,7 +89,15 @@ func (s *Store) LoadRepos(ctx context.Context, token string) ([]projector.RepoSt
 			if err != nil {
 				return fmt.Errorf("spice: stored repo state %s: %w", t, err)
 			}
-			st.Status, st.StatusSeq = status, seq
+			switch {
+			case st.Status == "":
+				st.Status, st.StatusSeq = status, seq
+			case seq > st.StatusSeq:
+				st.StaleStatuses = append(st.StaleStatuses, projector.StatusTuple(did, st.Status, st.StatusSeq).SubjectID)
+				st.Status, st.StatusSeq = status, seq
+			default:
+				st.StaleStatuses = append(st.StaleStatuses, t.SubjectID)
+			}
 		}
 		return nil
 	})
