@@ -82,6 +82,19 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 		a.settle(ev, nil)
 		return nil
 	}
+	if d.status != statusDeleted && (d.rev == "" || ev.Rev > d.rev) {
+		for i := range ev.Ops {
+			if op := &ev.Ops[i]; unreadable(op.Err) && e.cfg.Rules.Projects(op.Collection) {
+				// The record's content is unknown, not invalid: read the repo
+				// instead of guessing (the reference PDS can lose a block
+				// shared by identical records).
+				e.log.Warn("a commit lacks a record's block; resyncing the repo", "did", d.did, "seq", ev.Seq,
+					"path", clip(op.Path()), "reason", op.Err.Reason)
+				a.startResync(d, ev, TriggerUnreadable)
+				return nil
+			}
+		}
+	}
 	changes := a.changes(d, ev)
 	if d.status == statusDeleted {
 		e.log.Warn("commit for a deleted repo ignored", "did", d.did, "seq", ev.Seq)

@@ -32,6 +32,9 @@ const (
 	TriggerActivate = "activate"
 	TriggerRewind   = "rewind"
 	TriggerRebuild  = "rebuild"
+	// TriggerUnreadable: a commit named a record block it did not carry (or
+	// one that does not hash to its CID).
+	TriggerUnreadable = "unreadable"
 )
 
 // NewMetrics registers the projection metrics on reg.
@@ -80,7 +83,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range AllReasons {
 		m.rejected.WithLabelValues(string(r))
 	}
-	for _, t := range []string{TriggerSync, TriggerGap, TriggerActivate, TriggerRewind, TriggerRebuild} {
+	for _, t := range []string{TriggerSync, TriggerGap, TriggerActivate, TriggerRewind, TriggerRebuild, TriggerUnreadable} {
 		m.resyncs.WithLabelValues(t)
 	}
 	for _, k := range []string{"commit", "sync", "identity", "account"} {

@@ -1,12 +1,17 @@
 package projector_test
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
+	car "github.com/ipld/go-car"
+	carutil "github.com/ipld/go-car/util"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spaces-authz/spaces-authz/deploy"
@@ -485,5 +490,65 @@ func TestResyncKeepsRecordsWhoseBlockIsMissing(t *testing.T) {
 	}
 	if len(rep.Drift) != 0 || rep.Unreadable != 1 {
 		t.Fatalf("reconcile: drift %v, unreadable %d; want none and 1", rep.Drift, rep.Unreadable)
+	}
+}
+
+// A commit that names a record block it does not carry (seen from the
+// reference PDS) must not be read as "the record became invalid": the
+// consumer resyncs the repo and projects what the repo really holds.
+func TestCommitWithoutItsRecordBlockResyncs(t *testing.T) {
+	e := New(t)
+	alice, bob, carol := account(t, e, "alice"), account(t, e, "bob"), account(t, e, "carol")
+	reg := prometheus.NewRegistry()
+	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
+	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	e.WaitCaughtUp(r)
+	repo := e.PDS.Repo(alice) // not inside the callback: it runs under the server's lock
+	if _, err := e.PDS.InjectSequenced(func(seq int64) ([]byte, error) {
+		c, err := repo.Apply(Relation("update", "v", "space", alice+"/s", "viewer", "acct", carol, ""))
+		if err != nil {
+			return nil, err
+		}
+		if c.Blocks, err = withoutBlock(c.Blocks, *c.Ops[0].CID); err != nil {
+			return nil, err
+		}
+		return fakepds.CommitFrame(c, seq, "2026-01-01T00:00:00Z")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+	s := projector.ObjectID(alice, "s")
+	if e.Check("view", "space", s, bob) || !e.Check("view", "space", s, carol) {
+		t.Fatal("the update was not projected from the repo")
+	}
+	if got := MetricValue(t, reg, "consumer_resyncs_total", "trigger", "unreadable"); got != 1 {
+		t.Fatalf("unreadable resyncs = %v, want 1", got)
+	}
+}
+
+// withoutBlock rewrites a CAR without the block c.
+func withoutBlock(carBytes []byte, c cid.Cid) ([]byte, error) {
+	cr, err := car.NewCarReader(bytes.NewReader(carBytes))
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if err := car.WriteHeader(cr.Header, &buf); err != nil {
+		return nil, err
+	}
+	for {
+		blk, err := cr.Next()
+		if errors.Is(err, io.EOF) {
+			return buf.Bytes(), nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !blk.Cid().Equals(c) {
+			if err := carutil.LdWrite(&buf, blk.Cid().Bytes(), blk.RawData()); err != nil {
+				return nil, err
+			}
+		}
 	}
 }
