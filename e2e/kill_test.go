@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,15 +29,7 @@ func TestKillNineDuringWorkload(t *testing.T) {
 		sessions = append(sessions, sess)
 		dids = append(dids, sess.DID)
 	}
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("E2E_SEED"); v != "" { // replays a failure's workload and kill schedule
-		s, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("E2E_SEED: %v", err)
-		}
-		seed = s
-	}
-	t.Logf("workload seed %d (E2E_SEED=%d replays it)", seed, seed)
+	seed := workload.Seed(t, "E2E_SEED") // the workload and the kill schedule
 	gen := workload.New(seed, dids, workload.Options{StatusChanges: true})
 	ctx := context.Background()
 	status := make([]string, accounts) // "", "deactivated" or "takendown"

@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -87,15 +85,7 @@ func TestCrashSafetyUnderSIGKILL(t *testing.T) {
 		}
 		dids = append(dids, r.DID())
 	}
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("CRASH_SEED"); v != "" { // replays a failure's workload and kill schedule
-		s, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("CRASH_SEED: %v", err)
-		}
-		seed = s
-	}
-	t.Logf("workload seed %d (CRASH_SEED=%d replays it)", seed, seed)
+	seed := workload.Seed(t, "CRASH_SEED") // the workload and the kill schedule
 	gen := workload.New(seed, dids, workload.Options{Gaps: true, Syncs: true, StatusChanges: true})
 	rng := rand.New(rand.NewPCG(seed, 7))
 	points := []string{crashpoint.AfterWrite, crashpoint.BeforeWrite, crashpoint.MidBatch, crashpoint.DuringResync,
