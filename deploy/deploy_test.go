@@ -5,19 +5,19 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 func TestRulesMatchProjectorDefault(t *testing.T) {
-	if !bytes.Equal(Rules, projector.DefaultRulesYAML()) {
+	if !bytes.Equal(Rules, view.DefaultRulesYAML()) {
 		t.Fatal("deploy/rules.yaml differs from projector/rules.default.yaml: copy one over the other")
 	}
 }
 
 func TestSchemaDefinesEverythingTheProjectorWrites(t *testing.T) {
-	for _, def := range []string{projector.TypeAcct, projector.TypeSpace, projector.TypeGroup, projector.TypeLineage,
-		projector.TypeRecord, projector.TypeRepo, projector.TypeRev, projector.TypeStatus, projector.TypeProjector,
-		projector.TypeConsumer, projector.TypeHeartbeat, projector.TypeCursor, projector.TypeSeq} {
+	for _, def := range []string{view.TypeAcct, view.TypeSpace, view.TypeGroup, view.TypeLineage,
+		view.TypeRecord, view.TypeRepo, view.TypeRev, view.TypeStatus, view.TypeProjector,
+		view.TypeConsumer, view.TypeHeartbeat, view.TypeCursor, view.TypeSeq} {
 		if !strings.Contains(Schema, "definition "+def+" {") {
 			t.Errorf("schema has no definition %q", def)
 		}

@@ -10,9 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spaces-authz/spaces-authz/view"
 	"gopkg.in/yaml.v3"
-
-	"github.com/spaces-authz/spaces-authz/projector"
 )
 
 // docs parses every YAML document of a file.
@@ -190,17 +189,17 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Fatal("no rules ConfigMap")
 	}
 	rules := cm["data"].(map[string]any)["rules.yaml"].(string)
-	if _, err := projector.ParseRules([]byte(rules)); err != nil {
+	if _, err := view.ParseRules([]byte(rules)); err != nil {
 		t.Fatalf("the ConfigMap's rules are invalid: %v", err)
 	}
-	def, _ := projector.ParseRules(Rules)
-	got, _ := projector.ParseRules([]byte(rules))
+	def, _ := view.ParseRules(Rules)
+	got, _ := view.ParseRules([]byte(rules))
 	if !sameRules(def, got) {
 		t.Error("the ConfigMap's rules differ from deploy/rules.yaml")
 	}
 }
 
-func sameRules(a, b *projector.Rules) bool {
+func sameRules(a, b *view.Rules) bool {
 	ab, _ := yaml.Marshal(a)
 	bb, _ := yaml.Marshal(b)
 	return bytes.Equal(ab, bb)

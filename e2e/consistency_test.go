@@ -16,8 +16,8 @@ import (
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
 	"github.com/spaces-authz/spaces-authz/internal/localpds"
-	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // consistent is what an app does after a write: ask the consumer for the
@@ -45,10 +45,10 @@ func (s *stack) consistent(did, rev string) (string, error) {
 func (s *stack) checkAt(token, perm, resourceID, subjectDID string) (bool, error) {
 	resp, err := s.client.API().CheckPermission(context.Background(), &v1.CheckPermissionRequest{
 		Consistency: spice.Consistency(token),
-		Resource:    &v1.ObjectReference{ObjectType: projector.TypeSpace, ObjectId: resourceID},
+		Resource:    &v1.ObjectReference{ObjectType: view.TypeSpace, ObjectId: resourceID},
 		Permission:  perm,
-		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: projector.TypeAcct,
-			ObjectId: projector.EncodeDID(subjectDID)}},
+		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: view.TypeAcct,
+			ObjectId: view.EncodeDID(subjectDID)}},
 	})
 	if err != nil {
 		return false, err
@@ -67,7 +67,7 @@ func TestReadYourWrites(t *testing.T) {
 	s.waitReady()
 	ctx := context.Background()
 	s.apply(alice, create(spaceC, "s", space(true)))
-	sp := projector.ObjectID(alice.DID, "s")
+	sp := view.ObjectID(alice.DID, "s")
 	for i := range 100 {
 		ref, err := s.xrpc.CreateRecord(ctx, alice, relC, "g", map[string]any{"$type": relC, "resourceType": "space",
 			"resource": alice.DID + "/s", "permission": "viewer", "subjectType": "acct", "subject": bob.DID})

@@ -24,8 +24,8 @@ import (
 	"github.com/spaces-authz/spaces-authz/internal/procs"
 	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
 	"github.com/spaces-authz/spaces-authz/internal/testenv"
-	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 const password = "e2e-password-1"
@@ -65,7 +65,7 @@ type stack struct {
 	xrpc     *localpds.Client
 	sdb      *spicedbtest.Server
 	client   *spice.Client
-	rules    *projector.Rules
+	rules    *view.Rules
 	consumer *procs.Proc
 	logDir   string
 	accounts map[string]localpds.Session // by handle
@@ -100,7 +100,7 @@ func newStack(t testing.TB, o stackOpts) *stack {
 		}
 		t.Logf("logs in %s", logDir)
 	}
-	s := &stack{t: t, pds: pds, xrpc: pds.Client(), sdb: sdb, rules: projector.DefaultRules(), logDir: logDir,
+	s := &stack{t: t, pds: pds, xrpc: pds.Client(), sdb: sdb, rules: view.DefaultRules(), logDir: logDir,
 		accounts: map[string]localpds.Session{}, seen: map[string][]localpds.Record{}}
 	s.dial()
 	s.cli("schema", "apply")
@@ -237,7 +237,7 @@ func (s *stack) oracle() (data, lineage []string, lost map[string]lostRecords) {
 					if st.Active {
 						dataSet[t.String()] = true
 					}
-					lineage = append(lineage, projector.LineageTuple(t, projector.RecordID(sess.DID, coll, rkey)).String())
+					lineage = append(lineage, view.LineageTuple(t, view.RecordID(sess.DID, coll, rkey)).String())
 				}
 			}
 		}
@@ -310,7 +310,7 @@ func (s *stack) acceptLost(lost map[string]lostRecords, wantData, wantLin []stri
 				continue
 			}
 			coll, rkey, _ := strings.Cut(en.Path, "/")
-			wantLin = append(wantLin, projector.LineageTuple(en.Tuple, projector.RecordID(did, coll, rkey)).String())
+			wantLin = append(wantLin, view.LineageTuple(en.Tuple, view.RecordID(did, coll, rkey)).String())
 			if lr.active && !slices.Contains(wantData, en.Tuple.String()) {
 				wantData = append(wantData, en.Tuple.String())
 			}
@@ -340,7 +340,7 @@ func (s *stack) relationships(types ...string) []string {
 	s.t.Helper()
 	var out []string
 	for _, typ := range types {
-		err := s.client.Read(context.Background(), &v1.RelationshipFilter{ResourceType: typ}, "", func(t projector.Tuple) error {
+		err := s.client.Read(context.Background(), &v1.RelationshipFilter{ResourceType: typ}, "", func(t view.Tuple) error {
 			out = append(out, t.String())
 			return nil
 		})
@@ -359,8 +359,8 @@ func (s *stack) waitOracle(timeout time.Duration) (int, time.Duration) {
 	oracleData, oracleLin, lost := s.oracle()
 	for {
 		wantData, wantLin := s.acceptLost(lost, slices.Clone(oracleData), slices.Clone(oracleLin))
-		gotData := s.relationships(projector.TypeSpace, projector.TypeGroup)
-		gotLin := s.relationships(projector.TypeLineage)
+		gotData := s.relationships(view.TypeSpace, view.TypeGroup)
+		gotLin := s.relationships(view.TypeLineage)
 		dd, dl := testenv.Diff(gotData, wantData), testenv.Diff(gotLin, wantLin)
 		if dd == "" && dl == "" {
 			return len(gotData) + len(gotLin), time.Since(start)
@@ -377,10 +377,10 @@ func (s *stack) check(perm, resourceID, subjectDID string) bool {
 	s.t.Helper()
 	resp, err := s.client.API().CheckPermission(context.Background(), &v1.CheckPermissionRequest{
 		Consistency: spice.Consistency(""),
-		Resource:    &v1.ObjectReference{ObjectType: projector.TypeSpace, ObjectId: resourceID},
+		Resource:    &v1.ObjectReference{ObjectType: view.TypeSpace, ObjectId: resourceID},
 		Permission:  perm,
-		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: projector.TypeAcct,
-			ObjectId: projector.EncodeDID(subjectDID)}},
+		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: view.TypeAcct,
+			ObjectId: view.EncodeDID(subjectDID)}},
 	})
 	if err != nil {
 		s.t.Fatalf("check: %v", err)

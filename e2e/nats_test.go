@@ -149,7 +149,7 @@ func readCursor(t *testing.T, s *stack) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return st.Cursor
+	return st.Progress.Cursor
 }
 
 func waitCursor(t *testing.T, s *stack, min int64) {

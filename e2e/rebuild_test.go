@@ -14,8 +14,8 @@ import (
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
 	"github.com/spaces-authz/spaces-authz/internal/procs"
-	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // TestOutdatedCursorAfterReplayWindow runs the PDS with a short replay
@@ -64,10 +64,10 @@ func TestReconcileReportsAndFixesDrift(t *testing.T) {
 	ctx := context.Background()
 	s.cli("reconcile", "--http-addr", s.httpAddr) // no drift: exit 0
 
-	gone := projector.Tuple{ResourceType: "space", ResourceID: projector.ObjectID(a, "s"), Relation: "viewer",
-		SubjectType: "acct", SubjectID: projector.EncodeDID(bob.DID)}
-	forged := projector.Tuple{ResourceType: "space", ResourceID: projector.ObjectID(a, "s"), Relation: "admin",
-		SubjectType: "acct", SubjectID: projector.EncodeDID(carol.DID)}
+	gone := view.Tuple{ResourceType: "space", ResourceID: view.ObjectID(a, "s"), Relation: "viewer",
+		SubjectType: "acct", SubjectID: view.EncodeDID(bob.DID)}
+	forged := view.Tuple{ResourceType: "space", ResourceID: view.ObjectID(a, "s"), Relation: "admin",
+		SubjectType: "acct", SubjectID: view.EncodeDID(carol.DID)}
 	_, err := s.client.API().WriteRelationships(ctx, &v1.WriteRelationshipsRequest{Updates: []*v1.RelationshipUpdate{
 		{Operation: v1.RelationshipUpdate_OPERATION_DELETE, Relationship: spice.ToV1(gone)},
 		{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: spice.ToV1(forged)},
@@ -98,7 +98,7 @@ func TestReconcileReportsAndFixesDrift(t *testing.T) {
 		t.Fatalf("after --fix: exit %d:\n%s", code, out)
 	}
 	s.waitOracle(10 * time.Second)
-	if s.check("administer", projector.ObjectID(a, "s"), carol.DID) || !s.check("view", projector.ObjectID(a, "s"), bob.DID) {
+	if s.check("administer", view.ObjectID(a, "s"), carol.DID) || !s.check("view", view.ObjectID(a, "s"), bob.DID) {
 		t.Fatal("the fix did not restore the view")
 	}
 }

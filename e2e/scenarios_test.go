@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // TestSpaceTreeGrantsAndMoves builds a space tree with applyWrites (a space
@@ -32,7 +32,7 @@ func TestSpaceTreeGrantsAndMoves(t *testing.T) {
 		create(relC, "view-dave", rel("space", a+"/bub", "viewer", "acct", dave.DID, "")))
 	n, took := s.waitOracle(30 * time.Second)
 	t.Logf("%d relationships match the oracle after %v", n, took)
-	id := func(k string) string { return projector.ObjectID(a, k) }
+	id := func(k string) string { return view.ObjectID(a, k) }
 	for _, c := range []struct {
 		perm, space, who string
 		want             bool
@@ -82,12 +82,12 @@ func TestForeignGrantIsDenied(t *testing.T) {
 		create(spaceC, "m", space(false)),
 		create(relC, "h2", rel("space", mallory.DID+"/m", "parent", "space", alice.DID+"/vault", "")))
 	s.waitOracle(30 * time.Second)
-	vault := projector.ObjectID(alice.DID, "vault")
+	vault := view.ObjectID(alice.DID, "vault")
 	if s.check("view", vault, mallory.DID) || s.check("administer", vault, mallory.DID) {
 		t.Fatal("mallory got rights on alice's space")
 	}
-	for _, r := range s.relationships(projector.TypeSpace) {
-		if strings.HasPrefix(r, "space:"+vault) && strings.Contains(r, projector.EncodeDID(mallory.DID)) {
+	for _, r := range s.relationships(view.TypeSpace) {
+		if strings.HasPrefix(r, "space:"+vault) && strings.Contains(r, view.EncodeDID(mallory.DID)) {
 			t.Fatalf("a relationship on alice's space names mallory: %s", r)
 		}
 	}
@@ -106,7 +106,7 @@ func TestAccountLifecycle(t *testing.T) {
 	s.apply(alice, create(spaceC, "s", space(false)), create(relC, "v", rel("space", alice.DID+"/s", "viewer", "acct", bob.DID, "")),
 		create(groupC, "g", map[string]any{"displayName": "g"}))
 	s.waitOracle(30 * time.Second)
-	sp := projector.ObjectID(alice.DID, "s")
+	sp := view.ObjectID(alice.DID, "s")
 	steps := []struct {
 		name   string
 		do     func() error
@@ -128,7 +128,7 @@ func TestAccountLifecycle(t *testing.T) {
 		}
 		t.Logf("after %s: %d relationships match the oracle (%v)", st.name, n, took)
 	}
-	if n := len(s.relationships(projector.TypeSpace, projector.TypeGroup, projector.TypeLineage)); n != 0 {
+	if n := len(s.relationships(view.TypeSpace, view.TypeGroup, view.TypeLineage)); n != 0 {
 		t.Fatalf("%d relationships remain after the account was deleted", n)
 	}
 }

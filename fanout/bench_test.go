@@ -13,7 +13,7 @@ import (
 	"github.com/spaces-authz/spaces-authz/internal/natstest"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // BenchmarkPublishAcked measures fan-out alone: messages per second
@@ -29,17 +29,17 @@ func BenchmarkPublishAcked(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = p.Run(ctx) }()
-	tuple := projector.Tuple{ResourceType: "space", ResourceID: "did|plc|a/s", Relation: "viewer", SubjectType: "acct", SubjectID: "did|plc|b"}
+	tuple := view.Tuple{ResourceType: "space", ResourceID: "did|plc|a/s", Relation: "viewer", SubjectType: "acct", SubjectID: "did|plc|b"}
 	const batch = 1000
 	seq := int64(0)
 	b.ResetTimer()
 	start := time.Now()
 	for range b.N {
-		changes := make([]projector.Change, batch)
+		changes := make([]view.Change, batch)
 		for i := range changes {
 			seq++
-			changes[i] = projector.Change{Seq: seq, DID: "did:plc:alice", Rev: "3kabcdefghij2", Collection: "com.atproto.space.relation",
-				RKey: fmt.Sprint(seq), Action: "create", CID: "bafyreib", Projected: true, Produces: []projector.Tuple{tuple},
+			changes[i] = view.Change{Seq: seq, DID: "did:plc:alice", Rev: "3kabcdefghij2", Collection: "com.atproto.space.relation",
+				RKey: fmt.Sprint(seq), Action: "create", CID: "bafyreib", Projected: true, Produces: []view.Tuple{tuple},
 				Record: map[string]any{"resourceType": "space", "resource": "did:plc:a/s", "permission": "viewer",
 					"subjectType": "acct", "subject": "did:plc:b"}}
 		}
@@ -88,7 +88,7 @@ func BenchmarkProjectionWithAndWithoutNATS(b *testing.B) {
 				}
 				start := time.Now()
 				r := env.Start(func(c *pipeline.Config) {
-					c.NATS, c.Registry, c.FlushEvery = nc, prometheus.NewRegistry(), time.Second
+					c.NATS, c.Registry, c.Engine.FlushEvery = nc, prometheus.NewRegistry(), time.Second
 				})
 				env.WaitCaughtUp(r)
 				took := time.Since(start)

@@ -18,8 +18,8 @@ import (
 	"github.com/spaces-authz/spaces-authz/internal/natstest"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
-	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 const relC = "com.atproto.space.relation"
@@ -143,7 +143,7 @@ func TestMessagesSubjectsAndSchema(t *testing.T) {
 				m.msg.Relationships, w.subject, w.id, w.seq, w.rels)
 		}
 	}
-	if got := msgs[4].msg.Relationships[0]; got != "space:"+projector.ObjectID(alice, "s")+"#editor@acct:"+projector.EncodeDID(bob) {
+	if got := msgs[4].msg.Relationships[0]; got != "space:"+view.ObjectID(alice, "s")+"#editor@acct:"+view.EncodeDID(bob) {
 		t.Errorf("update's relationship %s", got)
 	}
 	if msgs[2].msg.Rejected == nil || msgs[2].msg.Rejected.Reason != "foreign_resource" {
@@ -173,9 +173,9 @@ func TestRewindReplayIsDeduplicated(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The same Move `consumer rewind --to 0` does.
-	store := &checkpoint.SpiceDB{Client: e.Client, Name: "default", Holder: "rewinder"}
-	if _, err := store.Move(t.Context(), func(st spice.ProjectorState) (int64, []spice.Marker, error) {
-		return 0, []spice.Marker{{Rel: projector.RelRewind, Old: st.Rewind, New: st.Cursor}}, nil
+	lease := spice.LeaseConfig{Client: e.Client, Name: "default", Holder: "rewinder"}
+	if _, err := spice.MoveProgress(t.Context(), lease, func(st checkpoint.State) (checkpoint.Step, error) {
+		return checkpoint.Rewind("default", st, 0)
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestRawModePublishesEveryCollection(t *testing.T) {
 	ns := natstest.InProcess(t)
 	e := New(t)
 	alice := Must(e.PDS.CreateAccount("alice")).DID()
-	r := startWithNATS(e, ns.ClientURL(), prometheus.NewRegistry(), func(c *pipeline.Config) { c.PublishAllCollections = true })
+	r := startWithNATS(e, ns.ClientURL(), prometheus.NewRegistry(), func(c *pipeline.Config) { c.Engine.PublishAllCollections = true })
 	_, _, _ = e.PDS.Commit(alice, fakepds.Write{Action: "create", Collection: "app.bsky.feed.post", RKey: "p1",
 		Value: map[string]any{"$type": "app.bsky.feed.post", "text": "hi", "createdAt": "2026-01-01T00:00:00Z"}},
 		Space("create", "s", false))

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // SchemaJSON is the JSON Schema of a Message (fanout/change.schema.json).
@@ -67,7 +67,7 @@ type Rejected struct {
 
 // build turns a change into its messages: the change itself, and for a
 // rejected record a dead-letter message too.
-func build(c projector.Change, token, source, prefix string, maxRecord int) ([]outMsg, error) {
+func build(c view.Change, token, source, prefix string, maxRecord int) ([]outMsg, error) {
 	m := Message{V: Version, Kind: KindChange, Seq: c.Seq, OpIndex: c.OpIndex, DID: c.DID, Rev: c.Rev, Time: c.Time,
 		URI: "at://" + c.DID + "/" + c.Collection + "/" + c.RKey, Collection: c.Collection, RKey: c.RKey, Action: c.Action,
 		CID: c.CID, Projected: c.Projected, Resync: c.Resync, ZedToken: token, Relationships: []string{}}
@@ -111,7 +111,7 @@ func build(c projector.Change, token, source, prefix string, maxRecord int) ([]o
 }
 
 // changeID is the deterministic Nats-Msg-Id of a change.
-func changeID(source string, c projector.Change) string {
+func changeID(source string, c view.Change) string {
 	if c.Resync {
 		return fmt.Sprintf("%s:resync:%s:%s:%s/%s", source, c.DID, c.Rev, c.Collection, c.RKey)
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/spaces-authz/spaces-authz/internal/backoff"
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // Defaults for Config fields left zero.
@@ -108,10 +108,8 @@ type Publisher struct {
 	queue chan job
 }
 
-var _ projector.Publisher = (*Publisher)(nil)
-
 type job struct {
-	changes []projector.Change
+	changes []view.Change
 	token   string
 	done    func()
 }
@@ -207,7 +205,7 @@ func (p *Publisher) Connected() bool { return p.nc.IsConnected() }
 // Publish queues a committed batch's changes; done is called once JetStream
 // acknowledged every message. It blocks while QueueBatches batches wait
 // (NATS down or slow): the projector then stops taking events.
-func (p *Publisher) Publish(ctx context.Context, changes []projector.Change, token string, done func()) error {
+func (p *Publisher) Publish(ctx context.Context, changes []view.Change, token string, done func()) error {
 	select {
 	case p.queue <- job{changes: changes, token: token, done: done}:
 		return nil

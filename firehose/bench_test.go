@@ -18,11 +18,12 @@ import (
 	car "github.com/ipld/go-car"
 	cbg "github.com/whyrusleeping/cbor-gen"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/capture"
 	"github.com/spaces-authz/spaces-authz/internal/replay"
 	"github.com/spaces-authz/spaces-authz/internal/synth"
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // indigoFullDecode is what a consumer built on indigo does with a frame:
@@ -74,7 +75,7 @@ func decodeAllRecords(c *comatproto.SyncSubscribeRepos_Commit) (int, error) {
 func loadFrames(b *testing.B, which string) [][]byte {
 	b.Helper()
 	if which == "synthetic" { // the synthetic mix without the frames that match the rules
-		rules := projector.DefaultRules()
+		rules := view.DefaultRules()
 		var out [][]byte
 		for _, f := range loadFrames(b, "synthetic-mix") {
 			fr, err := firehose.DecodeFrame(f, rules.MatchPath)
@@ -108,7 +109,7 @@ func loadFrames(b *testing.B, which string) [][]byte {
 // the synthetic stream without the ~3% of frames that touch projected
 // records; "synthetic-mix" keeps them (the consumer then reads their CARs).
 func BenchmarkDecodeNoMatch(b *testing.B) {
-	rules := projector.DefaultRules()
+	rules := view.DefaultRules()
 	for _, which := range []string{"relay-corpus", "synthetic", "synthetic-mix"} {
 		frames := loadFrames(b, which)
 		b.Run(which, func(b *testing.B) {
@@ -149,7 +150,7 @@ func BenchmarkDecodeNoMatch(b *testing.B) {
 // filter) against indigo's HandleRepoStream with the sequential scheduler
 // and a full decode of every record. Both share the machine with the server.
 func BenchmarkStreamNoMatch(b *testing.B) {
-	rules := projector.DefaultRules()
+	rules := view.DefaultRules()
 	for _, which := range []string{"relay-corpus", "synthetic"} {
 		raw := loadFrames(b, which)
 		frames, _ := replay.Prepare(raw)
@@ -174,7 +175,7 @@ func BenchmarkStreamNoMatch(b *testing.B) {
 	}
 }
 
-type doneHandler struct{ tr *firehose.Tracker }
+type doneHandler struct{ tr *checkpoint.Tracker }
 
 func (h doneHandler) HandleEvent(_ context.Context, ev *firehose.Event) error {
 	h.tr.Done(ev.Seq)
@@ -182,8 +183,8 @@ func (h doneHandler) HandleEvent(_ context.Context, ev *firehose.Event) error {
 }
 func (h doneHandler) HandleInfo(context.Context, firehose.Info) error { return nil }
 
-func timeOurs(b *testing.B, srv *replay.Server, rules *projector.Rules) time.Duration {
-	tr := firehose.NewTracker(0, 0)
+func timeOurs(b *testing.B, srv *replay.Server, rules *view.Rules) time.Duration {
+	tr := checkpoint.NewTracker(0, 0, nil)
 	c, err := firehose.New(firehose.Config{URL: srv.URL(), Tracker: tr, Handler: doneHandler{tr}, Filter: rules.MatchPath,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {

@@ -17,8 +17,10 @@ import (
 	"github.com/gorilla/websocket"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/internal/backoff"
 	"github.com/spaces-authz/spaces-authz/internal/crashpoint"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // Handler receives the stream. HandleEvent is called for the events of one
@@ -51,7 +53,7 @@ type Config struct {
 	// the /xrpc/com.atproto.sync.subscribeRepos path.
 	URL string
 	// Tracker (required) holds the position to resume from and admits events.
-	Tracker *Tracker
+	Tracker *checkpoint.Tracker
 	// Handler (required) receives events and #info messages.
 	Handler Handler
 	// Filter selects the ops whose records are read. Nil reads every op.
@@ -87,7 +89,7 @@ func (c *Config) Validate() error {
 	if c.URL == "" {
 		return errors.New("firehose: config: URL is required")
 	}
-	if _, err := StreamURL(c.URL, NoCursor); err != nil {
+	if _, err := StreamURL(c.URL, checkpoint.None); err != nil {
 		return err
 	}
 	if c.Tracker == nil {
@@ -182,7 +184,7 @@ func (c *Client) setConnected(up bool, err error) {
 }
 
 // StreamURL builds the subscribeRepos URL for base and an exclusive cursor
-// (NoCursor for live only).
+// (checkpoint.None for live only).
 func StreamURL(base string, cursor int64) (string, error) {
 	u, err := url.Parse(base)
 	if err != nil {
@@ -260,7 +262,7 @@ func (c *Client) deliver(ctx context.Context, lane <-chan *Frame) error {
 			if e := f.Event.Ops[i].Err; e != nil {
 				c.cfg.Metrics.badOp(e.Reason)
 				c.log.Warn("record unreadable", "reason", e.Reason, "did", f.Event.DID, "seq", f.Event.Seq,
-					"path", clip(f.Event.Ops[i].Path()), "detail", clip(e.Detail))
+					"path", view.Clip(f.Event.Ops[i].Path()), "detail", view.Clip(e.Detail))
 			}
 		}
 		if err := c.cfg.Handler.HandleEvent(ctx, f.Event); err != nil {
@@ -308,36 +310,14 @@ func (c *Client) readLoop(ctx context.Context, lanes []chan *Frame) error {
 // and why the connection ended.
 func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) {
 	cursor := c.cfg.Tracker.Watermark()
-	u, err := StreamURL(c.cfg.URL, cursor)
+	conn, err := c.dial(ctx, cursor)
 	if err != nil {
 		return 0, err
 	}
-	conn, resp, err := c.cfg.Dialer.DialContext(ctx, u, nil)
-	if resp != nil && resp.Body != nil {
-		_ = resp.Body.Close()
-	}
-	if err != nil {
-		if resp != nil {
-			return 0, fmt.Errorf("firehose: dial %s: %w (HTTP %d)", redact(u), err, resp.StatusCode)
-		}
-		return 0, fmt.Errorf("firehose: dial %s: %w", redact(u), err)
-	}
 	defer conn.Close()
-	c.setConnected(true, nil)
-	c.log.Info("stream connected", "url", redact(u), "cursor", cursor)
-	crashpoint.Hit(crashpoint.Reconnect)
-	first := false
-	c.readyOnce.Do(func() {
-		first = true
-		close(c.ready)
-	})
-	if !first && cursor == NoCursor {
-		c.log.Warn("reconnected live without a cursor: events between the connections may be missing")
-		if err := c.cfg.Handler.HandleInfo(ctx, Info{Name: InfoLiveGap, Message: "reconnected without a cursor"}); err != nil {
-			return 0, &handlerError{fmt.Errorf("firehose: handle live gap: %w", err)}
-		}
+	if err := c.announce(ctx, cursor); err != nil {
+		return 0, err
 	}
-
 	sctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
@@ -349,7 +329,53 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 		defer wg.Done()
 		c.keepAlive(sctx, conn)
 	}()
+	return c.readEvents(ctx, conn, lanes, cursor)
+}
 
+// dial opens the stream from the exclusive cursor (None: live).
+func (c *Client) dial(ctx context.Context, cursor int64) (*websocket.Conn, error) {
+	u, err := StreamURL(c.cfg.URL, cursor)
+	if err != nil {
+		return nil, err
+	}
+	conn, resp, err := c.cfg.Dialer.DialContext(ctx, u, nil)
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
+	}
+	if err != nil {
+		if resp != nil {
+			return nil, fmt.Errorf("firehose: dial %s: %w (HTTP %d)", redact(u), err, resp.StatusCode)
+		}
+		return nil, fmt.Errorf("firehose: dial %s: %w", redact(u), err)
+	}
+	c.setConnected(true, nil)
+	c.log.Info("stream connected", "url", redact(u), "cursor", cursor)
+	crashpoint.Hit(crashpoint.Reconnect)
+	return conn, nil
+}
+
+// announce marks the first connection ready, and tells the handler when a
+// later one had no cursor to resume from: events between the connections
+// may be missing.
+func (c *Client) announce(ctx context.Context, cursor int64) error {
+	first := false
+	c.readyOnce.Do(func() {
+		first = true
+		close(c.ready)
+	})
+	if first || cursor != checkpoint.None {
+		return nil
+	}
+	c.log.Warn("reconnected live without a cursor: events between the connections may be missing")
+	if err := c.cfg.Handler.HandleInfo(ctx, Info{Name: InfoLiveGap, Message: "reconnected without a cursor"}); err != nil {
+		return &handlerError{fmt.Errorf("firehose: handle live gap: %w", err)}
+	}
+	return nil
+}
+
+// readEvents reads frames until the connection ends, and hands each new
+// event to its DID's lane.
+func (c *Client) readEvents(ctx context.Context, conn *websocket.Conn, lanes []chan *Frame, cursor int64) (int, error) {
 	// The read deadline moves at most every slack (a tenth of the timeout,
 	// at most a second): setting it per frame costs more than decoding a
 	// frame nobody projects.
@@ -382,45 +408,19 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 			return n, fmt.Errorf("firehose: read frame: %w", err)
 		}
 		c.cfg.Metrics.read(len(frame))
-		if over > 0 {
-			c.cfg.Metrics.badFrame(ReasonOversized)
-			c.log.Warn("oversized frame skipped", "bytes", over, "limit", c.cfg.MaxFrameBytes)
-			continue
-		}
-		if mt != websocket.BinaryMessage {
-			c.cfg.Metrics.badFrame(ReasonTextFrame)
-			c.log.Warn("non-binary frame skipped", "type", mt, "bytes", len(frame))
-			continue
-		}
 		if cap(frame) > cap(buf) && cap(frame) <= 1<<20 {
 			buf = frame[:0]
 		}
-		if c.cfg.OnFrame != nil {
-			c.cfg.OnFrame(frame)
-		}
-		f, err := DecodeFrame(frame, c.cfg.Filter)
-		if err != nil {
-			var bf *BadFrameError
-			reason := ReasonMalformedFrame
-			if errors.As(err, &bf) {
-				reason = bf.Reason
+		f, err := c.decode(mt, frame, over)
+		if f == nil {
+			if err != nil {
+				return n, err
 			}
-			c.cfg.Metrics.badFrame(reason)
-			c.log.Warn("bad frame skipped", "reason", reason, "err", clip(err.Error()), "bytes", len(frame))
 			continue
 		}
-		switch {
-		case f.Err != nil:
-			c.cfg.Metrics.errorFrame(f.Err.Name)
-			if f.Err.Name == "FutureCursor" {
-				return n, fmt.Errorf("firehose: cursor %d: %w (PDS said: %s)", cursor, ErrFutureCursor, clip(f.Err.Message))
-			}
-			return n, f.Err
-		case f.Info != nil:
-			c.cfg.Metrics.info(f.Info.Name)
-			c.log.Warn("stream info message", "name", clip(f.Info.Name), "message", clip(f.Info.Message), "cursor", cursor)
-			if err := c.cfg.Handler.HandleInfo(ctx, *f.Info); err != nil {
-				return n, &handlerError{fmt.Errorf("firehose: handle info %s: %w", clip(f.Info.Name), err)}
+		if err := c.control(ctx, f, cursor); err != nil || f.Event == nil {
+			if err != nil {
+				return n, err
 			}
 			continue
 		}
@@ -431,7 +431,7 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 			c.cfg.Metrics.duplicate()
 			continue
 		}
-		// The frame buffer is reused below; DecodeFrame copies everything it
+		// The frame buffer is reused; DecodeFrame copies everything it
 		// keeps (cbor-gen allocates byte strings), so f holds no reference.
 		if err := c.cfg.Tracker.Begin(ctx, ev.Seq); err != nil {
 			if ctx.Err() != nil {
@@ -440,15 +440,7 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 			return n, err
 		}
 		delivered = ev.Seq
-		ts, _ := parseTime(ev.Time)
-		c.cfg.Metrics.event(ev, ts)
-		c.mu.Lock()
-		c.lastRead = now
-		if !ts.IsZero() {
-			c.headTime = ts
-		}
-		c.mu.Unlock()
-		c.cfg.Metrics.setInFlight(c.cfg.Tracker.InFlight())
+		c.observe(ev, now)
 		select {
 		case lanes[lane(ev.DID, len(lanes))] <- f:
 		case <-ctx.Done():
@@ -456,6 +448,68 @@ func (c *Client) session(ctx context.Context, lanes []chan *Frame) (int, error) 
 		}
 		n++
 	}
+}
+
+// decode turns one websocket message into a frame. Unusable messages
+// (oversized, text, undecodable) are counted, logged and skipped: nil, nil.
+func (c *Client) decode(mt int, frame []byte, over int) (*Frame, error) {
+	if over > 0 {
+		c.cfg.Metrics.badFrame(ReasonOversized)
+		c.log.Warn("oversized frame skipped", "bytes", over, "limit", c.cfg.MaxFrameBytes)
+		return nil, nil
+	}
+	if mt != websocket.BinaryMessage {
+		c.cfg.Metrics.badFrame(ReasonTextFrame)
+		c.log.Warn("non-binary frame skipped", "type", mt, "bytes", len(frame))
+		return nil, nil
+	}
+	if c.cfg.OnFrame != nil {
+		c.cfg.OnFrame(frame)
+	}
+	f, err := DecodeFrame(frame, c.cfg.Filter)
+	if err != nil {
+		var bf *BadFrameError
+		reason := ReasonMalformedFrame
+		if errors.As(err, &bf) {
+			reason = bf.Reason
+		}
+		c.cfg.Metrics.badFrame(reason)
+		c.log.Warn("bad frame skipped", "reason", reason, "err", view.Clip(err.Error()), "bytes", len(frame))
+		return nil, nil
+	}
+	return f, nil
+}
+
+// control handles error and #info frames: an error frame ends the
+// connection (FutureCursor fatally), an #info goes to the handler.
+func (c *Client) control(ctx context.Context, f *Frame, cursor int64) error {
+	switch {
+	case f.Err != nil:
+		c.cfg.Metrics.errorFrame(f.Err.Name)
+		if f.Err.Name == "FutureCursor" {
+			return fmt.Errorf("firehose: cursor %d: %w (PDS said: %s)", cursor, ErrFutureCursor, view.Clip(f.Err.Message))
+		}
+		return f.Err
+	case f.Info != nil:
+		c.cfg.Metrics.info(f.Info.Name)
+		c.log.Warn("stream info message", "name", view.Clip(f.Info.Name), "message", view.Clip(f.Info.Message), "cursor", cursor)
+		if err := c.cfg.Handler.HandleInfo(ctx, *f.Info); err != nil {
+			return &handlerError{fmt.Errorf("firehose: handle info %s: %w", view.Clip(f.Info.Name), err)}
+		}
+	}
+	return nil
+}
+
+// observe records an event read: metrics, the head time, the last read.
+func (c *Client) observe(ev *Event, now time.Time) {
+	ts, _ := parseTime(ev.Time)
+	c.cfg.Metrics.event(ev, ts)
+	c.mu.Lock()
+	c.lastRead = now
+	if !ts.IsZero() {
+		c.headTime = ts
+	}
+	c.mu.Unlock()
 }
 
 // readFrame reads one message into buf, up to limit bytes. A longer message

@@ -14,6 +14,7 @@ import (
 	carutil "github.com/ipld/go-car/util"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/fakepds"
 	"github.com/spaces-authz/spaces-authz/internal/testenv"
@@ -22,7 +23,7 @@ import (
 // recorder is a Handler that records what it is given and marks events done
 // (unless hold is set, in which case the test finishes them).
 type recorder struct {
-	tr      *firehose.Tracker
+	tr      *checkpoint.Tracker
 	mu      sync.Mutex
 	events  []*firehose.Event
 	seqs    map[int64]int
@@ -32,7 +33,7 @@ type recorder struct {
 	hold    bool
 }
 
-func newRecorder(tr *firehose.Tracker) *recorder {
+func newRecorder(tr *checkpoint.Tracker) *recorder {
 	return &recorder{tr: tr, seqs: map[int64]int{}}
 }
 
@@ -150,7 +151,7 @@ func TestDecodesAccountsAndFilteredOps(t *testing.T) {
 	if _, _, err := pds.Commit(alice.DID(), fakepds.Write{Action: "delete", Collection: "com.atproto.space.space", RKey: "root"}); err != nil {
 		t.Fatal(err)
 	}
-	tr := firehose.NewTracker(0, 0)
+	tr := checkpoint.NewTracker(0, 0, nil)
 	rec := newRecorder(tr)
 	start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec, Filter: onlySpaces})
 	waitFor(t, "7 events", func() bool { return rec.count() == 7 })
@@ -188,7 +189,7 @@ func TestDecodesAccountsAndFilteredOps(t *testing.T) {
 func TestResumeFromWatermarkAfterDrop(t *testing.T) {
 	pds := fakepds.New(t)
 	a, _ := pds.CreateAccount("alice")
-	tr := firehose.NewTracker(0, 0)
+	tr := checkpoint.NewTracker(0, 0, nil)
 	rec := newRecorder(tr)
 	rec.hold = true // the test decides what is done
 	r := start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec})
@@ -232,7 +233,7 @@ func rkey(i int) string { return "k" + string(rune('a'+i%26)) + string(rune('a'+
 func TestFutureCursorIsFatal(t *testing.T) {
 	pds := fakepds.New(t)
 	_, _ = pds.CreateAccount("alice")
-	tr := firehose.NewTracker(1000, 0)
+	tr := checkpoint.NewTracker(1000, 0, nil)
 	r := start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: newRecorder(tr)})
 	select {
 	case err := <-r.done:
@@ -255,7 +256,7 @@ func TestOutdatedCursorIsSurfaced(t *testing.T) {
 		_, _, _ = pds.Commit(a.DID(), postWrite(rkey(i)))
 	}
 	pds.Trim(8) // seqs 1..7 are gone
-	tr := firehose.NewTracker(2, 0)
+	tr := checkpoint.NewTracker(2, 0, nil)
 	rec := newRecorder(tr)
 	start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec})
 	waitFor(t, "replay from the oldest kept event", func() bool { return rec.count() == 3 })
@@ -272,7 +273,7 @@ func TestOutdatedCursorIsSurfaced(t *testing.T) {
 func TestConnectionCutMidFrame(t *testing.T) {
 	pds := fakepds.New(t)
 	a, _ := pds.CreateAccount("alice")
-	tr := firehose.NewTracker(0, 0)
+	tr := checkpoint.NewTracker(0, 0, nil)
 	rec := newRecorder(tr)
 	start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec})
 	waitFor(t, "account events", func() bool { return rec.count() == 4 })
@@ -292,7 +293,7 @@ func TestConnectionCutMidFrame(t *testing.T) {
 func TestBadFramesAreCountedAndSkipped(t *testing.T) {
 	pds := fakepds.New(t)
 	a, _ := pds.CreateAccount("alice")
-	tr := firehose.NewTracker(0, 0)
+	tr := checkpoint.NewTracker(0, 0, nil)
 	rec := newRecorder(tr)
 	r := start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec, MaxFrameBytes: 64 << 10})
 	waitFor(t, "account events", func() bool { return rec.count() == 4 })
@@ -403,7 +404,7 @@ func TestSlowConsumerBlocksReader(t *testing.T) {
 	}
 	total := int(pds.Head())
 	const maxInFlight, workers, depth = 48, 2, 4
-	tr := firehose.NewTracker(0, maxInFlight)
+	tr := checkpoint.NewTracker(0, maxInFlight, nil)
 	rec := newRecorder(tr)
 	rec.gate = make(chan struct{})
 	rec.hold = true
@@ -459,7 +460,7 @@ func TestManyDIDsInterleaved(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tr := firehose.NewTracker(0, 64)
+	tr := checkpoint.NewTracker(0, 64, nil)
 	rec := newRecorder(tr)
 	rec.hold = true
 	start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec, Workers: 4, QueueDepth: 8})
@@ -531,7 +532,7 @@ func TestStreamURL(t *testing.T) {
 			t.Errorf("StreamURL(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
-	if got, _ := firehose.StreamURL("ws://h", firehose.NoCursor); got != "ws://h/xrpc/com.atproto.sync.subscribeRepos" {
+	if got, _ := firehose.StreamURL("ws://h", checkpoint.None); got != "ws://h/xrpc/com.atproto.sync.subscribeRepos" {
 		t.Errorf("live URL %q", got)
 	}
 	for _, bad := range []string{"ftp://x", "x", "http://"} {

@@ -12,6 +12,7 @@ import (
 	"github.com/bluesky-social/indigo/atproto/syntax"
 	"github.com/bluesky-social/indigo/events"
 	"github.com/ipfs/go-cid"
+	"github.com/spaces-authz/spaces-authz/view"
 	cbg "github.com/whyrusleeping/cbor-gen"
 )
 
@@ -141,7 +142,7 @@ func DecodeFrame(b []byte, filter Filter) (*Frame, error) {
 			f.Info.Message = *s.Message
 		}
 	default:
-		return nil, bad(ReasonUnknownType, "message type %q", clip(h.MsgType))
+		return nil, bad(ReasonUnknownType, "message type %q", view.Clip(h.MsgType))
 	}
 	if f.Event != nil && f.Event.Seq <= 0 {
 		return nil, bad(ReasonMalformedFrame, "%s without a positive seq", h.MsgType)
@@ -151,7 +152,7 @@ func DecodeFrame(b []byte, filter Filter) (*Frame, error) {
 
 func checkDID(did string) error {
 	if _, err := syntax.ParseDID(did); err != nil {
-		return bad(ReasonInvalidDID, "%q: %w", clip(did), err)
+		return bad(ReasonInvalidDID, "%q: %w", view.Clip(did), err)
 	}
 	return nil
 }
@@ -159,13 +160,13 @@ func checkDID(did string) error {
 func splitOpPath(path string) (coll, rkey string, err error) {
 	coll, rkey, ok := strings.Cut(path, "/")
 	if !ok || strings.Contains(rkey, "/") {
-		return "", "", bad(ReasonBadPath, "op path %q", clip(path))
+		return "", "", bad(ReasonBadPath, "op path %q", view.Clip(path))
 	}
 	if !validNSID(coll) {
-		return "", "", bad(ReasonBadPath, "op path %q: the collection is not an NSID", clip(path))
+		return "", "", bad(ReasonBadPath, "op path %q: the collection is not an NSID", view.Clip(path))
 	}
 	if !validRecordKey(rkey) {
-		return "", "", bad(ReasonBadPath, "op path %q: not a valid record key", clip(path))
+		return "", "", bad(ReasonBadPath, "op path %q: not a valid record key", view.Clip(path))
 	}
 	return coll, rkey, nil
 }
@@ -218,7 +219,7 @@ func (f *Frame) DecodeRecords() {
 		}
 		rec, err := atdata.UnmarshalCBOR(data)
 		if err != nil {
-			op.Err = &OpError{Reason: ReasonMalformedRec, Detail: clip(err.Error())}
+			op.Err = &OpError{Reason: ReasonMalformedRec, Detail: view.Clip(err.Error())}
 			out = append(out, op)
 			continue
 		}
@@ -270,13 +271,4 @@ func readCAR(b []byte) (map[string][]byte, error) {
 		out[c.KeyString()] = sec[cl:]
 	}
 	return out, nil
-}
-
-// clip bounds an input-supplied string before it goes into an error or log.
-func clip(s string) string {
-	const maxLen = 96
-	if len(s) <= maxLen {
-		return s
-	}
-	return s[:maxLen] + "…"
 }

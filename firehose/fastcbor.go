@@ -6,6 +6,7 @@ import (
 	"unsafe"
 
 	"github.com/ipfs/go-cid"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // A minimal CBOR reader over a byte slice, for the hot path: #commit frames
@@ -314,7 +315,7 @@ func decodeCommit(b []byte, filter Filter) (*Event, []byte, error) {
 			}
 		default:
 			if err := r.skip(0); err != nil {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit %q: %w", clip(string(k)), err)
+				return nil, nil, bad(ReasonMalformedFrame, "#commit %q: %w", view.Clip(string(k)), err)
 			}
 		}
 	}
@@ -361,7 +362,7 @@ func (r *cborReader) readOp(filter Filter) (Op, bool, error) {
 			err = r.skip(0)
 		}
 		if err != nil {
-			return Op{}, false, bad(ReasonMalformedFrame, "op %q: %w", clip(string(k)), err)
+			return Op{}, false, bad(ReasonMalformedFrame, "op %q: %w", view.Clip(string(k)), err)
 		}
 	}
 	if filter != nil && !filter(unsafeString(path)) {
@@ -373,7 +374,7 @@ func (r *cborReader) readOp(filter Filter) (Op, bool, error) {
 	if cidBytes != nil {
 		parsed, err := cid.Cast(cidBytes)
 		if err != nil {
-			return Op{}, false, bad(ReasonBadAction, "op %q: cid: %w", clip(p), err)
+			return Op{}, false, bad(ReasonBadAction, "op %q: cid: %w", view.Clip(p), err)
 		}
 		c = &parsed
 	}
@@ -391,12 +392,12 @@ func parseOpFields(action, path string, c *cid.Cid) (Op, error) {
 	switch o.Action {
 	case ActionCreate, ActionUpdate:
 		if c == nil {
-			return Op{}, bad(ReasonBadAction, "%s of %q without a cid", action, clip(path))
+			return Op{}, bad(ReasonBadAction, "%s of %q without a cid", action, view.Clip(path))
 		}
 		o.CID = *c
 	case ActionDelete:
 	default:
-		return Op{}, bad(ReasonBadAction, "action %q", clip(action))
+		return Op{}, bad(ReasonBadAction, "action %q", view.Clip(action))
 	}
 	return o, nil
 }

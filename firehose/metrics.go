@@ -21,7 +21,6 @@ type Metrics struct {
 	frameBytes   prometheus.Counter
 	infos        *prometheus.CounterVec
 	errorFrames  *prometheus.CounterVec
-	inFlight     prometheus.Gauge
 	repoFetches  *prometheus.CounterVec
 	repoFetchDur prometheus.Histogram
 }
@@ -51,8 +50,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "info_messages_total", Help: "#info messages, by name."}, []string{"name"}),
 		errorFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
 			Name: "error_frames_total", Help: "Error frames sent by the PDS, by name."}, []string{"name"}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Subsystem: "firehose",
-			Name: "in_flight_events", Help: "Events read and not yet passed by the watermark."}),
 		repoFetches: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "sync",
 			Name: "repo_fetches_total", Help: "getRepo calls, by result."}, []string{"result"}),
 		repoFetchDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "consumer", Subsystem: "sync",
@@ -60,7 +57,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
 	}
 	reg.MustRegister(m.events, m.badFrames, m.badOps, m.duplicates, m.reconnects, m.connected, m.headSeq,
-		m.headTime, m.frameBytes, m.infos, m.errorFrames, m.inFlight, m.repoFetches, m.repoFetchDur)
+		m.headTime, m.frameBytes, m.infos, m.errorFrames, m.repoFetches, m.repoFetchDur)
 	for _, k := range []Kind{KindCommit, KindSync, KindIdentity, KindAccount} {
 		m.eventsByKind[k] = m.events.WithLabelValues(k.String())
 	}
@@ -148,12 +145,6 @@ func (m *Metrics) errorFrame(name string) {
 		name = "other"
 	}
 	m.errorFrames.WithLabelValues(name).Inc()
-}
-
-func (m *Metrics) setInFlight(n int) {
-	if m != nil {
-		m.inFlight.Set(float64(n))
-	}
 }
 
 func (m *Metrics) repoFetch(result string, seconds float64) {

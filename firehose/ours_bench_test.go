@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // BenchmarkDecodeFrameNoMatch is the consumer's hot path alone (for
@@ -12,7 +12,7 @@ import (
 func BenchmarkDecodeFrameNoMatch(b *testing.B) {
 	for _, which := range []string{"relay-corpus", "synthetic"} {
 		frames := loadFrames(b, which)
-		rules := projector.DefaultRules()
+		rules := view.DefaultRules()
 		b.Run(which, func(b *testing.B) {
 			b.ReportAllocs()
 			for i := range b.N {

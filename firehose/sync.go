@@ -17,6 +17,7 @@ import (
 	"github.com/bluesky-social/indigo/atproto/repo"
 	"github.com/bluesky-social/indigo/atproto/syntax"
 	"github.com/ipfs/go-cid"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // DefaultMaxRepoBytes bounds a getRepo CAR read into memory.
@@ -174,7 +175,7 @@ func ReadRepoCAR(ctx context.Context, car []byte, keep func(string) bool) (*Snap
 			}
 			v, derr := atdata.UnmarshalCBOR(blk.RawData())
 			if derr != nil {
-				rec.Err = &OpError{Reason: ReasonMalformedRec, Detail: clip(derr.Error())}
+				rec.Err = &OpError{Reason: ReasonMalformedRec, Detail: view.Clip(derr.Error())}
 				break
 			}
 			rec.Value = v
@@ -265,7 +266,7 @@ func (c *SyncClient) get(ctx context.Context, method string, q url.Values) (io.R
 		Message string `json:"message"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body); err == nil {
-		xe.Name, xe.Message = body.Error, clip(body.Message)
+		xe.Name, xe.Message = body.Error, view.Clip(body.Message)
 	} else {
 		xe.Name, xe.Message = http.StatusText(resp.StatusCode), errNotXRPCAnswer.Error()
 	}

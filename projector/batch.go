@@ -1,8 +1,13 @@
 package projector
 
+import (
+	"github.com/spaces-authz/spaces-authz/checkpoint"
+	"github.com/spaces-authz/spaces-authz/view"
+)
+
 // unit is a group of updates that must commit together: one record's data
 // tuples with their lineage, or an event's bookkeeping.
-type unit []Update
+type unit []view.Update
 
 // batch is the content of one WriteRelationships call: updates collapsed to
 // their final state (one op per relationship, the last decided wins), the
@@ -10,29 +15,30 @@ type unit []Update
 type batch struct {
 	id    uint64
 	limit int
-	ups   map[Tuple]Op
-	order []Tuple
+	ups   map[view.Tuple]view.Op
+	order []view.Tuple
 	// seqs are the events fully applied once this batch commits.
 	seqs []int64
 	// revs are the repo revs applied once this batch commits.
 	revs map[string]string
 	// changes are the record changes this batch applies, for fan-out.
-	changes []Change
+	changes []view.Change
 	// events counts the events whose work is in this batch (metrics).
 	events int
 	// newestTime is the newest event time applied by this batch (lag).
 	newestTime string
-	// noCursor: the batch must not store the cursor (it was opened before
-	// a first run's rebuild marker; see Config.AwaitRebuild).
-	noCursor bool
+	// markers are the rebuild-marker changes this batch stores with its
+	// data (the write's checkpoint step carries them).
+	markers checkpoint.Markers
 }
 
 func newBatch(id uint64, limit int) *batch {
-	return &batch{id: id, limit: limit, ups: make(map[Tuple]Op)}
+	return &batch{id: id, limit: limit, ups: make(map[view.Tuple]view.Op), markers: checkpoint.NoMarkers()}
 }
 
 func (b *batch) empty() bool {
-	return len(b.ups) == 0 && len(b.seqs) == 0 && len(b.revs) == 0 && len(b.changes) == 0
+	return len(b.ups) == 0 && len(b.seqs) == 0 && len(b.revs) == 0 && len(b.changes) == 0 &&
+		b.markers == checkpoint.NoMarkers()
 }
 
 func (b *batch) addUnit(u unit) {
@@ -49,10 +55,10 @@ func (b *batch) addUnit(u unit) {
 func (b *batch) fits(n int) bool { return len(b.ups)+n <= b.limit }
 
 // updates lists the collapsed updates in first-decided order.
-func (b *batch) updates() []Update {
-	out := make([]Update, 0, len(b.order))
+func (b *batch) updates() []view.Update {
+	out := make([]view.Update, 0, len(b.order))
 	for _, t := range b.order {
-		out = append(out, Update{Op: b.ups[t], Tuple: t})
+		out = append(out, view.Update{Op: b.ups[t], Tuple: t})
 	}
 	return out
 }

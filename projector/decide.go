@@ -7,6 +7,7 @@ import (
 	"github.com/bluesky-social/indigo/atproto/syntax"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // Account statuses as stored. Active is stored as "active" (with its seq)
@@ -41,8 +42,8 @@ func (a *applier) decide(ev *firehose.Event) error {
 		a.hold(d, ev)
 		return nil
 	}
-	if ev.Kind != firehose.KindIdentity && ev.Seq <= e.cfg.RewindSeq && !e.rewound[ev.DID] {
-		e.rewound[ev.DID] = true
+	if ev.Kind != firehose.KindIdentity && ev.Seq <= e.rewind && !a.rewound[ev.DID] {
+		a.rewound[ev.DID] = true
 		a.startResync(d, ev, TriggerRewind)
 		return nil
 	}
@@ -78,7 +79,7 @@ func (a *applier) hold(d *didState, ev *firehose.Event) {
 func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 	e := a.e
 	if _, err := syntax.ParseTID(ev.Rev); err != nil {
-		e.log.Warn("commit with an invalid rev skipped", "did", d.did, "seq", ev.Seq, "rev", clip(ev.Rev))
+		e.log.Warn("commit with an invalid rev skipped", "did", d.did, "seq", ev.Seq, "rev", view.Clip(ev.Rev))
 		a.settle(ev, nil)
 		return nil
 	}
@@ -89,7 +90,7 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 				// instead of guessing (the reference PDS can lose a block
 				// shared by identical records).
 				e.log.Warn("a commit lacks a record's block; resyncing the repo", "did", d.did, "seq", ev.Seq,
-					"path", clip(op.Path()), "reason", op.Err.Reason)
+					"path", view.Clip(op.Path()), "reason", op.Err.Reason)
 				a.startResync(d, ev, TriggerUnreadable)
 				return nil
 			}
@@ -119,6 +120,15 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 	if err != nil {
 		return err
 	}
+	units := a.recordUnits(d, l, changes)
+	a.commitUnits(d, ev, units, a.setRev(d, l, ev.Rev), changes, ev.Rev)
+	return nil
+}
+
+// recordUnits diffs each projected record of a commit against its lineage:
+// what it produces now (nothing when rejected or deleted) against what it
+// produced before.
+func (a *applier) recordUnits(d *didState, l *lineage, changes []view.Change) []unit {
 	var units []unit
 	for i := range changes {
 		c := &changes[i]
@@ -134,23 +144,22 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 			if l.parentCycle(t) {
 				// Only the repo's own checks can suffer (SpiceDB fails
 				// them closed); the record stays as written.
-				e.cfg.Metrics.cycle()
-				e.log.Warn("parent relation closes a cycle in the repo's space tree",
-					"uri", "at://"+d.did+"/"+c.Collection+"/"+c.RKey, "seq", ev.Seq)
+				a.e.cfg.Metrics.cycle()
+				a.e.log.Warn("parent relation closes a cycle in the repo's space tree",
+					"uri", "at://"+d.did+"/"+c.Collection+"/"+c.RKey, "seq", c.Seq)
 			}
 		}
 	}
-	a.commitUnits(d, ev, units, a.setRev(d, l, ev.Rev), changes, ev.Rev)
-	return nil
+	return units
 }
 
 // changes turns a commit's ops into Changes: the pure projection of each
 // record under the rules, with rejections logged and counted.
-func (a *applier) changes(d *didState, ev *firehose.Event) []Change {
+func (a *applier) changes(d *didState, ev *firehose.Event) []view.Change {
 	e := a.e
-	out := make([]Change, 0, len(ev.Ops))
+	out := make([]view.Change, 0, len(ev.Ops))
 	for i, op := range ev.Ops {
-		c := Change{Seq: ev.Seq, OpIndex: i, DID: ev.DID, Rev: ev.Rev, Time: ev.Time, Collection: op.Collection,
+		c := view.Change{Seq: ev.Seq, OpIndex: i, DID: ev.DID, Rev: ev.Rev, Time: ev.Time, Collection: op.Collection,
 			RKey: op.RKey, Action: string(op.Action), Projected: e.cfg.Rules.Projects(op.Collection)}
 		if op.Action != firehose.ActionDelete {
 			c.CID = op.CID.String()
@@ -159,14 +168,14 @@ func (a *applier) changes(d *didState, ev *firehose.Event) []Change {
 		switch {
 		case op.Action == firehose.ActionDelete:
 		case op.Err != nil:
-			c.Rejected, c.RejectDetail = Reason(op.Err.Reason), op.Err.Detail
+			c.Rejected, c.RejectDetail = view.Reason(op.Err.Reason), op.Err.Detail
 		case c.Projected:
 			c.Produces, c.Rejected, c.RejectDetail = a.project(d.did, op.Collection, op.RKey, op.Record)
 		}
 		if c.Rejected != "" && c.Projected {
 			e.cfg.Metrics.reject(c.Rejected)
 			e.log.Warn("record rejected", "uri", "at://"+ev.DID+"/"+op.Collection+"/"+op.RKey, "reason", string(c.Rejected),
-				"detail", clip(c.RejectDetail), "seq", ev.Seq)
+				"detail", view.Clip(c.RejectDetail), "seq", ev.Seq)
 		}
 		out = append(out, c)
 	}
@@ -174,20 +183,20 @@ func (a *applier) changes(d *didState, ev *firehose.Event) []Change {
 }
 
 // project applies the rules and the poison set to one record.
-func (a *applier) project(did, collection, rkey string, value map[string]any) ([]Tuple, Reason, string) {
+func (a *applier) project(did, collection, rkey string, value map[string]any) ([]view.Tuple, view.Reason, string) {
 	tuples, err := a.e.cfg.Rules.Project(did, collection, rkey, value)
 	if err != nil {
-		var rj *Rejection
+		var rj *view.Rejection
 		if errors.As(err, &rj) {
 			return nil, rj.Reason, rj.Detail
 		}
-		return nil, ReasonMalformed, err.Error()
+		return nil, view.ReasonMalformed, err.Error()
 	}
 	if a.e.cfg.Poison.Len() > 0 {
-		rid := RecordID(did, collection, rkey)
+		rid := view.RecordID(did, collection, rkey)
 		for _, t := range tuples {
-			if a.e.cfg.Poison.Has(t) || a.e.cfg.Poison.Has(LineageTuple(t, rid)) {
-				return nil, ReasonSpiceDBRefused, "SpiceDB refused " + t.String()
+			if a.e.cfg.Poison.Has(t) || a.e.cfg.Poison.Has(view.LineageTuple(t, rid)) {
+				return nil, view.ReasonSpiceDBRefused, "SpiceDB refused " + t.String()
 			}
 		}
 	}
@@ -200,9 +209,9 @@ func (a *applier) setRev(d *didState, l *lineage, rev string) unit {
 	var u unit
 	if d.known || l.size() > 0 {
 		if d.rev != "" && d.rev != rev {
-			u = append(u, Update{Op: OpDelete, Tuple: RevTuple(d.did, d.rev)})
+			u = append(u, view.Update{Op: view.OpDelete, Tuple: view.RevTuple(d.did, d.rev)})
 		}
-		u = append(u, Update{Op: OpTouch, Tuple: RevTuple(d.did, rev)})
+		u = append(u, view.Update{Op: view.OpTouch, Tuple: view.RevTuple(d.did, rev)})
 		a.e.markKnown(d)
 	}
 	d.rev = rev
@@ -211,7 +220,7 @@ func (a *applier) setRev(d *didState, l *lineage, rev string) unit {
 
 // commitUnits places an event's units (final last) and completes the event
 // with the batch holding them.
-func (a *applier) commitUnits(d *didState, ev *firehose.Event, units []unit, final unit, changes []Change, rev string) {
+func (a *applier) commitUnits(d *didState, ev *firehose.Event, units []unit, final unit, changes []view.Change, rev string) {
 	if unitsLen(units)+len(final) == 0 {
 		if rev != "" && d.known {
 			a.pending.noteRev(d.did, rev)
@@ -293,14 +302,14 @@ func (a *applier) decideAccount(d *didState, ev *firehose.Event) error {
 			units = append(units, l.recordChange(d.did, path, nil, prev == "", nil))
 		}
 		if d.rev != "" {
-			units = append(units, unit{{Op: OpDelete, Tuple: RevTuple(d.did, d.rev)}})
+			units = append(units, unit{{Op: view.OpDelete, Tuple: view.RevTuple(d.did, d.rev)}})
 			d.rev = ""
 		}
 		e.log.Info("repo deleted; removing everything it produced", "did", d.did, "seq", ev.Seq)
 	case prev == "":
 		// Withdraw: data tuples go, lineage stays.
 		for t := range l.producers {
-			units = append(units, unit{{Op: OpDelete, Tuple: t}})
+			units = append(units, unit{{Op: view.OpDelete, Tuple: t}})
 		}
 		e.log.Info("repo not active; withdrawing its relationships", "did", d.did, "status", next, "seq", ev.Seq)
 	}
@@ -322,9 +331,9 @@ func statusOrActive(status string) string {
 func (a *applier) setStatus(d *didState, status string, seq int64) unit {
 	var u unit
 	if d.hasStatus {
-		u = append(u, Update{Op: OpDelete, Tuple: StatusTuple(d.did, statusOrActive(d.status), d.statusSeq)})
+		u = append(u, view.Update{Op: view.OpDelete, Tuple: view.StatusTuple(d.did, statusOrActive(d.status), d.statusSeq)})
 	}
-	u = append(u, Update{Op: OpTouch, Tuple: StatusTuple(d.did, status, seq)})
+	u = append(u, view.Update{Op: view.OpTouch, Tuple: view.StatusTuple(d.did, status, seq)})
 	d.statusSeq, d.hasStatus = seq, true
 	a.e.markKnown(d)
 	return u

@@ -15,13 +15,18 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/backoff"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // Defaults for Config fields left zero.
 const (
-	DefaultBatchUpdates      = 996 // SpiceDB's 1,000 minus the writer's reserve
+	// MaxBatchUpdates is SpiceDB's 1,000 updates a call minus the
+	// heartbeat (2) and the progress step (checkpoint.MaxStepUpdates).
+	MaxBatchUpdates          = 1000 - 2 - checkpoint.MaxStepUpdates
+	DefaultBatchUpdates      = MaxBatchUpdates
 	DefaultCacheRepos        = 10000
 	DefaultHeldPerRepo       = 1000
 	DefaultResyncConcurrency = 4
@@ -39,26 +44,25 @@ var ErrRestart = errors.New("projector: restart from the stored cursor to reject
 // Config of an Engine.
 type Config struct {
 	// Rules (required) decide what records produce.
-	Rules *Rules
+	Rules *view.Rules
 	// Store (required) reads state back from SpiceDB.
 	Store Store
 	// Writer (required) commits batches.
 	Writer Writer
 	// Fetcher (required) reads repos for resyncs.
 	Fetcher Fetcher
-	// Tracker (required) is the stream's watermark; the engine marks events
-	// done when they are fully applied.
-	Tracker *firehose.Tracker
+	// Progress (required) is the source's cursor: the engine marks events
+	// done on its Tracker when they are fully applied, and every write
+	// carries the progress step it plans.
+	Progress *checkpoint.Progress
 	// Publisher (optional) fans applied changes out; the engine marks an
 	// event done only once its messages are acknowledged.
 	Publisher Publisher
 	// Poison holds relationships SpiceDB refused; records producing them are
 	// rejected. Shared across restarts of the pipeline (may be nil).
 	Poison *Poison
-	// RewindSeq: each repo's first event at or below it triggers a resync
-	// (the rewind marker; firehose.NoCursor when none).
-	RewindSeq int64
-	// BatchUpdates bounds the updates of one write (default 996).
+	// BatchUpdates bounds the updates of one write (default and at most
+	// MaxBatchUpdates).
 	BatchUpdates int
 	// CacheRepos bounds the repos whose lineage is kept in memory.
 	CacheRepos int
@@ -71,20 +75,6 @@ type Config struct {
 	// ResyncRate bounds getRepo calls per second, to be polite to the PDS
 	// during a rebuild (0: unlimited).
 	ResyncRate float64
-	// ProjectorName is the projector's ID in SpiceDB (for the rebuild
-	// marker; default "default").
-	ProjectorName string
-	// ResumeRebuild: a rebuild marker (RebuildMarker) is stored, so a
-	// rebuild was interrupted and runs again from the start.
-	ResumeRebuild bool
-	RebuildMarker int64
-	// AwaitRebuild: no cursor is stored yet (a first run, or SpiceDB was
-	// reset) and a full rebuild will be requested once the stream is live.
-	// Until the rebuild marker is in a batch, writes carry no cursor: a
-	// crash in that window must leave "no cursor" (so the next start
-	// rebuilds), not a cursor without a marker (which would skip every
-	// change made before this start).
-	AwaitRebuild bool
 	// OnRebuilt is called (on the applier goroutine) each time a rebuild's
 	// writes are all committed. Optional.
 	OnRebuilt func()
@@ -106,8 +96,11 @@ func (c *Config) Validate() error {
 		return errors.New("projector: config: Writer is required")
 	case c.Fetcher == nil:
 		return errors.New("projector: config: Fetcher is required")
-	case c.Tracker == nil:
-		return errors.New("projector: config: Tracker is required")
+	case c.Progress == nil:
+		return errors.New("projector: config: Progress is required")
+	case c.BatchUpdates > MaxBatchUpdates:
+		return fmt.Errorf("projector: config: BatchUpdates %d is over %d (SpiceDB's 1,000 a call, less the cursor, markers and heartbeat)",
+			c.BatchUpdates, MaxBatchUpdates)
 	}
 	return nil
 }
@@ -128,27 +121,22 @@ type Engine struct {
 	rebuild chan rebuildRequest
 	listed  chan listResult
 	limiter *rate.Limiter
+	// tracker is the source's watermark (Progress.Tracker()).
+	tracker *checkpoint.Tracker
+	// rewind is the run's rewind marker (checkpoint.None when none).
+	rewind int64
+	// app is the applier's state; only its goroutine touches it (Load
+	// fills it before Run starts).
+	app *applier
 
 	mu     sync.Mutex // guards states and the lineage pointers in them
 	states map[string]*didState
 	lru    *list.List // of *didState with loaded lineage, most recent first
 
-	rewound map[string]bool // repos resynced since the rewind (applier only)
-
-	batchSeq uint64 // applier only
-	// stale are extra status tuples found at load (left by versions that
-	// could leave one behind); the first batch deletes them.
-	stale []Tuple
-	// awaitMarker: no batch may carry a cursor until the rebuild marker is
-	// placed (AwaitRebuild); applier only.
-	awaitMarker bool
-	// cursorStored: a batch that may carry a cursor has committed, so the
-	// final flush may store one.
-	cursorStored atomic.Bool
-	committed    atomic.Uint64
-	token        atomic.Pointer[string]
-	applied      *appliedIndex
-	wg           sync.WaitGroup
+	committed atomic.Uint64
+	token     atomic.Pointer[string]
+	applied   *appliedIndex
+	wg        sync.WaitGroup
 
 	emptyTree cid.Cid
 	status    engineStatus
@@ -159,7 +147,7 @@ type Engine struct {
 // the messages are durably accepted, or must call done later; the engine
 // treats an event as applied only after done.
 type Publisher interface {
-	Publish(ctx context.Context, changes []Change, token string, done func()) error
+	Publish(ctx context.Context, changes []view.Change, token string, done func()) error
 }
 
 // New checks cfg and builds an engine.
@@ -185,9 +173,6 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.FlushEvery <= 0 {
 		cfg.FlushEvery = DefaultFlushEvery
 	}
-	if cfg.ProjectorName == "" {
-		cfg.ProjectorName = "default"
-	}
 	if cfg.Poison == nil {
 		cfg.Poison = NewPoison()
 	}
@@ -203,12 +188,11 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: log.With("component", "projector"), in: make(chan *firehose.Event, inputDepth),
 		resyncs: make(chan *resyncResult, cfg.ResyncConcurrency), rebuild: make(chan rebuildRequest, 4),
 		listed: make(chan listResult, 1),
-		states: map[string]*didState{}, lru: list.New(), rewound: map[string]bool{}, applied: newAppliedIndex(),
+		states: map[string]*didState{}, lru: list.New(), applied: newAppliedIndex(), rewind: cfg.Progress.Rewind(), tracker: cfg.Progress.Tracker(),
 		emptyTree: *root, fetchSem: make(chan struct{}, cfg.ResyncConcurrency)}
+	e.app = &applier{e: e, rewound: map[string]bool{}}
 	empty0 := ""
 	e.token.Store(&empty0)
-	e.awaitMarker = cfg.AwaitRebuild && !cfg.ResumeRebuild
-	e.cursorStored.Store(!e.awaitMarker)
 	if cfg.ResyncRate > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.ResyncRate), cfg.ResyncConcurrency)
 	}
@@ -235,8 +219,8 @@ func (e *Engine) Load(ctx context.Context) error {
 		e.states[r.DID] = &didState{did: r.DID, known: true, rev: r.Rev, status: st, statusSeq: r.StatusSeq,
 			hasStatus: r.Status != ""}
 		for _, old := range r.StaleStatuses {
-			e.stale = append(e.stale, Tuple{ResourceType: TypeRepo, ResourceID: RepoID(r.DID), Relation: RelStatus,
-				SubjectType: TypeStatus, SubjectID: old})
+			e.app.stale = append(e.app.stale, view.Tuple{ResourceType: view.TypeRepo, ResourceID: view.RepoID(r.DID), Relation: view.RelStatus,
+				SubjectType: view.TypeStatus, SubjectID: old})
 		}
 		e.applied.set(r.DID, r.Rev, "")
 	}
@@ -273,7 +257,7 @@ func (e *Engine) HandleEvent(ctx context.Context, ev *firehose.Event) error {
 	e.mu.Lock()
 	d := e.states[ev.DID]
 	fast := false
-	if d == nil && ev.Seq > e.cfg.RewindSeq {
+	if d == nil && ev.Seq > e.rewind {
 		switch ev.Kind {
 		case firehose.KindIdentity:
 			fast = true
@@ -301,7 +285,7 @@ func (e *Engine) HandleEvent(ctx context.Context, ev *firehose.Event) error {
 	e.mu.Unlock()
 	if fast {
 		e.cfg.Metrics.eventApplied(ev.Kind.String())
-		e.cfg.Tracker.Done(ev.Seq)
+		e.tracker.Done(ev.Seq)
 		return nil
 	}
 	if needLineage {
@@ -501,7 +485,7 @@ func (e *Engine) heartbeatLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if _, err := e.cfg.Writer.Write(ctx, nil, firehose.NoCursor); err != nil && ctx.Err() == nil {
+			if _, err := e.cfg.Writer.Write(ctx, nil, nil); err != nil && ctx.Err() == nil {
 				return fmt.Errorf("projector: heartbeat: %w", err)
 			}
 		}

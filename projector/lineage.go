@@ -1,21 +1,23 @@
 package projector
 
+import "github.com/spaces-authz/spaces-authz/view"
+
 // lineage is the in-memory view of which record produces which data tuple,
 // for one repo. It is the overlay of DESIGN §3: it includes every decision
 // already taken, committed to SpiceDB or not.
 type lineage struct {
-	byRecord  map[string]map[Tuple]struct{} // record path → tuples it produces
-	producers map[Tuple]map[string]struct{} // tuple → record paths producing it
+	byRecord  map[string]map[view.Tuple]struct{} // record path → tuples it produces
+	producers map[view.Tuple]map[string]struct{} // tuple → record paths producing it
 }
 
 func newLineage() *lineage {
-	return &lineage{byRecord: map[string]map[Tuple]struct{}{}, producers: map[Tuple]map[string]struct{}{}}
+	return &lineage{byRecord: map[string]map[view.Tuple]struct{}{}, producers: map[view.Tuple]map[string]struct{}{}}
 }
 
-func (l *lineage) add(t Tuple, path string) {
+func (l *lineage) add(t view.Tuple, path string) {
 	r := l.byRecord[path]
 	if r == nil {
-		r = map[Tuple]struct{}{}
+		r = map[view.Tuple]struct{}{}
 		l.byRecord[path] = r
 	}
 	r[t] = struct{}{}
@@ -28,7 +30,7 @@ func (l *lineage) add(t Tuple, path string) {
 }
 
 // remove drops one producer and reports whether the tuple has none left.
-func (l *lineage) remove(t Tuple, path string) (orphaned bool) {
+func (l *lineage) remove(t view.Tuple, path string) (orphaned bool) {
 	if r := l.byRecord[path]; r != nil {
 		delete(r, t)
 		if len(r) == 0 {
@@ -54,28 +56,28 @@ func (l *lineage) size() int { return len(l.producers) }
 // lineage and appends the SpiceDB updates: TOUCH every wanted tuple (when
 // the repo is active) and its lineage, DELETE lineage that no longer holds,
 // and DELETE a data tuple only when its last producer is gone.
-func (l *lineage) recordChange(did, path string, want []Tuple, active bool, out []Update) []Update {
+func (l *lineage) recordChange(did, path string, want []view.Tuple, active bool, out []view.Update) []view.Update {
 	collection, rkey := splitPath(path)
-	rid := RecordID(did, collection, rkey)
-	wantSet := make(map[Tuple]struct{}, len(want))
+	rid := view.RecordID(did, collection, rkey)
+	wantSet := make(map[view.Tuple]struct{}, len(want))
 	for _, t := range want {
 		if _, dup := wantSet[t]; dup {
 			continue
 		}
 		wantSet[t] = struct{}{}
 		if active {
-			out = append(out, Update{Op: OpTouch, Tuple: t})
+			out = append(out, view.Update{Op: view.OpTouch, Tuple: t})
 		}
-		out = append(out, Update{Op: OpTouch, Tuple: LineageTuple(t, rid)})
+		out = append(out, view.Update{Op: view.OpTouch, Tuple: view.LineageTuple(t, rid)})
 		l.add(t, path)
 	}
 	for t := range l.byRecord[path] {
 		if _, keep := wantSet[t]; keep {
 			continue
 		}
-		out = append(out, Update{Op: OpDelete, Tuple: LineageTuple(t, rid)})
+		out = append(out, view.Update{Op: view.OpDelete, Tuple: view.LineageTuple(t, rid)})
 		if l.remove(t, path) && active {
-			out = append(out, Update{Op: OpDelete, Tuple: t})
+			out = append(out, view.Update{Op: view.OpDelete, Tuple: t})
 		}
 	}
 	return out
@@ -92,13 +94,13 @@ func splitPath(path string) (collection, rkey string) {
 
 // parentCycle reports whether the parent edge t (child → parent) closes a
 // cycle among the repo's parent edges.
-func (l *lineage) parentCycle(t Tuple) bool {
-	if t.ResourceType != TypeSpace || t.Relation != RelParent {
+func (l *lineage) parentCycle(t view.Tuple) bool {
+	if t.ResourceType != view.TypeSpace || t.Relation != view.RelParent {
 		return false
 	}
 	parents := map[string][]string{}
 	for e := range l.producers {
-		if e.ResourceType == TypeSpace && e.Relation == RelParent {
+		if e.ResourceType == view.TypeSpace && e.Relation == view.RelParent {
 			parents[e.ResourceID] = append(parents[e.ResourceID], e.SubjectID)
 		}
 	}

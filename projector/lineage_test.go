@@ -3,13 +3,15 @@ package projector
 import (
 	"sort"
 	"testing"
+
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
-func tup(res, rel, sub string) Tuple {
-	return Tuple{ResourceType: TypeSpace, ResourceID: res, Relation: rel, SubjectType: TypeAcct, SubjectID: sub}
+func tup(res, rel, sub string) view.Tuple {
+	return view.Tuple{ResourceType: view.TypeSpace, ResourceID: res, Relation: rel, SubjectType: view.TypeAcct, SubjectID: sub}
 }
 
-func render(us []Update) []string {
+func render(us []view.Update) []string {
 	out := make([]string, len(us))
 	for i, u := range us {
 		out[i] = u.String()
@@ -24,13 +26,13 @@ func TestLineageSharedTupleStaysWhileAnyProducerLives(t *testing.T) {
 	v := tup("did|plc|alice/s", "viewer", "did|plc|bob")
 	r1, r2 := "com.atproto.space.relation/a", "com.atproto.space.relation/b"
 
-	out := l.recordChange(did, r1, []Tuple{v}, true, nil)
-	out = l.recordChange(did, r2, []Tuple{v}, true, out)
+	out := l.recordChange(did, r1, []view.Tuple{v}, true, nil)
+	out = l.recordChange(did, r2, []view.Tuple{v}, true, out)
 	if len(out) != 4 { // TOUCH v twice (collapsed later) + two lineage tuples
 		t.Fatalf("creates: %v", render(out))
 	}
 	out = l.recordChange(did, r1, nil, true, nil)
-	if got := render(out); len(got) != 1 || got[0] != "delete "+LineageTuple(v, RecordID(did, "com.atproto.space.relation", "a")).String() {
+	if got := render(out); len(got) != 1 || got[0] != "delete "+view.LineageTuple(v, view.RecordID(did, "com.atproto.space.relation", "a")).String() {
 		t.Fatalf("deleting one of two producers: %v", got)
 	}
 	out = l.recordChange(did, r2, nil, true, nil)
@@ -49,10 +51,11 @@ func TestLineageUpdateMovesGrant(t *testing.T) {
 	a := tup("did|plc|alice/s", "viewer", "did|plc|bob")
 	b := tup("did|plc|alice/s", "viewer", "did|plc|carol")
 	r := "com.atproto.space.relation/x"
-	l.recordChange(did, r, []Tuple{a}, true, nil)
-	out := l.recordChange(did, r, []Tuple{b}, true, nil)
-	rid := RecordID(did, "com.atproto.space.relation", "x")
-	want := render([]Update{{OpTouch, b}, {OpTouch, LineageTuple(b, rid)}, {OpDelete, LineageTuple(a, rid)}, {OpDelete, a}})
+	l.recordChange(did, r, []view.Tuple{a}, true, nil)
+	out := l.recordChange(did, r, []view.Tuple{b}, true, nil)
+	rid := view.RecordID(did, "com.atproto.space.relation", "x")
+	want := render([]view.Update{{Op: view.OpTouch, Tuple: b}, {Op: view.OpTouch, Tuple: view.LineageTuple(b, rid)},
+		{Op: view.OpDelete, Tuple: view.LineageTuple(a, rid)}, {Op: view.OpDelete, Tuple: a}})
 	if got := render(out); len(got) != len(want) {
 		t.Fatalf("got %v want %v", got, want)
 	} else {
@@ -68,15 +71,15 @@ func TestLineageWithdrawnTouchesOnlyLineage(t *testing.T) {
 	const did = "did:plc:alice"
 	l := newLineage()
 	a := tup("did|plc|alice/s", "viewer", "did|plc|bob")
-	out := l.recordChange(did, "c/r", []Tuple{a}, false, nil)
+	out := l.recordChange(did, "c/r", []view.Tuple{a}, false, nil)
 	for _, u := range out {
-		if u.Tuple.ResourceType != TypeLineage {
+		if u.Tuple.ResourceType != view.TypeLineage {
 			t.Fatalf("withdrawn repo wrote data: %v", u)
 		}
 	}
 	out = l.recordChange(did, "c/r", nil, false, nil)
 	for _, u := range out {
-		if u.Tuple.ResourceType != TypeLineage {
+		if u.Tuple.ResourceType != view.TypeLineage {
 			t.Fatalf("withdrawn repo wrote data: %v", u)
 		}
 	}
@@ -84,8 +87,8 @@ func TestLineageWithdrawnTouchesOnlyLineage(t *testing.T) {
 
 func TestParentCycle(t *testing.T) {
 	l := newLineage()
-	edge := func(child, parent string) Tuple {
-		return Tuple{ResourceType: TypeSpace, ResourceID: child, Relation: RelParent, SubjectType: TypeSpace, SubjectID: parent}
+	edge := func(child, parent string) view.Tuple {
+		return view.Tuple{ResourceType: view.TypeSpace, ResourceID: child, Relation: view.RelParent, SubjectType: view.TypeSpace, SubjectID: parent}
 	}
 	l.add(edge("a", "b"), "r/1")
 	l.add(edge("b", "c"), "r/2")

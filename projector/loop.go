@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/crashpoint"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // shutdownGrace is how long the in-flight write may take after a shutdown
@@ -20,22 +22,27 @@ type batchResult struct {
 	err error
 }
 
-// applier is the state of the applier goroutine: the open batch and the
-// closed ones waiting for the writer.
+// applier is the state of the applier goroutine, which takes every
+// decision: the open batch and the closed ones waiting for the writer, the
+// rebuild in progress, and what the run's rewind has covered.
 type applier struct {
 	e        *Engine
 	ctx      context.Context
 	pending  *batch
 	ready    []*batch
+	batchSeq uint64
 	rb       *rebuildRun
 	finished []finishedRebuild
+	// rewound are the repos resynced since the rewind marker (DESIGN §5).
+	rewound map[string]bool
+	// stale are extra status tuples found at load (left by versions that
+	// could leave one behind); the first batch deletes them.
+	stale []view.Tuple
 }
 
 func (a *applier) newBatch() *batch {
-	a.e.batchSeq++
-	b := newBatch(a.e.batchSeq, a.e.cfg.BatchUpdates)
-	b.noCursor = a.e.awaitMarker
-	return b
+	a.batchSeq++
+	return newBatch(a.batchSeq, a.e.cfg.BatchUpdates)
 }
 
 // closePending moves the open batch to the ready queue.
@@ -81,14 +88,15 @@ func (a *applier) place(units []unit, final unit, dids ...*didState) *batch {
 }
 
 func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-chan batchResult) error {
-	a := &applier{e: e, ctx: ctx}
+	a := e.app
+	a.ctx = ctx
 	a.pending = a.newBatch()
-	for _, t := range e.stale {
+	for _, t := range a.stale {
 		e.log.Warn("deleting a stale repo status tuple", "relationship", t.String())
-		a.pending.addUnit(unit{{Op: OpDelete, Tuple: t}})
+		a.pending.addUnit(unit{{Op: view.OpDelete, Tuple: t}})
 	}
-	e.stale = nil
-	if e.cfg.ResumeRebuild {
+	a.stale = nil
+	if e.cfg.Progress.Stored().Rebuild != checkpoint.None {
 		a.startRebuild(rebuildRequest{reason: "a rebuild was interrupted", done: make(chan struct{}), resume: true})
 	}
 	ticker := time.NewTicker(e.cfg.FlushEvery)
@@ -179,23 +187,26 @@ func (e *Engine) writeLoop(ctx context.Context, writeCh <-chan *batch, doneCh ch
 // finalFlush stores the watermark reached, so a clean restart replays
 // nothing that was applied.
 func (e *Engine) finalFlush(ctx context.Context) error {
-	if !e.cursorStored.Load() {
-		return nil // a first run stopped before its rebuild marker was stored: store no cursor
+	step := e.cfg.Progress.Step(checkpoint.NoMarkers())
+	if step.Empty() {
+		return nil // nothing moved, or a first run stopped before its rebuild marker was stored
 	}
-	if _, err := e.cfg.Writer.Write(ctx, nil, e.cfg.Tracker.Watermark()); err != nil && !errors.Is(err, context.Canceled) {
-		e.log.Warn("final cursor write failed; the next start replays from the previous cursor", "err", err)
+	if _, err := e.cfg.Writer.Write(ctx, nil, step.Updates()); err != nil {
+		if !errors.Is(err, context.Canceled) {
+			e.log.Warn("final cursor write failed; the next start replays from the previous cursor", "err", err)
+		}
+		return nil
 	}
+	e.cfg.Progress.Committed(step)
 	return nil
 }
 
-// write commits one batch, then settles its events (after fan-out, when on).
+// write commits one batch with the progress step it carries, then settles
+// its events (after fan-out, when on).
 func (e *Engine) write(ctx context.Context, b *batch) error {
 	ups := b.updates()
-	cursor := e.cfg.Tracker.Watermark()
-	if b.noCursor {
-		cursor = firehose.NoCursor
-	}
-	tok, err := e.cfg.Writer.Write(ctx, ups, cursor)
+	step := e.cfg.Progress.Step(b.markers)
+	tok, err := e.cfg.Writer.Write(ctx, ups, step.Updates())
 	if err != nil {
 		if e.cfg.Writer.Refused(err) {
 			return e.isolate(ctx, ups, err)
@@ -205,6 +216,7 @@ func (e *Engine) write(ctx context.Context, b *batch) error {
 		}
 		return err
 	}
+	e.cfg.Progress.Committed(step)
 	if tok != "" {
 		e.token.Store(&tok)
 	}
@@ -213,19 +225,17 @@ func (e *Engine) write(ctx context.Context, b *batch) error {
 		for i, u := range ups {
 			lines[i] = u.Op.String() + " " + u.Tuple.String()
 		}
-		e.log.Debug("batch committed", "batch", b.id, "seqs", b.seqs, "updates", lines)
+		e.log.Debug("batch committed", "batch", b.id, "seqs", b.seqs, "updates", lines,
+			"cursor", step.After().Cursor)
 	}
 	e.committed.Store(b.id)
-	if !b.noCursor {
-		e.cursorStored.Store(true)
-	}
 	e.applied.commit(b.revs, e.Token())
 	e.status.applied(b)
+	tracker := e.tracker
 	finish := func() {
 		for _, s := range b.seqs {
-			e.cfg.Tracker.Done(s)
+			tracker.Done(s)
 		}
-		e.cfg.Metrics.setWatermark(e.cfg.Tracker.Watermark())
 	}
 	if e.cfg.Publisher != nil && len(b.changes) > 0 {
 		return e.cfg.Publisher.Publish(ctx, b.changes, e.Token(), finish)
@@ -236,7 +246,7 @@ func (e *Engine) write(ctx context.Context, b *batch) error {
 
 // isolate finds the relationships SpiceDB refuses by bisecting the batch
 // with dry runs (nothing is applied), poisons them and asks for a restart.
-func (e *Engine) isolate(ctx context.Context, ups []Update, cause error) error {
+func (e *Engine) isolate(ctx context.Context, ups []view.Update, cause error) error {
 	bad, err := e.findRefused(ctx, ups)
 	if err != nil {
 		return fmt.Errorf("projector: isolate refused relationship: %w (SpiceDB said: %w)", err, cause)
@@ -246,7 +256,7 @@ func (e *Engine) isolate(ctx context.Context, ups []Update, cause error) error {
 		e.log.Error("SpiceDB refused a relationship the rules allowed; rejecting the record that produces it (a bug: check the rules against the schema)",
 			"relationship", u.Tuple.String(), "op", u.Op.String(), "err", cause)
 		e.cfg.Poison.Add(u.Tuple)
-		if t := u.Tuple.ResourceType; t == TypeSpace || t == TypeGroup || t == TypeLineage {
+		if t := u.Tuple.ResourceType; t == view.TypeSpace || t == view.TypeGroup || t == view.TypeLineage {
 			attributable = true
 		}
 	}
@@ -256,13 +266,13 @@ func (e *Engine) isolate(ctx context.Context, ups []Update, cause error) error {
 	return ErrRestart
 }
 
-func (e *Engine) findRefused(ctx context.Context, ups []Update) ([]Update, error) {
+func (e *Engine) findRefused(ctx context.Context, ups []view.Update) ([]view.Update, error) {
 	if len(ups) == 1 {
 		return ups, nil
 	}
 	mid := len(ups) / 2
-	var out []Update
-	for _, part := range [][]Update{ups[:mid], ups[mid:]} {
+	var out []view.Update
+	for _, part := range [][]view.Update{ups[:mid], ups[mid:]} {
 		err := e.cfg.Writer.DryRun(ctx, part)
 		if err == nil {
 			continue
@@ -286,10 +296,10 @@ func (e *Engine) findRefused(ctx context.Context, ups []Update) ([]Update, error
 // done at once (the watermark still can't pass older events in flight);
 // with fan-out it rides on the open batch so that its messages are
 // published, in order, before it counts as done.
-func (a *applier) settle(ev *firehose.Event, changes []Change) {
+func (a *applier) settle(ev *firehose.Event, changes []view.Change) {
 	a.e.cfg.Metrics.eventApplied(ev.Kind.String())
 	if a.e.cfg.Publisher == nil {
-		a.e.cfg.Tracker.Done(ev.Seq)
+		a.e.tracker.Done(ev.Seq)
 		return
 	}
 	a.pending.seqs = append(a.pending.seqs, ev.Seq)

@@ -2,6 +2,7 @@ package projector
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // Metrics of the projection. A nil *Metrics records nothing.
@@ -14,7 +15,6 @@ type Metrics struct {
 	cycles      prometheus.Counter
 	unreadable  prometheus.Counter
 	cachedRepos prometheus.Gauge
-	watermark   prometheus.Gauge
 	restarts    prometheus.Counter
 	rbActive    prometheus.Gauge
 	rbTotal     prometheus.Gauge
@@ -56,8 +56,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Records a getRepo snapshot names but whose block is missing or corrupt; what they produced is kept."}),
 		cachedRepos: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "cached_repos",
 			Help: "Repos whose lineage is cached in memory."}),
-		watermark: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "watermark_seq",
-			Help: "Every seq at or below this is applied (the next cursor to store)."}),
 		restarts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "pipeline_restarts_total",
 			Help: "Restarts of the pipeline from the stored cursor (after SpiceDB refused a relationship)."}),
 	}
@@ -79,8 +77,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.drift.WithLabelValues(k)
 	}
 	reg.MustRegister(m.applied, m.rejected, m.resyncs, m.resyncFails, m.duplicates, m.cycles, m.unreadable, m.cachedRepos,
-		m.watermark, m.restarts, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
-	for _, r := range AllReasons {
+		m.restarts, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
+	for _, r := range view.AllReasons {
 		m.rejected.WithLabelValues(string(r))
 	}
 	for _, t := range []string{TriggerSync, TriggerGap, TriggerActivate, TriggerRewind, TriggerRebuild, TriggerUnreadable} {
@@ -98,7 +96,7 @@ func (m *Metrics) eventApplied(kind string) {
 	}
 }
 
-func (m *Metrics) reject(r Reason) {
+func (m *Metrics) reject(r view.Reason) {
 	if m != nil {
 		m.rejected.WithLabelValues(string(r)).Inc()
 	}
@@ -137,12 +135,6 @@ func (m *Metrics) cycle() {
 func (m *Metrics) setCached(n int) {
 	if m != nil {
 		m.cachedRepos.Set(float64(n))
-	}
-}
-
-func (m *Metrics) setWatermark(s int64) {
-	if m != nil && s >= 0 {
-		m.watermark.Set(float64(s))
 	}
 }
 

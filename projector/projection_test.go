@@ -18,6 +18,7 @@ import (
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
 
 	"github.com/spaces-authz/spaces-authz/internal/fakepds"
 	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
@@ -55,7 +56,7 @@ func TestCreateUpdateMovesGrantDelete(t *testing.T) {
 	commit(t, e, alice, Space("create", "paid", false), Relation("create", "g1", "space", alice+"/paid", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	paid := projector.ObjectID(alice, "paid")
+	paid := view.ObjectID(alice, "paid")
 	if !e.Check("view", "space", paid, bob) || e.Check("view", "space", paid, carol) {
 		t.Fatal("bob should view, carol should not")
 	}
@@ -81,7 +82,7 @@ func TestTwoRecordsOneTuple(t *testing.T) {
 	e := New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	r := e.Start()
-	grant := "space:" + projector.ObjectID(alice, "s") + "#viewer@acct:" + projector.EncodeDID(bob)
+	grant := "space:" + view.ObjectID(alice, "s") + "#viewer@acct:" + view.EncodeDID(bob)
 	commit(t, e, alice, Space("create", "s", false),
 		Relation("create", "a", "space", alice+"/s", "viewer", "acct", bob, ""),
 		Relation("create", "b", "space", alice+"/s", "viewer", "acct", bob, ""))
@@ -115,7 +116,7 @@ func TestUpdateToInvalidValueRemovesOldGrant(t *testing.T) {
 	commit(t, e, alice, Relation("update", "g", "space", alice+"/s", "editor", "acct", "*", ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	if e.Check("edit", "space", projector.ObjectID(alice, "s"), bob) {
+	if e.Check("edit", "space", view.ObjectID(alice, "s"), bob) {
 		t.Fatal("the old grant survived an update to an invalid value")
 	}
 }
@@ -130,11 +131,11 @@ func TestSpaceDeletedWhileGrantsRemain(t *testing.T) {
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	data := e.Data()
-	s := projector.ObjectID(alice, "s")
-	if has(data, "space:"+s+"#owner@acct:"+projector.EncodeDID(alice)) || has(data, "space:"+s+"#inherits@acct:*") {
+	s := view.ObjectID(alice, "s")
+	if has(data, "space:"+s+"#owner@acct:"+view.EncodeDID(alice)) || has(data, "space:"+s+"#inherits@acct:*") {
 		t.Fatal("the deleted space's own tuples remain")
 	}
-	if !has(data, "space:"+s+"#viewer@acct:"+projector.EncodeDID(bob)) {
+	if !has(data, "space:"+s+"#viewer@acct:"+view.EncodeDID(bob)) {
 		t.Fatal("the grant record still exists, so its tuple must stay")
 	}
 }
@@ -147,7 +148,7 @@ func TestBubbleFlippedBothWays(t *testing.T) {
 		Relation("create", "p", "space", alice+"/b", "parent", "space", alice+"/root", ""),
 		Relation("create", "v", "space", alice+"/root", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
-	b := projector.ObjectID(alice, "b")
+	b := view.ObjectID(alice, "b")
 	if !e.Check("view", "space", b, bob) {
 		t.Fatal("a root viewer should view a child space")
 	}
@@ -175,7 +176,7 @@ func TestAccountDeactivatedReactivatedDeleted(t *testing.T) {
 	commit(t, e, alice, Space("create", "s", false), Group("create", "g"),
 		Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
-	s := projector.ObjectID(alice, "s")
+	s := view.ObjectID(alice, "s")
 	e.SetStatus(alice, "deactivated")
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
@@ -220,10 +221,10 @@ func TestHostileRecordsAreRejected(t *testing.T) {
 	commit(t, e, web, Relation("create", "h4", "space", lookalike+"/root", "admin", "acct", web, ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	if e.Check("administer", "space", projector.ObjectID(alice, "s"), mallory) {
+	if e.Check("administer", "space", view.ObjectID(alice, "s"), mallory) {
 		t.Fatal("mallory administers alice's space")
 	}
-	if e.Check("administer", "space", projector.ObjectID(lookalike, "root"), web) {
+	if e.Check("administer", "space", view.ObjectID(lookalike, "root"), web) {
 		t.Fatal("a did:web look-alike administers another DID's space")
 	}
 	after := e.Data()
@@ -233,7 +234,7 @@ func TestHostileRecordsAreRejected(t *testing.T) {
 		}
 	}
 	for _, s := range after {
-		if !has(before, s) && !strings.HasPrefix(s, "space:"+projector.DIDPrefix(mallory)) {
+		if !has(before, s) && !strings.HasPrefix(s, "space:"+view.DIDPrefix(mallory)) {
 			t.Fatalf("a hostile record produced %s", s)
 		}
 	}
@@ -257,7 +258,7 @@ func TestCheckPermissionThroughTree(t *testing.T) {
 		Relation("create", "pub", "space", alice+"/root", "viewer", "acct", "*", ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	id := func(k string) string { return projector.ObjectID(alice, k) }
+	id := func(k string) string { return view.ObjectID(alice, k) }
 	cases := []struct {
 		perm, space, who string
 		want             bool
@@ -310,7 +311,7 @@ func TestRefusedTupleRejectsOnlyItsRecord(t *testing.T) {
 	commit(t, e, alice, Space("create", "t", false))
 	e.WaitCaughtUp(r)
 	wantData, _ := e.Expected()
-	wildcard := "space:" + projector.ObjectID(alice, "s") + "#viewer@acct:*"
+	wildcard := "space:" + view.ObjectID(alice, "s") + "#viewer@acct:*"
 	wantData = slices.DeleteFunc(wantData, func(s string) bool { return s == wildcard })
 	if d := Diff(e.Data(), wantData); d != "" {
 		t.Fatalf("data differs:\n%s", d)
@@ -345,7 +346,7 @@ func TestGapIsRepairedByResync(t *testing.T) {
 	commit(t, e, alice, Group("create", "k"))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	s := projector.ObjectID(alice, "s")
+	s := view.ObjectID(alice, "s")
 	if e.Check("view", "space", s, bob) || !e.Check("edit", "space", s, carol) {
 		t.Fatal("the resync did not repair the gap")
 	}
@@ -363,19 +364,19 @@ func TestGapIsRepairedByResync(t *testing.T) {
 func TestSecondConsumerWaitsThenFencesTheFirst(t *testing.T) {
 	e := New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
-	a := e.Start(func(c *pipeline.Config) { c.Holder = "consumer-a" })
+	a := e.Start(func(c *pipeline.Config) { c.Lease.Holder = "consumer-a" })
 	commit(t, e, alice, Space("create", "s", false))
 	e.WaitCaughtUp(a)
-	b := e.Start(func(c *pipeline.Config) { c.Holder = "consumer-b" })
+	b := e.Start(func(c *pipeline.Config) { c.Lease.Holder = "consumer-b" })
 	time.Sleep(1500 * time.Millisecond)
-	if st := b.Snapshot().State; st != "waiting for lease" {
+	if st := b.Snapshot().State; st != pipeline.StateWaitingForLease {
 		t.Fatalf("second consumer is %q while the lease is fresh", st)
 	}
 	commit(t, e, alice, Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(a)
 	e.AssertMatchesOracle()
 
-	c := e.Start(func(c *pipeline.Config) { c.Holder = "consumer-c"; c.Takeover = true })
+	c := e.Start(func(c *pipeline.Config) { c.Lease.Holder = "consumer-c"; c.Lease.Takeover = true })
 	select {
 	case <-a.Done():
 		if !errors.Is(a.Err(), spice.ErrFenced) {
@@ -390,7 +391,7 @@ func TestSecondConsumerWaitsThenFencesTheFirst(t *testing.T) {
 	commit(t, e, alice, Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
 	e.WaitCaughtUp(c)
 	e.AssertMatchesOracle()
-	if st := b.Snapshot().State; st != "waiting for lease" {
+	if st := b.Snapshot().State; st != pipeline.StateWaitingForLease {
 		t.Fatalf("consumer b is %q: it must keep waiting while c heartbeats", st)
 	}
 }
@@ -454,8 +455,8 @@ func TestStatusSeqFollowsTheLastAccountEvent(t *testing.T) {
 	r = e.Start()
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	want := projector.StatusTuple(alice, "active", activated).String()
-	if got := e.Relationships(projector.TypeRepo); !has(got, want) {
+	want := view.StatusTuple(alice, "active", activated).String()
+	if got := e.Relationships(view.TypeRepo); !has(got, want) {
 		t.Fatalf("status tuple: want %s among %v", want, got)
 	}
 }
@@ -518,7 +519,7 @@ func TestCommitWithoutItsRecordBlockResyncs(t *testing.T) {
 	}
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	s := projector.ObjectID(alice, "s")
+	s := view.ObjectID(alice, "s")
 	if e.Check("view", "space", s, bob) || !e.Check("view", "space", s, carol) {
 		t.Fatal("the update was not projected from the repo")
 	}

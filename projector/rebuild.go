@@ -4,18 +4,12 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
 	"time"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/backoff"
 )
-
-// Lister lists the repos a PDS hosts. The Fetcher implements it when a
-// rebuild is possible.
-type Lister interface {
-	ListAllRepos(ctx context.Context, fn func(firehose.RepoInfo) error) error
-}
 
 type rebuildRequest struct {
 	reason string
@@ -41,7 +35,7 @@ type rebuildRun struct {
 	records  int
 	started  time.Time
 	lastLog  time.Time
-	marker   int64 // stored marker value, or firehose.NoCursor
+	marker   int64 // stored marker value, or checkpoint.None
 	waiters  []chan struct{}
 }
 
@@ -70,69 +64,72 @@ func (e *Engine) Rebuild(ctx context.Context, reason string, dids []string) (<-c
 	}
 }
 
-func (e *Engine) markerTuple(seq int64) Tuple {
-	return Tuple{ResourceType: TypeProjector, ResourceID: e.cfg.ProjectorName, Relation: RelRebuild,
-		SubjectType: TypeSeq, SubjectID: strconv.FormatInt(seq, 10)}
-}
-
-// startRebuild begins a rebuild, or adds repos to the one running.
+// startRebuild begins a rebuild, or adds repos to the one running. A full
+// rebuild (every repo the PDS lists) stores a rebuild marker; a crash
+// before the marker is cleared makes the next start rebuild again.
 func (a *applier) startRebuild(req rebuildRequest) {
 	e := a.e
-	if rb := a.rb; rb != nil {
-		if req.dids == nil && !rb.full {
-			rb.full = true
-			rb.listing = true
-			a.list()
-		}
+	rb := a.rb
+	fresh := rb == nil
+	if fresh {
+		rb = &rebuildRun{reason: req.reason, started: time.Now(), lastLog: time.Now(), marker: checkpoint.None}
+		a.rb = rb
+	}
+	rb.waiters = append(rb.waiters, req.done)
+	switch {
+	case req.dids != nil:
 		rb.queue = append(rb.queue, req.dids...)
 		rb.total += len(req.dids)
-		rb.waiters = append(rb.waiters, req.done)
-		a.pumpRebuild()
-		return
-	}
-	rb := &rebuildRun{reason: req.reason, full: req.dids == nil, started: time.Now(), lastLog: time.Now(),
-		marker: firehose.NoCursor, waiters: []chan struct{}{req.done}}
-	a.rb = rb
-	if rb.full {
-		// The marker says "a rebuild is in progress": a crash before it is
-		// cleared makes the next start rebuild again.
+	case !rb.full:
+		rb.full = true
 		if req.resume {
-			rb.marker = e.cfg.RebuildMarker
+			rb.marker = e.cfg.Progress.Stored().Rebuild
 		} else {
-			rb.marker = max(e.cfg.Tracker.Highest(), 0)
-			a.pending.addUnit(unit{{Op: OpTouch, Tuple: e.markerTuple(rb.marker)}})
-			// From this batch on, the cursor may be stored: the marker
-			// commits with it or before it.
-			e.awaitMarker = false
-			a.pending.noCursor = false
+			// The marker commits with the open batch (or later), never
+			// before the decisions already taken; a first run's cursor is
+			// stored from that write on (checkpoint.Progress).
+			rb.marker = max(e.tracker.Highest(), 0)
+			a.markRebuild(true, rb.marker)
 		}
 		rb.listing = true
 		a.list()
-	} else {
-		rb.queue = append(rb.queue, req.dids...)
-		rb.total = len(req.dids)
 	}
-	e.cfg.Metrics.rebuildStarted()
-	e.log.Warn("rebuild started: resyncing repos from snapshots while the stream goes on", "reason", req.reason,
-		"repos", rb.total, "full", rb.full)
+	if fresh {
+		e.cfg.Metrics.rebuildStarted()
+		e.log.Warn("rebuild started: resyncing repos from snapshots while the stream goes on", "reason", req.reason,
+			"repos", rb.total, "full", rb.full)
+	}
 	a.pumpRebuild()
+}
+
+// markRebuild places (or clears) the rebuild marker at seq with the open
+// batch, and returns that batch. A batch carries at most one change of
+// each kind, so a second one goes into a fresh batch.
+func (a *applier) markRebuild(place bool, seq int64) *batch {
+	m := &a.pending.markers
+	if (place && m.Place != checkpoint.None) || (!place && m.Clear != checkpoint.None) {
+		a.closePending()
+		m = &a.pending.markers
+	}
+	if place {
+		m.Place = seq
+	} else {
+		m.Clear = seq
+	}
+	return a.pending
 }
 
 // list pages through listRepos in the background.
 func (a *applier) list() {
 	e, ctx := a.e, a.ctx
-	lister, ok := e.cfg.Fetcher.(Lister)
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		var res listResult
-		if !ok {
-			res.err = fmt.Errorf("projector: the fetcher can't list repos")
-		}
 		bo := backoff.Backoff{Min: 500 * time.Millisecond, Max: 10 * time.Second}
-		for ok {
+		for {
 			var repos []firehose.RepoInfo
-			err := lister.ListAllRepos(ctx, func(r firehose.RepoInfo) error {
+			err := e.cfg.Fetcher.ListAllRepos(ctx, func(r firehose.RepoInfo) error {
 				repos = append(repos, r)
 				return nil
 			})
@@ -221,11 +218,10 @@ func (a *applier) pumpRebuild() {
 	if rb.listing || rb.inFlight > 0 || len(rb.queue) > 0 {
 		return
 	}
-	var final unit
-	if rb.marker != firehose.NoCursor {
-		final = unit{{Op: OpDelete, Tuple: e.markerTuple(rb.marker)}}
+	b := a.pending
+	if rb.marker != checkpoint.None {
+		b = a.markRebuild(false, rb.marker)
 	}
-	b := a.place(nil, final)
 	a.finished = append(a.finished, finishedRebuild{batch: b.id, waiters: rb.waiters})
 	a.logProgress("rebuild done")
 	e.cfg.Metrics.rebuildFinished()

@@ -66,7 +66,8 @@ func benchRebuild(b *testing.B, e *Env, rate float64, records int) {
 		env := e.Fork() // an empty SpiceDB datastore each time
 		reg := prometheus.NewRegistry()
 		c, err := pipeline.New(pipeline.Config{PDSURL: e.PDS.URL(), SpiceDB: env.SpiceConfig(), Logger: Logger(),
-			Registry: reg, Rebuild: true, ExitAfterRebuild: true, ResyncRate: rate})
+			Registry: reg, Rebuild: pipeline.RebuildConfig{AtStart: true, ExitWhenDone: true},
+			Engine: pipeline.EngineConfig{ResyncRate: rate}})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // TestFirstRunRebuildsFromSnapshots: with no cursor, the consumer follows
@@ -36,11 +36,11 @@ func TestFirstRunRebuildsFromSnapshots(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		st, err := e.Client.ReadProjector(t.Context(), "default")
-		if err == nil && st.Rebuild == -1 && st.Cursor >= 0 {
+		if err == nil && st.Progress.Rebuild == -1 && st.Progress.Cursor >= 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after the rebuild: marker %d, cursor %d (%v)", st.Rebuild, st.Cursor, err)
+			t.Fatalf("after the rebuild: marker %d, cursor %d (%v)", st.Progress.Rebuild, st.Progress.Cursor, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -95,11 +95,11 @@ func TestRebuildRemovesReposNoLongerListed(t *testing.T) {
 		t.Fatal("rebuild did not finish")
 	}
 	for _, rel := range append(e.Data(), e.Lineage()...) {
-		if strings.Contains(rel, projector.EncodeDID(bob)) {
+		if strings.Contains(rel, view.EncodeDID(bob)) {
 			t.Fatalf("a forgotten repo's relationship remains: %s", rel)
 		}
 	}
-	if !e.Check("administer", "space", projector.ObjectID(alice, "s"), alice) {
+	if !e.Check("administer", "space", view.ObjectID(alice, "s"), alice) {
 		t.Fatal("the rebuild lost a listed repo")
 	}
 }
@@ -143,7 +143,7 @@ func TestFirstRunStoresNoCursorBeforeTheRebuildMarker(t *testing.T) {
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	commit(t, e, alice, Space("create", "early", false), Relation("create", "v", "space", alice+"/early", "viewer", "acct", bob, ""))
 	r := e.StartFirstRun(func(c *pipeline.Config) {
-		c.BeforeRebuild = func(ctx context.Context) {
+		c.Hooks.BeforeRebuild = func(ctx context.Context) {
 			// A live event is decided and written before the rebuild starts.
 			commit(t, e, bob, Relation("create", "m", "group", bob+"/g", "direct_member", "acct", alice, ""))
 			deadline := time.Now().Add(10 * time.Second)
@@ -160,8 +160,8 @@ func TestFirstRunStoresNoCursorBeforeTheRebuildMarker(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			if st.Cursor != -1 || st.Rebuild != -1 {
-				t.Errorf("before the rebuild was requested: cursor %d, marker %d; want neither stored", st.Cursor, st.Rebuild)
+			if st.Progress.Cursor != -1 || st.Progress.Rebuild != -1 {
+				t.Errorf("before the rebuild was requested: cursor %d, marker %d; want neither stored", st.Progress.Cursor, st.Progress.Rebuild)
 			}
 		}
 	})
@@ -185,12 +185,12 @@ func TestRebuildStatusOfAnInactiveRepoIsReplaced(t *testing.T) {
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	var statuses []string
-	for _, rel := range e.Relationships(projector.TypeRepo) {
-		if strings.Contains(rel, "#status@") && strings.Contains(rel, projector.RepoID(alice)) {
+	for _, rel := range e.Relationships(view.TypeRepo) {
+		if strings.Contains(rel, "#status@") && strings.Contains(rel, view.RepoID(alice)) {
 			statuses = append(statuses, rel)
 		}
 	}
-	want := projector.StatusTuple(alice, "active", e.PDS.Head()).String()
+	want := view.StatusTuple(alice, "active", e.PDS.Head()).String()
 	if len(statuses) != 1 || statuses[0] != want {
 		t.Fatalf("alice's status tuples: %v, want only %s", statuses, want)
 	}

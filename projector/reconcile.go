@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"time"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // Drift kinds.
@@ -41,13 +43,60 @@ type Report struct {
 
 // Reconciler compares repos with SpiceDB (DESIGN §5).
 type Reconciler struct {
-	Rules   *Rules
+	Rules   *view.Rules
 	Store   Store
 	Fetcher Fetcher
 	// Settle is how long to wait before checking a drifting repo again: a
 	// drift seen twice is reported, one seen once was a write in flight
 	// (default 1s).
 	Settle time.Duration
+	// Logger and Metrics serve Run (optional).
+	Logger  *slog.Logger
+	Metrics *Metrics
+}
+
+// Run is the daemon's periodic reconcile (--reconcile-every): every period
+// it checks every repo, one account at a time, and resyncs the ones that
+// drift. It returns nil when ctx ends or resync fails (the engine stopped).
+func (r *Reconciler) Run(ctx context.Context, every time.Duration, resync func(ctx context.Context, did string) error) error {
+	log := r.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
+		dids, err := r.Repos(ctx)
+		if err != nil {
+			log.Warn("reconcile: listing repos failed", "err", err)
+			continue
+		}
+		drifting := 0
+		for _, did := range dids {
+			rep, err := r.Check(ctx, did)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				log.Warn("reconcile: check failed", "did", did, "err", err)
+				continue
+			}
+			r.Metrics.Reconciled(rep.Drift)
+			if len(rep.Drift) == 0 {
+				continue
+			}
+			drifting++
+			log.Warn("reconcile: repo drifted from its records; resyncing it", "did", did, "drift", len(rep.Drift),
+				"first", rep.Drift[0].Kind+" "+rep.Drift[0].Relationship)
+			if err := resync(ctx, did); err != nil {
+				return nil
+			}
+		}
+		log.Info("reconcile pass done", "repos", len(dids), "drifting", drifting)
+	}
 }
 
 // Check reconciles one repo, checking twice when drift shows up so that a
@@ -113,10 +162,10 @@ func (r *Reconciler) check(ctx context.Context, did string) (Report, error) {
 			if err != nil {
 				continue
 			}
-			rid := RecordID(did, rec.Collection, rec.RKey)
+			rid := view.RecordID(did, rec.Collection, rec.RKey)
 			for _, t := range tuples {
 				wantData[t.String()] = true
-				wantLin[LineageTuple(t, rid).String()] = true
+				wantLin[view.LineageTuple(t, rid).String()] = true
 			}
 		}
 	}
@@ -135,7 +184,7 @@ func (r *Reconciler) check(ctx context.Context, did string) (Report, error) {
 	gotLin := map[string]bool{}
 	for _, en := range entries {
 		coll, rkey := splitPath(en.Path)
-		lin := LineageTuple(en.Tuple, RecordID(did, coll, rkey)).String()
+		lin := view.LineageTuple(en.Tuple, view.RecordID(did, coll, rkey)).String()
 		gotLin[lin] = true
 		if unknown[en.Path] { // unreadable now: what it produced is not drift
 			wantLin[lin] = true
@@ -170,13 +219,11 @@ func (r *Reconciler) check(ctx context.Context, did string) (Report, error) {
 // repo the view knows.
 func (r *Reconciler) Repos(ctx context.Context) ([]string, error) {
 	set := map[string]bool{}
-	if l, ok := r.Fetcher.(Lister); ok {
-		if err := l.ListAllRepos(ctx, func(info firehose.RepoInfo) error {
-			set[info.DID] = true
-			return nil
-		}); err != nil {
-			return nil, fmt.Errorf("projector: list repos: %w", err)
-		}
+	if err := r.Fetcher.ListAllRepos(ctx, func(info firehose.RepoInfo) error {
+		set[info.DID] = true
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("projector: list repos: %w", err)
 	}
 	known, err := r.Store.LoadRepos(ctx, "")
 	if err != nil {

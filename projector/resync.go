@@ -8,6 +8,7 @@ import (
 
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/backoff"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // resyncJob is a repo resync in flight. The triggering event and every
@@ -28,7 +29,7 @@ type resyncJob struct {
 type resyncResult struct {
 	did      string
 	snap     *firehose.Snapshot
-	data     []Tuple
+	data     []view.Tuple
 	notFound bool
 	inactive bool
 	err      error
@@ -139,8 +140,22 @@ func (a *applier) applyResync(r *resyncResult) error {
 	if err != nil {
 		return err
 	}
-	var units []unit
-	var changes []Change
+	units, final, changes := a.resyncWrites(d, l, job, r)
+	a.completeResync(d, job, units, final, changes)
+	if job.rebuild {
+		n := 0
+		if r.snap != nil {
+			n = len(r.snap.Records)
+		}
+		a.rebuildResyncDone(n)
+	}
+	return a.releaseHeld(d, job)
+}
+
+// resyncWrites decides what a finished fetch writes: the data and lineage
+// units, and the bookkeeping (final) that goes in the last of its writes.
+func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyncResult) ([]unit, unit, []view.Change) {
+	e := a.e
 	final := append(unit(nil), job.tail...)
 	var trigSeq int64
 	var trigTime string
@@ -152,60 +167,58 @@ func (a *applier) applyResync(r *resyncResult) error {
 		e.cfg.Metrics.resyncFailed()
 		e.log.Error("resync given up; applying the triggering event as it is (reconcile will repair the repo)",
 			"did", d.did, "trigger", job.reason, "err", r.err)
-		if job.trigger != nil && job.trigger.Kind == firehose.KindCommit {
-			ev := job.trigger
-			changes = a.changes(d, ev)
-			for i := range changes {
-				if c := &changes[i]; c.Projected {
-					want := c.Produces
-					if c.Rejected != "" {
-						want = nil
-					}
-					units = append(units, l.recordChange(d.did, c.Collection+"/"+c.RKey, want, d.active(), nil))
-				}
-			}
-			final = append(final, a.setRev(d, l, ev.Rev)...)
+		if ev := job.trigger; ev != nil && ev.Kind == firehose.KindCommit {
+			changes := a.changes(d, ev)
+			units := a.recordUnits(d, l, changes)
+			return units, append(final, a.setRev(d, l, ev.Rev)...), changes
 		}
+		return nil, final, nil
 	case r.notFound:
 		e.log.Info("resync: the PDS has no such repo; removing everything it produced", "did", d.did)
-		units = a.removeAll(d, l, r.data)
+		units := a.removeAll(d, l, r.data)
 		if d.rev != "" {
-			final = append(final, Update{Op: OpDelete, Tuple: RevTuple(d.did, d.rev)})
+			final = append(final, view.Update{Op: view.OpDelete, Tuple: view.RevTuple(d.did, d.rev)})
 			d.rev = ""
 		}
 		if d.status != statusDeleted {
 			final = append(final, a.setStatus(d, statusDeleted, max(d.statusSeq, trigSeq))...)
 			d.status = statusDeleted
 		}
+		return units, final, nil
 	case r.inactive:
 		e.log.Info("resync: the PDS says the repo is not active; withdrawing it", "did", d.did)
+		var units []unit
 		for _, t := range r.data {
-			units = append(units, unit{{Op: OpDelete, Tuple: t}})
+			units = append(units, unit{{Op: view.OpDelete, Tuple: t}})
 		}
 		if d.status == "" {
 			final = append(final, a.setStatus(d, "inactive", max(d.statusSeq, trigSeq))...)
 			d.status = "inactive"
 		}
-	default:
-		if d.status != "" {
-			// getRepo answered: the PDS serves the repo, so it is active
-			// (its #account event may have been missed while no cursor
-			// was stored). Restore it with this resync.
-			e.log.Info("resync: the repo is served again; marking it active", "did", d.did, "was", d.status)
-			final = append(final, a.setStatus(d, statusActive, max(d.statusSeq, trigSeq))...)
-			d.status = ""
-		}
-		var u []unit
-		u, changes = a.resyncDiff(d, l, r, trigSeq, trigTime)
-		units = append(units, u...)
-		final = append(final, a.setRev(d, l, r.snap.Rev)...)
+		return units, final, nil
 	}
-	var b *batch
+	if d.status != "" {
+		// getRepo answered: the PDS serves the repo, so it is active (its
+		// #account event may have been missed while no cursor was
+		// stored). Restore it with this resync.
+		e.log.Info("resync: the repo is served again; marking it active", "did", d.did, "was", d.status)
+		final = append(final, a.setStatus(d, statusActive, max(d.statusSeq, trigSeq))...)
+		d.status = ""
+	}
+	units, changes := a.resyncDiff(d, l, r, trigSeq, trigTime)
+	return units, append(final, a.setRev(d, l, r.snap.Rev)...), changes
+}
+
+// completeResync places a resync's writes and completes, with the batch
+// holding the last of them, the events the resync stands for: its trigger
+// and the live events dropped while it ran (unless they need another
+// resync).
+func (a *applier) completeResync(d *didState, job *resyncJob, units []unit, final unit, changes []view.Change) {
+	e := a.e
 	written := unitsLen(units)+len(final) > 0
+	b := a.pending
 	if written {
 		b = a.place(units, final, d)
-	} else {
-		b = a.pending
 	}
 	b.changes = append(b.changes, changes...)
 	if d.known {
@@ -220,28 +233,26 @@ func (a *applier) applyResync(r *resyncResult) error {
 		}
 		e.cfg.Metrics.eventApplied(job.trigger.Kind.String())
 	}
-	covered := job.covered
 	if !job.again {
-		own = append(own, covered...)
-		covered = nil
+		own = append(own, job.covered...)
+		job.covered = nil
 	}
 	if e.cfg.Publisher == nil && !written {
 		// Nothing to write: complete the resync's own events now, like a
 		// settled event. (Not the rest of the open batch: its events are
 		// done only once it commits.)
 		for _, s := range own {
-			e.cfg.Tracker.Done(s)
+			e.tracker.Done(s)
 		}
-	} else {
-		b.seqs = append(b.seqs, own...)
+		return
 	}
-	if job.rebuild {
-		n := 0
-		if r.snap != nil {
-			n = len(r.snap.Records)
-		}
-		a.rebuildResyncDone(n)
-	}
+	b.seqs = append(b.seqs, own...)
+}
+
+// releaseHeld decides the live events held while the repo resynced, in
+// order, and starts one more resync when events had to be dropped (it
+// completes them).
+func (a *applier) releaseHeld(d *didState, job *resyncJob) error {
 	for _, ev := range job.held {
 		if err := a.decide(ev); err != nil {
 			return err
@@ -251,15 +262,15 @@ func (a *applier) applyResync(r *resyncResult) error {
 		if d.resync == nil {
 			a.startResync(d, nil, job.reason)
 		}
-		d.resync.covered = append(d.resync.covered, covered...)
+		d.resync.covered = append(d.resync.covered, job.covered...)
 	}
 	return nil
 }
 
 // resyncDiff computes the updates that bring SpiceDB to the snapshot.
-func (a *applier) resyncDiff(d *didState, l *lineage, r *resyncResult, seq int64, evTime string) ([]unit, []Change) {
-	want := make(map[string][]Tuple, len(r.snap.Records))
-	var changes []Change
+func (a *applier) resyncDiff(d *didState, l *lineage, r *resyncResult, seq int64, evTime string) ([]unit, []view.Change) {
+	want := make(map[string][]view.Tuple, len(r.snap.Records))
+	var changes []view.Change
 	for _, rec := range r.snap.Records {
 		path := rec.Path()
 		if unreadable(rec.Err) {
@@ -272,21 +283,21 @@ func (a *applier) resyncDiff(d *didState, l *lineage, r *resyncResult, seq int64
 			// identical record brings it back.)
 			a.e.cfg.Metrics.unreadableRecord()
 			a.e.log.Warn("resync: a record's block is missing from the snapshot; keeping what it produced",
-				"uri", "at://"+d.did+"/"+path, "reason", rec.Err.Reason, "detail", clip(rec.Err.Detail))
+				"uri", "at://"+d.did+"/"+path, "reason", rec.Err.Reason, "detail", view.Clip(rec.Err.Detail))
 			want[path] = tupleList(l.byRecord[path])
 			continue
 		}
-		c := Change{Seq: seq, DID: d.did, Rev: r.snap.Rev, Time: evTime, Collection: rec.Collection, RKey: rec.RKey,
+		c := view.Change{Seq: seq, DID: d.did, Rev: r.snap.Rev, Time: evTime, Collection: rec.Collection, RKey: rec.RKey,
 			CID: rec.CID.String(), Record: rec.Value, Projected: true, Resync: true}
 		if rec.Err != nil {
-			c.Rejected, c.RejectDetail = Reason(rec.Err.Reason), rec.Err.Detail
+			c.Rejected, c.RejectDetail = view.Reason(rec.Err.Reason), rec.Err.Detail
 		} else {
 			c.Produces, c.Rejected, c.RejectDetail = a.project(d.did, rec.Collection, rec.RKey, rec.Value)
 		}
 		if c.Rejected != "" {
 			a.e.cfg.Metrics.reject(c.Rejected)
 			a.e.log.Warn("record rejected", "uri", "at://"+d.did+"/"+path, "reason", string(c.Rejected),
-				"detail", clip(c.RejectDetail), "resync", true)
+				"detail", view.Clip(c.RejectDetail), "resync", true)
 		}
 		want[path] = c.Produces
 		old, had := l.byRecord[path]
@@ -314,7 +325,7 @@ func (a *applier) resyncDiff(d *didState, l *lineage, r *resyncResult, seq int64
 		w, ok := want[p]
 		if !ok {
 			coll, rkey := splitPath(p)
-			changes = append(changes, Change{Seq: seq, DID: d.did, Rev: r.snap.Rev, Time: evTime, Collection: coll,
+			changes = append(changes, view.Change{Seq: seq, DID: d.did, Rev: r.snap.Rev, Time: evTime, Collection: coll,
 				RKey: rkey, Action: string(firehose.ActionDelete), Projected: true, Resync: true})
 		}
 		units = append(units, l.recordChange(d.did, p, w, d.active(), nil))
@@ -323,7 +334,7 @@ func (a *applier) resyncDiff(d *didState, l *lineage, r *resyncResult, seq int64
 	// the projector's back, or left by an older rules file) goes too.
 	for _, t := range r.data {
 		if _, produced := l.producers[t]; !produced || !d.active() {
-			units = append(units, unit{{Op: OpDelete, Tuple: t}})
+			units = append(units, unit{{Op: view.OpDelete, Tuple: t}})
 		}
 	}
 	return units, changes
@@ -331,7 +342,7 @@ func (a *applier) resyncDiff(d *didState, l *lineage, r *resyncResult, seq int64
 
 // removeAll deletes everything a repo produced: lineage, and data whether
 // lineage names it or not.
-func (a *applier) removeAll(d *didState, l *lineage, data []Tuple) []unit {
+func (a *applier) removeAll(d *didState, l *lineage, data []view.Tuple) []unit {
 	var units []unit
 	var paths []string
 	for p := range l.byRecord {
@@ -342,7 +353,7 @@ func (a *applier) removeAll(d *didState, l *lineage, data []Tuple) []unit {
 		units = append(units, l.recordChange(d.did, p, nil, true, nil))
 	}
 	for _, t := range data {
-		units = append(units, unit{{Op: OpDelete, Tuple: t}})
+		units = append(units, unit{{Op: view.OpDelete, Tuple: t}})
 	}
 	return units
 }
@@ -353,8 +364,8 @@ func unreadable(err *firehose.OpError) bool {
 	return err != nil && (err.Reason == firehose.ReasonMissingBlock || err.Reason == firehose.ReasonCIDMismatch)
 }
 
-func tupleList(set map[Tuple]struct{}) []Tuple {
-	out := make([]Tuple, 0, len(set))
+func tupleList(set map[view.Tuple]struct{}) []view.Tuple {
+	out := make([]view.Tuple, 0, len(set))
 	for t := range set {
 		out = append(out, t)
 	}
@@ -362,7 +373,7 @@ func tupleList(set map[Tuple]struct{}) []Tuple {
 	return out
 }
 
-func sameTuples(old map[Tuple]struct{}, now []Tuple) bool {
+func sameTuples(old map[view.Tuple]struct{}, now []view.Tuple) bool {
 	if len(old) != len(now) {
 		return false
 	}

@@ -12,8 +12,8 @@ import (
 	"github.com/spaces-authz/spaces-authz/internal/fakepds"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
-	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // BenchmarkProjectionWriteRate measures, in one run against one real
@@ -42,8 +42,8 @@ func benchWriteRate(b *testing.B, commits, perCommit int) {
 	for i := range accounts {
 		dids = append(dids, Must(e.PDS.CreateAccount(fmt.Sprintf("w%02d", i))).DID())
 	}
-	rules := projector.DefaultRules()
-	var events [][]projector.Update // per commit: what a naive consumer writes
+	rules := view.DefaultRules()
+	var events [][]view.Update // per commit: what a naive consumer writes
 	for c := range commits {
 		a := c % accounts
 		did := dids[a]
@@ -59,15 +59,15 @@ func benchWriteRate(b *testing.B, commits, perCommit int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		var ups []projector.Update
+		var ups []view.Update
 		for _, w := range ws {
 			tuples, _ := rules.Project(did, w.Collection, w.RKey, w.Value)
 			for _, t := range tuples {
-				ups = append(ups, projector.Update{Op: projector.OpTouch, Tuple: t},
-					projector.Update{Op: projector.OpTouch, Tuple: projector.LineageTuple(t, projector.RecordID(did, w.Collection, w.RKey))})
+				ups = append(ups, view.Update{Op: view.OpTouch, Tuple: t},
+					view.Update{Op: view.OpTouch, Tuple: view.LineageTuple(t, view.RecordID(did, w.Collection, w.RKey))})
 			}
 		}
-		ups = append(ups, projector.Update{Op: projector.OpTouch, Tuple: projector.RevTuple(did, cm.Rev)})
+		ups = append(ups, view.Update{Op: view.OpTouch, Tuple: view.RevTuple(did, cm.Rev)})
 		events = append(events, ups)
 	}
 	records := commits * perCommit
@@ -77,7 +77,7 @@ func benchWriteRate(b *testing.B, commits, perCommit int) {
 		env.StoreCursor(0)
 		reg := prometheus.NewRegistry()
 		start := time.Now()
-		r := env.Start(func(c *pipeline.Config) { c.Registry = reg; c.FlushEvery = time.Second })
+		r := env.Start(func(c *pipeline.Config) { c.Registry = reg; c.Engine.FlushEvery = time.Second })
 		env.WaitCaughtUp(r)
 		took := time.Since(start)
 		_ = r.Stop()
@@ -87,8 +87,8 @@ func benchWriteRate(b *testing.B, commits, perCommit int) {
 
 		// 2. raw 1,000-TOUCH batches of the same number of relationships
 		raw := e.Fork()
-		var all []projector.Update
-		seen := map[projector.Tuple]bool{}
+		var all []view.Update
+		seen := map[view.Tuple]bool{}
 		for _, ev := range events {
 			for _, u := range ev {
 				if !seen[u.Tuple] {
@@ -126,12 +126,12 @@ func benchWriteRate(b *testing.B, commits, perCommit int) {
 	}
 }
 
-func write(b *testing.B, c *spice.Client, ups []projector.Update) {
+func write(b *testing.B, c *spice.Client, ups []view.Update) {
 	b.Helper()
 	req := &v1.WriteRelationshipsRequest{}
 	for _, u := range ups {
 		op := v1.RelationshipUpdate_OPERATION_TOUCH
-		if u.Op == projector.OpDelete {
+		if u.Op == view.OpDelete {
 			op = v1.RelationshipUpdate_OPERATION_DELETE
 		}
 		req.Updates = append(req.Updates, &v1.RelationshipUpdate{Operation: op, Relationship: spice.ToV1(u.Tuple)})

@@ -10,12 +10,9 @@ import (
 	"time"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
-
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/checkpoint"
+	"github.com/spaces-authz/spaces-authz/view"
 )
-
-// NoSeq marks an absent cursor or marker.
-const NoSeq int64 = -1
 
 // DefaultLeaseTimeout is how old a heartbeat must be before the lease is
 // considered abandoned.
@@ -26,81 +23,42 @@ var nameRE = regexp.MustCompile(`^[a-zA-Z0-9_\-]{1,128}$`)
 // ValidName reports whether name can be a projector or consumer ID.
 func ValidName(name string) bool { return nameRE.MatchString(name) }
 
-// ProjectorState is what SpiceDB holds for one projector.
+// ProjectorState is what SpiceDB holds on one projector object: the lease,
+// and the progress of the source named after the projector.
 type ProjectorState struct {
 	// Holder is the consumer ID holding the lease ("" when none).
 	Holder string
 	// HeartbeatMs is the holder's last heartbeat, unix milliseconds (0 when none).
 	HeartbeatMs int64
-	// Cursor: every seq at or below it is applied (NoSeq when none).
-	Cursor int64
-	// Rewind: after a rewind, each repo is resynced on its first event at
-	// or below this seq (NoSeq when none).
-	Rewind int64
-	// Rebuild is set while a rebuild is in progress (NoSeq when none).
-	Rebuild int64
+	// Progress is the cursor and markers (see package checkpoint).
+	Progress checkpoint.State
 }
 
 // Empty reports a projector with no lease and no cursor: a first run, or a
 // SpiceDB that was reset.
-func (s ProjectorState) Empty() bool { return s.Holder == "" && s.Cursor == NoSeq }
-
-func projectorTuple(name, rel, subType, subID string) projector.Tuple {
-	return projector.Tuple{ResourceType: projector.TypeProjector, ResourceID: name, Relation: rel,
-		SubjectType: subType, SubjectID: subID}
-}
-
-// HolderTuple is projector:<name>#holder@consumer:<holder>.
-func HolderTuple(name, holder string) projector.Tuple {
-	return projectorTuple(name, projector.RelHolder, projector.TypeConsumer, holder)
-}
-
-// CursorTuple is projector:<name>#cursor@cursor:<seq>.
-func CursorTuple(name string, seq int64) projector.Tuple {
-	return projectorTuple(name, projector.RelCursor, projector.TypeCursor, strconv.FormatInt(seq, 10))
-}
-
-// HeartbeatTuple is projector:<name>#heartbeat@heartbeat:<unix ms>.
-func HeartbeatTuple(name string, ms int64) projector.Tuple {
-	return projectorTuple(name, projector.RelHeartbeat, projector.TypeHeartbeat, strconv.FormatInt(ms, 10))
-}
-
-// MarkerTuple is projector:<name>#<rewind|rebuild>@seq:<seq>.
-func MarkerTuple(name, rel string, seq int64) projector.Tuple {
-	return projectorTuple(name, rel, projector.TypeSeq, strconv.FormatInt(seq, 10))
-}
+func (s ProjectorState) Empty() bool { return s.Holder == "" && s.Progress.Cursor == checkpoint.None }
 
 // ReadProjector reads a projector's lease, cursor and markers, fully
 // consistent.
 func (c *Client) ReadProjector(ctx context.Context, name string) (ProjectorState, error) {
-	st := ProjectorState{Cursor: NoSeq, Rewind: NoSeq, Rebuild: NoSeq}
-	filter := &v1.RelationshipFilter{ResourceType: projector.TypeProjector, OptionalResourceId: name}
-	err := c.Read(ctx, filter, "", func(t projector.Tuple) error {
-		var n int64
-		if t.Relation != projector.RelHolder {
-			v, err := strconv.ParseInt(t.SubjectID, 10, 64)
-			if err != nil {
-				return fmt.Errorf("spice: projector %s: bad %s %q", name, t.Relation, t.SubjectID)
-			}
-			n = v
+	st := ProjectorState{Progress: checkpoint.Empty()}
+	filter := &v1.RelationshipFilter{ResourceType: view.TypeProjector, OptionalResourceId: name}
+	err := c.Read(ctx, filter, "", func(t view.Tuple) error {
+		if ok, err := st.Progress.Decode(t); ok || err != nil {
+			return err
 		}
 		switch t.Relation {
-		case projector.RelHolder:
+		case view.RelHolder:
 			if st.Holder != "" {
 				return fmt.Errorf("spice: projector %s has two holders (%s, %s)", name, st.Holder, t.SubjectID)
 			}
 			st.Holder = t.SubjectID
-		case projector.RelHeartbeat:
-			st.HeartbeatMs = max(st.HeartbeatMs, n)
-		case projector.RelCursor:
-			if st.Cursor != NoSeq {
-				return fmt.Errorf("spice: projector %s has two cursors (%d, %d): refusing to guess", name, st.Cursor, n)
+		case view.RelHeartbeat:
+			n, err := strconv.ParseInt(t.SubjectID, 10, 64)
+			if err != nil {
+				return fmt.Errorf("spice: projector %s: bad heartbeat %q", name, t.SubjectID)
 			}
-			st.Cursor = n
-		case projector.RelRewind:
-			st.Rewind = n
-		case projector.RelRebuild:
-			st.Rebuild = n
+			st.HeartbeatMs = max(st.HeartbeatMs, n)
 		}
 		return nil
 	})
@@ -162,11 +120,11 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 		age := t.Sub(time.UnixMilli(st.HeartbeatMs))
 		stale := age > cfg.Timeout || time.Since(seenAt) > cfg.Timeout
 		hb := t.UnixMilli()
-		updates := []projector.Update{{Op: projector.OpTouch, Tuple: HolderTuple(cfg.Name, cfg.Holder)}}
+		updates := []view.Update{{Op: view.OpTouch, Tuple: view.HolderTuple(cfg.Name, cfg.Holder)}}
 		if st.HeartbeatMs != 0 && st.HeartbeatMs != hb {
-			updates = append(updates, projector.Update{Op: projector.OpDelete, Tuple: HeartbeatTuple(cfg.Name, st.HeartbeatMs)})
+			updates = append(updates, view.Update{Op: view.OpDelete, Tuple: view.HeartbeatTuple(cfg.Name, st.HeartbeatMs)})
 		}
-		updates = append(updates, projector.Update{Op: projector.OpTouch, Tuple: HeartbeatTuple(cfg.Name, hb)})
+		updates = append(updates, view.Update{Op: view.OpTouch, Tuple: view.HeartbeatTuple(cfg.Name, hb)})
 		var pre *v1.Precondition
 		switch {
 		case st.Holder == cfg.Holder:
@@ -174,13 +132,13 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 			return st, nil
 		case st.Holder == "":
 			pre = &v1.Precondition{Operation: v1.Precondition_OPERATION_MUST_NOT_MATCH,
-				Filter: &v1.RelationshipFilter{ResourceType: projector.TypeProjector, OptionalResourceId: cfg.Name,
-					OptionalRelation: projector.RelHolder}}
+				Filter: &v1.RelationshipFilter{ResourceType: view.TypeProjector, OptionalResourceId: cfg.Name,
+					OptionalRelation: view.RelHolder}}
 		case cfg.Takeover || stale:
 			log.Warn("taking over the lease", "projector", cfg.Name, "previous_holder", st.Holder,
 				"heartbeat_age", age.Round(time.Millisecond), "forced", cfg.Takeover)
-			updates = append(updates, projector.Update{Op: projector.OpDelete, Tuple: HolderTuple(cfg.Name, st.Holder)})
-			pre = mustMatch(HolderTuple(cfg.Name, st.Holder))
+			updates = append(updates, view.Update{Op: view.OpDelete, Tuple: view.HolderTuple(cfg.Name, st.Holder)})
+			pre = mustMatch(view.HolderTuple(cfg.Name, st.Holder))
 		default:
 			cfg.Metrics.SetLeaseState(LeaseWaiting)
 			if !cfg.Wait {
@@ -200,7 +158,7 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 		case err == nil:
 			st.Holder, st.HeartbeatMs = cfg.Holder, hb
 			cfg.Metrics.SetLeaseState(LeaseHeld)
-			log.Info("lease acquired", "projector", cfg.Name, "holder", cfg.Holder, "cursor", st.Cursor)
+			log.Info("lease acquired", "projector", cfg.Name, "holder", cfg.Holder, "cursor", st.Progress.Cursor)
 			return st, nil
 		case Classify(err) == ClassPrecondition:
 			continue // someone else moved first; look again
@@ -218,18 +176,18 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 	}
 }
 
-func mustMatch(t projector.Tuple) *v1.Precondition {
+func mustMatch(t view.Tuple) *v1.Precondition {
 	return &v1.Precondition{Operation: v1.Precondition_OPERATION_MUST_MATCH, Filter: exactFilter(t)}
 }
 
-func exactFilter(t projector.Tuple) *v1.RelationshipFilter {
+func exactFilter(t view.Tuple) *v1.RelationshipFilter {
 	return &v1.RelationshipFilter{ResourceType: t.ResourceType, OptionalResourceId: t.ResourceID,
 		OptionalRelation: t.Relation, OptionalSubjectFilter: &v1.SubjectFilter{SubjectType: t.SubjectType,
 			OptionalSubjectId: t.SubjectID}}
 }
 
 // write is one WriteRelationships call.
-func (c *Client) write(ctx context.Context, updates []projector.Update, pre []*v1.Precondition) (string, error) {
+func (c *Client) write(ctx context.Context, updates []view.Update, pre []*v1.Precondition) (string, error) {
 	ctx, cancel := c.callCtx(ctx)
 	defer cancel()
 	resp, err := c.api.WriteRelationships(ctx, &v1.WriteRelationshipsRequest{Updates: toV1Updates(updates),

@@ -13,7 +13,6 @@ type Metrics struct {
 	writeDur    prometheus.Histogram
 	writeErrors *prometheus.CounterVec
 	leaseState  *prometheus.GaugeVec
-	cursor      prometheus.Gauge
 }
 
 // Lease states reported by the consumer_lease_state gauge.
@@ -36,10 +35,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "write_errors_total", Help: "Failed WriteRelationships calls, by class."}, []string{"class"}),
 		leaseState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "consumer", Name: "lease_state",
 			Help: "1 for the consumer's current lease state (waiting, held, fenced)."}, []string{"state"}),
-		cursor: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "cursor_seq",
-			Help: "The cursor stored in SpiceDB: every seq at or below it is applied."}),
 	}
-	reg.MustRegister(m.updates, m.batchSize, m.writeDur, m.writeErrors, m.leaseState, m.cursor)
+	reg.MustRegister(m.updates, m.batchSize, m.writeDur, m.writeErrors, m.leaseState)
 	for _, op := range []string{"touch", "delete"} {
 		m.updates.WithLabelValues(op)
 	}
@@ -79,11 +76,5 @@ func (m *Metrics) SetLeaseState(state string) {
 			v = 1
 		}
 		m.leaseState.WithLabelValues(s).Set(v)
-	}
-}
-
-func (m *Metrics) setCursor(c int64) {
-	if m != nil && c >= 0 {
-		m.cursor.Set(float64(c))
 	}
 }

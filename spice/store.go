@@ -8,7 +8,7 @@ import (
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // pageSize is SpiceDB's maximum page for ReadRelationships.
@@ -19,13 +19,11 @@ type Store struct {
 	c *Client
 }
 
-var _ projector.Store = (*Store)(nil)
-
 // NewStore wraps a client.
 func NewStore(c *Client) *Store { return &Store{c: c} }
 
 // Read pages through the relationships matching filter, calling fn for each.
-func (c *Client) Read(ctx context.Context, filter *v1.RelationshipFilter, token string, fn func(projector.Tuple) error) error {
+func (c *Client) Read(ctx context.Context, filter *v1.RelationshipFilter, token string, fn func(view.Tuple) error) error {
 	var after *v1.Cursor
 	for {
 		n, last, err := c.readPage(ctx, filter, token, after, fn)
@@ -40,7 +38,7 @@ func (c *Client) Read(ctx context.Context, filter *v1.RelationshipFilter, token 
 }
 
 func (c *Client) readPage(ctx context.Context, filter *v1.RelationshipFilter, token string, after *v1.Cursor,
-	fn func(projector.Tuple) error) (int, *v1.Cursor, error) {
+	fn func(view.Tuple) error) (int, *v1.Cursor, error) {
 	ctx, cancel := c.callCtx(ctx)
 	defer cancel()
 	stream, err := c.api.ReadRelationships(ctx, &v1.ReadRelationshipsRequest{
@@ -67,25 +65,25 @@ func (c *Client) readPage(ctx context.Context, filter *v1.RelationshipFilter, to
 }
 
 // LoadRepos reads every repo:<did> relationship.
-func (s *Store) LoadRepos(ctx context.Context, token string) ([]projector.RepoState, error) {
-	byDID := map[string]*projector.RepoState{}
+func (s *Store) LoadRepos(ctx context.Context, token string) ([]view.RepoState, error) {
+	byDID := map[string]*view.RepoState{}
 	var order []string
-	err := s.c.Read(ctx, &v1.RelationshipFilter{ResourceType: projector.TypeRepo}, token, func(t projector.Tuple) error {
-		did, err := projector.DecodeDID(t.ResourceID)
+	err := s.c.Read(ctx, &v1.RelationshipFilter{ResourceType: view.TypeRepo}, token, func(t view.Tuple) error {
+		did, err := view.DecodeDID(t.ResourceID)
 		if err != nil {
 			return fmt.Errorf("spice: stored repo state %s: %w", t, err)
 		}
 		st := byDID[did]
 		if st == nil {
-			st = &projector.RepoState{DID: did}
+			st = &view.RepoState{DID: did}
 			byDID[did] = st
 			order = append(order, did)
 		}
 		switch t.Relation {
-		case projector.RelRev:
+		case view.RelRev:
 			st.Rev = t.SubjectID
-		case projector.RelStatus:
-			status, seq, err := projector.ParseStatusID(t.SubjectID)
+		case view.RelStatus:
+			status, seq, err := view.ParseStatusID(t.SubjectID)
 			if err != nil {
 				return fmt.Errorf("spice: stored repo state %s: %w", t, err)
 			}
@@ -93,7 +91,7 @@ func (s *Store) LoadRepos(ctx context.Context, token string) ([]projector.RepoSt
 			case st.Status == "":
 				st.Status, st.StatusSeq = status, seq
 			case seq > st.StatusSeq:
-				st.StaleStatuses = append(st.StaleStatuses, projector.StatusTuple(did, st.Status, st.StatusSeq).SubjectID)
+				st.StaleStatuses = append(st.StaleStatuses, view.StatusTuple(did, st.Status, st.StatusSeq).SubjectID)
 				st.Status, st.StatusSeq = status, seq
 			default:
 				st.StaleStatuses = append(st.StaleStatuses, t.SubjectID)
@@ -104,7 +102,7 @@ func (s *Store) LoadRepos(ctx context.Context, token string) ([]projector.RepoSt
 	if err != nil {
 		return nil, err
 	}
-	out := make([]projector.RepoState, 0, len(order))
+	out := make([]view.RepoState, 0, len(order))
 	for _, d := range order {
 		out = append(out, *byDID[d])
 	}
@@ -112,34 +110,34 @@ func (s *Store) LoadRepos(ctx context.Context, token string) ([]projector.RepoSt
 }
 
 // LoadLineage reads a repo's lineage with one prefix read.
-func (s *Store) LoadLineage(ctx context.Context, did, token string) ([]projector.LineageEntry, error) {
-	var out []projector.LineageEntry
-	filter := &v1.RelationshipFilter{ResourceType: projector.TypeLineage,
-		OptionalResourceIdPrefix: projector.DIDPrefix(did)}
-	err := s.c.Read(ctx, filter, token, func(t projector.Tuple) error {
-		data, err := projector.ParseLineageID(t.ResourceID)
+func (s *Store) LoadLineage(ctx context.Context, did, token string) ([]view.LineageEntry, error) {
+	var out []view.LineageEntry
+	filter := &v1.RelationshipFilter{ResourceType: view.TypeLineage,
+		OptionalResourceIdPrefix: view.DIDPrefix(did)}
+	err := s.c.Read(ctx, filter, token, func(t view.Tuple) error {
+		data, err := view.ParseLineageID(t.ResourceID)
 		if err != nil {
 			return fmt.Errorf("spice: stored lineage %s: %w", t, err)
 		}
-		rdid, coll, rkey, err := projector.ParseRecordID(t.SubjectID)
+		rdid, coll, rkey, err := view.ParseRecordID(t.SubjectID)
 		if err != nil {
 			return fmt.Errorf("spice: stored lineage %s: %w", t, err)
 		}
 		if rdid != did {
 			return fmt.Errorf("spice: stored lineage %s: record of %s under %s", t, rdid, did)
 		}
-		out = append(out, projector.LineageEntry{Tuple: data, Path: coll + "/" + rkey})
+		out = append(out, view.LineageEntry{Tuple: data, Path: coll + "/" + rkey})
 		return nil
 	})
 	return out, err
 }
 
 // LoadData reads the space and group tuples under a repo's prefix.
-func (s *Store) LoadData(ctx context.Context, did, token string) ([]projector.Tuple, error) {
-	var out []projector.Tuple
-	for _, typ := range []string{projector.TypeSpace, projector.TypeGroup} {
-		filter := &v1.RelationshipFilter{ResourceType: typ, OptionalResourceIdPrefix: projector.DIDPrefix(did)}
-		if err := s.c.Read(ctx, filter, token, func(t projector.Tuple) error {
+func (s *Store) LoadData(ctx context.Context, did, token string) ([]view.Tuple, error) {
+	var out []view.Tuple
+	for _, typ := range []string{view.TypeSpace, view.TypeGroup} {
+		filter := &v1.RelationshipFilter{ResourceType: typ, OptionalResourceIdPrefix: view.DIDPrefix(did)}
+		if err := s.c.Read(ctx, filter, token, func(t view.Tuple) error {
 			out = append(out, t)
 			return nil
 		}); err != nil {

@@ -5,23 +5,26 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
+	"slices"
 	"sync"
 	"time"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/internal/backoff"
 	"github.com/spaces-authz/spaces-authz/internal/crashpoint"
-	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
-// MaxUpdatesPerCall is SpiceDB's default limit on updates per write.
+// MaxUpdatesPerCall is SpiceDB's default limit on updates per write
+// (--write-relationships-max-updates-per-call).
 const MaxUpdatesPerCall = 1000
 
-// Reserved is how many updates of a call the writer keeps for itself (the
-// cursor and the heartbeat, a DELETE and a TOUCH each).
-const Reserved = 4
+// Reserved is how many updates of a call the writer and the progress it
+// carries may need besides the data: the heartbeat (a DELETE and a TOUCH)
+// and a checkpoint.Step.
+const Reserved = 2 + checkpoint.MaxStepUpdates
 
 // DefaultHeartbeatEvery is how often the heartbeat is rewritten.
 const DefaultHeartbeatEvery = 5 * time.Second
@@ -31,9 +34,9 @@ type WriterConfig struct {
 	Client *Client
 	// Name of the projector and Holder, this consumer's ID (required).
 	Name, Holder string
-	// Lease is the state AcquireLease returned: the stored cursor and
-	// heartbeat the writer rewrites.
-	Lease ProjectorState
+	// HeartbeatMs is the heartbeat AcquireLease stored (the writer
+	// rewrites it).
+	HeartbeatMs int64
 	// HeartbeatEvery (default 5s): writes refresh the heartbeat when it is
 	// older than half of this.
 	HeartbeatEvery time.Duration
@@ -44,22 +47,16 @@ type WriterConfig struct {
 	Now                    func() time.Time
 }
 
-// Writer writes the projector's batches. It is safe for concurrent use but
-// serialises calls: the cursor it rewrites must move in order.
+// Writer writes the projector's batches under the lease. It is safe for
+// concurrent use and serialises calls.
 type Writer struct {
-	cfg WriterConfig
-	log *slog.Logger
-	mu  sync.Mutex
-	cur int64 // stored cursor
-	hb  int64 // stored heartbeat (ms)
-	// rewind is the stored rewind marker: cleared in the write whose
-	// cursor passes it, since every event it covers is then replayed.
-	rewind int64
-	tok    string
-	dead   error
+	cfg  WriterConfig
+	log  *slog.Logger
+	mu   sync.Mutex
+	hb   int64 // stored heartbeat (ms)
+	tok  string
+	dead error
 }
-
-var _ projector.Writer = (*Writer)(nil)
 
 // NewWriter builds a writer for a held lease.
 func NewWriter(cfg WriterConfig) *Writer {
@@ -73,16 +70,7 @@ func NewWriter(cfg WriterConfig) *Writer {
 	if log == nil {
 		log = slog.Default()
 	}
-	cfg.Metrics.setCursor(cfg.Lease.Cursor)
-	return &Writer{cfg: cfg, log: log.With("component", "spice-writer"), cur: cfg.Lease.Cursor, hb: cfg.Lease.HeartbeatMs,
-		rewind: cfg.Lease.Rewind}
-}
-
-// Cursor is the cursor stored by the last successful write.
-func (w *Writer) Cursor() int64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.cur
+	return &Writer{cfg: cfg, log: log.With("component", "spice-writer"), hb: cfg.HeartbeatMs}
 }
 
 // Token is the ZedToken of the last successful write ("" before one).
@@ -92,121 +80,123 @@ func (w *Writer) Token() string {
 	return w.tok
 }
 
-// Write commits updates, the cursor (when it moved; NoSeq leaves it alone),
-// and the heartbeat (when due) in one WriteRelationships call guarded by a
-// MUST_MATCH on this consumer's holder tuple. Transient errors are retried
+// Write commits updates, the progress updates that go with them (a
+// checkpoint.Step's), and the heartbeat when it is due, in one
+// WriteRelationships call guarded by a MUST_MATCH on this consumer's holder
+// tuple. Only updates count in the metrics. Transient errors are retried
 // with backoff until ctx ends. It returns the write's ZedToken, or a fatal
 // error: ErrFenced, ErrReset, ErrLeaseLost, ErrSchema, a *RefusedError, or
 // ctx's error (nothing was written).
-func (w *Writer) Write(ctx context.Context, updates []projector.Update, cursor int64) (string, error) {
+func (w *Writer) Write(ctx context.Context, updates, progress []view.Update) (string, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.dead != nil {
 		return "", w.dead
 	}
-	if len(updates) > MaxUpdatesPerCall-Reserved {
-		return "", fmt.Errorf("spice: write: %d updates is over the %d a call can carry", len(updates), MaxUpdatesPerCall-Reserved)
+	if n := len(updates) + len(progress); n > MaxUpdatesPerCall-2 {
+		return "", fmt.Errorf("spice: write: %d updates is over the %d a call can carry", n, MaxUpdatesPerCall-2)
 	}
 	bo := backoff.Backoff{Min: w.cfg.BackoffMin, Max: w.cfg.BackoffMax}
 	preconditionRetries := 0
 	for {
-		all := updates
-		newCur := NoSeq
-		if cursor != NoSeq && cursor != w.cur {
-			newCur = cursor
-			all = append(all[:len(all):len(all)], projector.Update{Op: projector.OpTouch, Tuple: CursorTuple(w.cfg.Name, cursor)})
-			if w.cur != NoSeq {
-				all = append(all, projector.Update{Op: projector.OpDelete, Tuple: CursorTuple(w.cfg.Name, w.cur)})
-			}
-		}
-		clearRewind := w.rewind != NoSeq && newCur > w.rewind
-		if clearRewind {
-			all = append(all[:len(all):len(all)], projector.Update{Op: projector.OpDelete,
-				Tuple: MarkerTuple(w.cfg.Name, projector.RelRewind, w.rewind)})
-		}
-		var newHB int64
-		if ms := w.cfg.Now().UnixMilli(); time.Duration(ms-w.hb)*time.Millisecond >= w.cfg.HeartbeatEvery/2 {
-			newHB = ms
-			all = append(all[:len(all):len(all)], projector.Update{Op: projector.OpTouch, Tuple: HeartbeatTuple(w.cfg.Name, ms)})
-			if w.hb != 0 {
-				all = append(all, projector.Update{Op: projector.OpDelete, Tuple: HeartbeatTuple(w.cfg.Name, w.hb)})
-			}
-		}
+		all, newHB := w.withHeartbeat(updates, progress)
 		if len(all) == 0 {
 			return w.tok, nil
 		}
 		start := time.Now()
 		crashpoint.Hit(crashpoint.BeforeWrite)
-		tok, err := w.cfg.Client.write(ctx, all, []*v1.Precondition{mustMatch(HolderTuple(w.cfg.Name, w.cfg.Holder))})
+		tok, err := w.cfg.Client.write(ctx, all, []*v1.Precondition{mustMatch(view.HolderTuple(w.cfg.Name, w.cfg.Holder))})
 		if err == nil {
 			crashpoint.Hit(crashpoint.AfterWrite)
-			touch, del := 0, 0
-			for _, u := range updates {
-				if u.Op == projector.OpTouch {
-					touch++
-				} else {
-					del++
-				}
-			}
-			w.cfg.Metrics.written(touch, del, time.Since(start))
-			if newCur != NoSeq {
-				w.cur = newCur
-				w.cfg.Metrics.setCursor(newCur)
-			}
-			if newHB != 0 {
-				w.hb = newHB
-			}
-			if clearRewind {
-				w.rewind = NoSeq
-			}
-			w.tok = tok
+			w.committed(updates, newHB, tok, time.Since(start))
 			return tok, nil
 		}
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
-		class := Classify(err)
-		w.cfg.Metrics.writeError(class)
-		switch class {
-		case ClassTransient:
-			d := bo.Next()
-			w.log.Warn("SpiceDB write failed; retrying", "err", err, "attempt", bo.Attempts(), "delay", d, "updates", len(all))
-			select {
-			case <-ctx.Done():
-				return "", ctx.Err()
-			case <-time.After(d):
-			}
-		case ClassPrecondition:
-			lerr := w.leaseError(ctx)
-			if lerr == nil && preconditionRetries < 3 {
-				preconditionRetries++
-				continue
-			}
-			if lerr == nil {
-				lerr = fmt.Errorf("spice: write precondition keeps failing while the lease looks held: %w", err)
-			}
-			if errors.Is(lerr, ErrFenced) {
-				w.cfg.Metrics.SetLeaseState(LeaseFenced)
-			}
-			w.dead = lerr
-			return "", lerr
-		case ClassSchema:
-			w.dead = w.schemaError(ctx, err)
-			return "", w.dead
-		case ClassRefused:
-			return "", &RefusedError{Err: err}
-		default:
-			w.dead = fmt.Errorf("spice: write: %w", err)
-			return "", w.dead
+		retry, ferr := w.failed(ctx, err, &bo, &preconditionRetries, len(all))
+		if !retry {
+			return "", ferr
 		}
 	}
+}
+
+// withHeartbeat is the call's updates: data, progress, and the heartbeat
+// when half of HeartbeatEvery has passed (newHB is then its new value).
+func (w *Writer) withHeartbeat(updates, progress []view.Update) (all []view.Update, newHB int64) {
+	all = append(updates[:len(updates):len(updates)], progress...)
+	if ms := w.cfg.Now().UnixMilli(); time.Duration(ms-w.hb)*time.Millisecond >= w.cfg.HeartbeatEvery/2 {
+		newHB = ms
+		all = append(all, view.Update{Op: view.OpTouch, Tuple: view.HeartbeatTuple(w.cfg.Name, ms)})
+		if w.hb != 0 {
+			all = append(all, view.Update{Op: view.OpDelete, Tuple: view.HeartbeatTuple(w.cfg.Name, w.hb)})
+		}
+	}
+	return all, newHB
+}
+
+// committed records a successful write.
+func (w *Writer) committed(updates []view.Update, newHB int64, tok string, took time.Duration) {
+	touch, del := 0, 0
+	for _, u := range updates {
+		if u.Op == view.OpTouch {
+			touch++
+		} else {
+			del++
+		}
+	}
+	w.cfg.Metrics.written(touch, del, took)
+	if newHB != 0 {
+		w.hb = newHB
+	}
+	w.tok = tok
+}
+
+// failed classifies a failed write: a transient error waits out its backoff
+// (retry), a precondition failure re-reads the lease (retry a few times
+// while it still looks held), and anything else is returned, fatal ones
+// marking the writer dead.
+func (w *Writer) failed(ctx context.Context, err error, bo *backoff.Backoff, preconditionRetries *int, n int) (retry bool, _ error) {
+	class := Classify(err)
+	w.cfg.Metrics.writeError(class)
+	switch class {
+	case ClassTransient:
+		d := bo.Next()
+		w.log.Warn("SpiceDB write failed; retrying", "err", err, "attempt", bo.Attempts(), "delay", d, "updates", n)
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(d):
+			return true, nil
+		}
+	case ClassPrecondition:
+		lerr := w.leaseError(ctx)
+		if lerr == nil && *preconditionRetries < 3 {
+			*preconditionRetries++
+			return true, nil
+		}
+		if lerr == nil {
+			lerr = fmt.Errorf("spice: write precondition keeps failing while the lease looks held: %w", err)
+		}
+		if errors.Is(lerr, ErrFenced) {
+			w.cfg.Metrics.SetLeaseState(LeaseFenced)
+		}
+		w.dead = lerr
+	case ClassSchema:
+		w.dead = w.schemaError(ctx, err)
+	case ClassRefused:
+		return false, &RefusedError{Err: err}
+	default:
+		w.dead = fmt.Errorf("spice: write: %w", err)
+	}
+	return false, w.dead
 }
 
 // schemaError tells a wrong schema from a SpiceDB that lost everything: a
 // restarted memory datastore has no schema at all, and that is a reset.
 func (w *Writer) schemaError(ctx context.Context, err error) error {
 	s, rerr := w.cfg.Client.ReadSchema(ctx)
-	if rerr == nil && !strings.Contains(s, "definition "+projector.TypeProjector+" ") {
+	if rerr == nil && slices.Contains(missingDefinitions(s), view.TypeProjector) {
 		return fmt.Errorf("%w (its schema is gone too: %w)", ErrReset, err)
 	}
 	return fmt.Errorf("%w: %w", ErrSchema, err)
@@ -221,7 +211,7 @@ func (w *Writer) leaseError(ctx context.Context) error {
 	switch {
 	case st.Holder == w.cfg.Holder:
 		return nil
-	case st.Holder == "" && st.Cursor == NoSeq:
+	case st.Empty():
 		return ErrReset
 	case st.Holder == "":
 		return ErrLeaseLost
@@ -237,11 +227,11 @@ const dryRunHolder = "dry-run-never-a-holder"
 // DryRun asks SpiceDB to validate updates without applying them: the write
 // carries a precondition that can't hold, and SpiceDB validates updates
 // before preconditions. nil means every update is acceptable.
-func (w *Writer) DryRun(ctx context.Context, updates []projector.Update) error {
+func (w *Writer) DryRun(ctx context.Context, updates []view.Update) error {
 	if len(updates) == 0 {
 		return nil
 	}
-	_, err := w.cfg.Client.write(ctx, updates, []*v1.Precondition{mustMatch(HolderTuple(w.cfg.Name, dryRunHolder))})
+	_, err := w.cfg.Client.write(ctx, updates, []*v1.Precondition{mustMatch(view.HolderTuple(w.cfg.Name, dryRunHolder))})
 	if err == nil {
 		return errors.New("spice: dry run was applied: a consumer is using the reserved dry-run holder ID")
 	}
@@ -268,37 +258,14 @@ func (w *Writer) Release(ctx context.Context) error {
 	if w.dead != nil {
 		return w.dead
 	}
-	updates := []projector.Update{{Op: projector.OpDelete, Tuple: HolderTuple(w.cfg.Name, w.cfg.Holder)}}
+	updates := []view.Update{{Op: view.OpDelete, Tuple: view.HolderTuple(w.cfg.Name, w.cfg.Holder)}}
 	if w.hb != 0 {
-		updates = append(updates, projector.Update{Op: projector.OpDelete, Tuple: HeartbeatTuple(w.cfg.Name, w.hb)})
+		updates = append(updates, view.Update{Op: view.OpDelete, Tuple: view.HeartbeatTuple(w.cfg.Name, w.hb)})
 	}
-	_, err := w.cfg.Client.write(ctx, updates, []*v1.Precondition{mustMatch(HolderTuple(w.cfg.Name, w.cfg.Holder))})
+	_, err := w.cfg.Client.write(ctx, updates, []*v1.Precondition{mustMatch(view.HolderTuple(w.cfg.Name, w.cfg.Holder))})
 	if err != nil {
 		return fmt.Errorf("spice: release lease: %w", err)
 	}
 	w.dead = ErrNotHolder
 	return nil
-}
-
-// Marker is a projector marker to set: Rel is projector.RelRewind or
-// RelRebuild, Old the stored value (NoSeq when none), New the value to
-// store (NoSeq to clear).
-type Marker struct {
-	Rel      string
-	Old, New int64
-}
-
-// WriteMarkers moves the cursor (NoSeq leaves it) and sets markers, in one
-// call under the lease.
-func (w *Writer) WriteMarkers(ctx context.Context, markers []Marker, cursor int64) (string, error) {
-	var us []projector.Update
-	for _, m := range markers {
-		if m.Old != NoSeq && m.Old != m.New {
-			us = append(us, projector.Update{Op: projector.OpDelete, Tuple: MarkerTuple(w.cfg.Name, m.Rel, m.Old)})
-		}
-		if m.New != NoSeq && m.New != m.Old {
-			us = append(us, projector.Update{Op: projector.OpTouch, Tuple: MarkerTuple(w.cfg.Name, m.Rel, m.New)})
-		}
-	}
-	return w.Write(ctx, us, cursor)
 }

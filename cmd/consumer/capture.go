@@ -17,7 +17,7 @@ import (
 )
 
 // passHandler completes every event at once (capture needs no projection).
-type passHandler struct{ tr *firehose.Tracker }
+type passHandler struct{ tr *checkpoint.Tracker }
 
 func (h passHandler) HandleEvent(_ context.Context, ev *firehose.Event) error {
 	h.tr.Done(ev.Seq)
@@ -60,7 +60,7 @@ func cmdCapture(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	tr := firehose.NewTracker(cursor, 0)
+	tr := checkpoint.NewTracker(cursor, 0, nil)
 	var n atomic.Int64
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

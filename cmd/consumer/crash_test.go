@@ -13,6 +13,7 @@ import (
 	"github.com/spaces-authz/spaces-authz/internal/testenv"
 	"github.com/spaces-authz/spaces-authz/internal/workload"
 	"github.com/spaces-authz/spaces-authz/projector"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 func buildConsumer(t *testing.T) string {
@@ -64,7 +65,7 @@ func apply(t *testing.T, e *testenv.Env, dids []string, s workload.Step) {
 // stateRelationships is everything SpiceDB holds except the lease and the
 // cursor, which differ between runs by design.
 func stateRelationships(e *testenv.Env) []string {
-	return e.Relationships(projector.TypeSpace, projector.TypeGroup, projector.TypeLineage, projector.TypeRepo)
+	return e.Relationships(view.TypeSpace, view.TypeGroup, view.TypeLineage, view.TypeRepo)
 }
 
 // TestCrashSafetyUnderSIGKILL kills the consumer process many times, at
@@ -109,7 +110,7 @@ func TestCrashSafetyUnderSIGKILL(t *testing.T) {
 		if point != "" {
 			crashAt = fmt.Sprintf("%s:%d", point, 1+rng.IntN(6))
 		}
-		batch := fmt.Sprint([]int{1, 7, 50, 996}[rng.IntN(4)])
+		batch := fmt.Sprint([]int{1, 7, 50, projector.MaxBatchUpdates}[rng.IntN(4)])
 		p := startProc(t, bin, e, crashAt, "--batch-updates", batch)
 		steps := 10 + rng.IntN(30)
 		for i := 0; i < steps && p.Running(); i++ {
@@ -143,11 +144,11 @@ func TestCrashSafetyUnderSIGKILL(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		st, err := e.Client.ReadProjector(context.Background(), "default")
-		if err == nil && st.Cursor >= head {
+		if err == nil && st.Progress.Cursor >= head {
 			break
 		}
 		if !final.Running() || time.Now().After(deadline) {
-			t.Fatalf("final run did not reach head %d (cursor %d, err %v):\n%s", head, st.Cursor, err, final.Output())
+			t.Fatalf("final run did not reach head %d (cursor %d, err %v):\n%s", head, st.Progress.Cursor, err, final.Output())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

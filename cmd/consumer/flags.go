@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
-	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // EnvPrefix is prepended to a flag's name to find its environment variable.
@@ -123,8 +123,8 @@ func (c *common) spiceConfig() (spice.Config, error) {
 	return spice.Config{Endpoint: c.spiceEndpoint, Token: tok, Insecure: c.spiceInsecure, CAPath: c.spiceCA}, nil
 }
 
-func (c *common) rules() (*projector.Rules, error) {
-	r, err := projector.LoadRules(c.rulesPath)
+func (c *common) rules() (*view.Rules, error) {
+	r, err := view.LoadRules(c.rulesPath)
 	if err != nil {
 		return nil, &exitError{code: 2, err: err}
 	}

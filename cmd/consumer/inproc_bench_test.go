@@ -30,7 +30,7 @@ func BenchmarkReplayInProcess(b *testing.B) {
 		e.StoreCursor(synth.SeqBase - 1)
 		start := time.Now()
 		r := e.Start(func(c *pipeline.Config) {
-			c.PDSURL, c.Registry, c.FlushEvery = srv.URL(), prometheus.NewRegistry(), time.Second
+			c.PDSURL, c.Registry, c.Engine.FlushEvery = srv.URL(), prometheus.NewRegistry(), time.Second
 		})
 		for r.Snapshot().Watermark < srv.LastSeq() {
 			time.Sleep(50 * time.Millisecond)

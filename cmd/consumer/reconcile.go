@@ -153,8 +153,9 @@ func repair(ctx context.Context, c common, httpAddr string, dids []string) error
 	if err != nil {
 		return err
 	}
-	cons, err := pipeline.New(pipeline.Config{PDSURL: c.pdsURL, Name: c.name, Rules: rules, SpiceDB: sc, Logger: log,
-		Rebuild: true, RebuildDIDs: dids, ExitAfterRebuild: true, NoWait: true})
+	cons, err := pipeline.New(pipeline.Config{PDSURL: c.pdsURL, SpiceDB: sc, Logger: log,
+		Lease: pipeline.LeaseConfig{Name: c.name, NoWait: true}, Engine: pipeline.EngineConfig{Rules: rules},
+		Rebuild: pipeline.RebuildConfig{AtStart: true, DIDs: dids, ExitWhenDone: true}})
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,6 @@ import (
 
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
-	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
 )
 
@@ -31,18 +30,9 @@ func cmdRewind(ctx context.Context, args []string) error {
 		return err
 	}
 	defer client.Close()
-	store := &checkpoint.SpiceDB{Client: client, Name: c.name, Holder: pipeline.NewHolderID(), Takeover: takeover}
-	before, err := store.Move(ctx, func(st spice.ProjectorState) (int64, []spice.Marker, error) {
-		if st.Cursor == spice.NoSeq {
-			return 0, nil, errors.New("no cursor stored yet: nothing to rewind (a first run rebuilds anyway)")
-		}
-		if to > st.Cursor {
-			return 0, nil, fmt.Errorf("--to %d is ahead of the cursor %d: rewinding forward would skip events", to, st.Cursor)
-		}
-		// Every repo's first event up to the old cursor triggers a resync,
-		// so the view never moves backwards while the stream replays.
-		mark := max(st.Cursor, st.Rewind)
-		return to, []spice.Marker{{Rel: projector.RelRewind, Old: st.Rewind, New: mark}}, nil
+	lease := spice.LeaseConfig{Client: client, Name: c.name, Holder: pipeline.NewHolderID(), Takeover: takeover}
+	before, err := spice.MoveProgress(ctx, lease, func(st checkpoint.State) (checkpoint.Step, error) {
+		return checkpoint.Rewind(c.name, st, to)
 	})
 	if errors.Is(err, spice.ErrLeaseHeld) {
 		return fmt.Errorf("%w: a consumer is running; stop it first, or pass --takeover (it is fenced and exits)", err)

@@ -105,11 +105,11 @@ func BenchmarkReplayMillionFramesRSS(b *testing.B) {
 			rss, hwm := procStatus(p.Cmd.Process.Pid)
 			peak, lastRSS = max(peak, hwm), rss
 			st, err := e.Client.ReadProjector(b.Context(), "default")
-			if err == nil && st.Cursor >= srv.LastSeq() {
+			if err == nil && st.Progress.Cursor >= srv.LastSeq() {
 				break
 			}
 			if !p.Running() || time.Now().After(deadline) {
-				b.Fatalf("consumer did not reach seq %d (cursor %d):\n%s", srv.LastSeq(), st.Cursor, p.Output())
+				b.Fatalf("consumer did not reach seq %d (cursor %d):\n%s", srv.LastSeq(), st.Progress.Cursor, p.Output())
 			}
 			time.Sleep(200 * time.Millisecond)
 		}

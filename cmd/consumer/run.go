@@ -12,6 +12,7 @@ import (
 	"github.com/spaces-authz/spaces-authz/fanout"
 	"github.com/spaces-authz/spaces-authz/internal/httpapi"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
 )
 
@@ -47,7 +48,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.queueDepth, "queue-depth", 64, "events queued per lane")
 	fs.IntVar(&f.maxInFlight, "max-in-flight", 20000, "events read but not yet applied, at most")
 	fs.IntVar(&f.maxFrame, "max-frame-bytes", 8<<20, "frames larger than this are counted and skipped")
-	fs.IntVar(&f.batchUpdates, "batch-updates", 996, "relationship updates per SpiceDB write, at most")
+	fs.IntVar(&f.batchUpdates, "batch-updates", projector.DefaultBatchUpdates, "relationship updates per SpiceDB write, at most")
 	fs.IntVar(&f.cacheRepos, "cache-repos", 10000, "repos whose lineage is cached in memory")
 	fs.IntVar(&f.heldPerRepo, "held-per-repo", 1000, "live events held per repo while it resyncs")
 	fs.IntVar(&f.resyncConcurrency, "resync-concurrency", 4, "concurrent getRepo calls")
@@ -74,13 +75,16 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 	if err != nil {
 		return pipeline.Config{}, err
 	}
-	return pipeline.Config{PDSURL: f.pdsURL, Name: f.name, Holder: f.holder, Rules: rules, SpiceDB: sc,
-		LeaseTimeout: f.leaseTimeout, Takeover: f.takeover, HeartbeatEvery: f.heartbeatEvery,
-		NoAutoRebuild: f.noAutoRebuild, Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
-		MaxInFlight: f.maxInFlight, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
-		HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, FlushEvery: f.flushEvery,
-		ResyncRate: f.resyncRate, ReconcileEvery: f.reconcileEvery, Logger: log, Registry: reg,
-		NATS: f.nats.config(f.natsMaxAge), PublishAllCollections: f.publishAll}, nil
+	return pipeline.Config{PDSURL: f.pdsURL, SpiceDB: sc,
+		Lease: pipeline.LeaseConfig{Name: f.name, Holder: f.holder, Timeout: f.leaseTimeout,
+			HeartbeatEvery: f.heartbeatEvery, Takeover: f.takeover},
+		Stream: pipeline.StreamConfig{Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
+			MaxInFlight: f.maxInFlight},
+		Engine: pipeline.EngineConfig{Rules: rules, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
+			HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, ResyncRate: f.resyncRate,
+			FlushEvery: f.flushEvery, PublishAllCollections: f.publishAll},
+		NATS: f.nats.config(f.natsMaxAge), ReconcileEvery: f.reconcileEvery, NoAutoRebuild: f.noAutoRebuild,
+		Logger: log, Registry: reg}, nil
 }
 
 // newRegistry is the process's one metrics registry: Go, process and
@@ -125,7 +129,7 @@ func cmdRebuild(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg.Rebuild, cfg.ExitAfterRebuild = true, exit
+	cfg.Rebuild = pipeline.RebuildConfig{AtStart: true, ExitWhenDone: exit}
 	return serve(ctx, f, cfg, reg)
 }
 

@@ -15,9 +15,9 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/httpapi"
-	"github.com/spaces-authz/spaces-authz/spice"
 )
 
 // statusReport is what `consumer status` prints.
@@ -50,15 +50,16 @@ func cmdStatus(ctx context.Context, args []string) error {
 		return err
 	}
 	defer client.Close()
-	st, err := client.ReadProjector(ctx, c.name)
+	lease, err := client.ReadProjector(ctx, c.name)
 	if err != nil {
 		return err
 	}
-	rep := statusReport{Projector: c.name, Cursor: st.Cursor, LeaseHolder: st.Holder, PDSHead: -1}
-	if st.HeartbeatMs > 0 {
-		rep.HeartbeatAgeSec = time.Since(time.UnixMilli(st.HeartbeatMs)).Seconds()
+	st := lease.Progress
+	rep := statusReport{Projector: c.name, Cursor: st.Cursor, LeaseHolder: lease.Holder, PDSHead: -1}
+	if lease.HeartbeatMs > 0 {
+		rep.HeartbeatAgeSec = time.Since(time.UnixMilli(lease.HeartbeatMs)).Seconds()
 	}
-	if st.Rewind != spice.NoSeq {
+	if st.Rewind != checkpoint.None {
 		rep.RewindMarker = st.Rewind
 	}
 	if c.pdsURL != "" {

@@ -25,8 +25,8 @@ import (
 	"github.com/spaces-authz/spaces-authz/internal/localpds"
 	"github.com/spaces-authz/spaces-authz/internal/procs"
 	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
-	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 func main() {
@@ -212,7 +212,7 @@ func seedDemo(ctx context.Context, pds *localpds.PDS, client *spice.Client, http
 	}
 	fmt.Println("permission checks (CheckPermission at_least_as_fresh the zedtoken):")
 	for _, c := range checks {
-		ok, err := check(ctx, client, token, c.perm, projector.ObjectID(a, c.space), c.who)
+		ok, err := check(ctx, client, token, c.perm, view.ObjectID(a, c.space), c.who)
 		if err != nil {
 			return demo{}, err
 		}
@@ -228,7 +228,7 @@ func seedDemo(ctx context.Context, pds *localpds.PDS, client *spice.Client, http
 func check(ctx context.Context, c *spice.Client, token, perm, resource, did string) (bool, error) {
 	resp, err := c.API().CheckPermission(ctx, &v1.CheckPermissionRequest{Consistency: spice.Consistency(token),
 		Resource: &v1.ObjectReference{ObjectType: "space", ObjectId: resource}, Permission: perm,
-		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: "acct", ObjectId: projector.EncodeDID(did)}}})
+		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: "acct", ObjectId: view.EncodeDID(did)}}})
 	if err != nil {
 		return false, err
 	}
@@ -242,7 +242,7 @@ func watch(ctx context.Context, c *spice.Client, consumer *procs.Proc) error {
 	for {
 		cur := map[string]bool{}
 		for _, typ := range []string{"space", "group"} {
-			_ = c.Read(ctx, &v1.RelationshipFilter{ResourceType: typ}, "", func(t projector.Tuple) error {
+			_ = c.Read(ctx, &v1.RelationshipFilter{ResourceType: typ}, "", func(t view.Tuple) error {
 				cur[t.String()] = true
 				return nil
 			})

@@ -113,7 +113,7 @@ type Status struct {
 
 // StatusOf turns a snapshot into the status document.
 func StatusOf(s pipeline.Snapshot) Status {
-	st := Status{Name: s.Name, Holder: s.Holder, State: s.State, Ready: s.Ready(), Fenced: s.Fenced,
+	st := Status{Name: s.Name, Holder: s.Holder, State: s.State.String(), Ready: s.Ready(), Fenced: s.Fenced,
 		Connected: s.Connected, Cursor: s.Cursor, Watermark: s.Watermark, HeadSeq: s.Highest, InFlight: s.InFlight,
 		EventsWritten: s.Engine.EventsWritten, Batches: s.Engine.Batches, CachedRepos: s.Engine.CachedRepos,
 		RefusedTuples: s.Engine.Poisoned, PipelineRestarts: s.Restarts, LastError: s.LastError,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/capture"
 	"github.com/spaces-authz/spaces-authz/internal/replay"
@@ -17,7 +18,7 @@ import (
 )
 
 type counter struct {
-	tr   *firehose.Tracker
+	tr   *checkpoint.Tracker
 	mu   sync.Mutex
 	seqs []int64
 	ops  int
@@ -53,7 +54,7 @@ func TestSynthCaptureReplayedInLoops(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	tr := firehose.NewTracker(synth.SeqBase+99, 0) // skip the first 100 of the first loop
+	tr := checkpoint.NewTracker(synth.SeqBase+99, 0, nil) // skip the first 100 of the first loop
 	c := &counter{tr: tr}
 	cl, err := firehose.New(firehose.Config{URL: srv.URL(), Tracker: tr, Handler: c,
 		Filter: func(p string) bool { return len(p) > 11 && p[:11] == "com.atproto" }})

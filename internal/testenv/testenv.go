@@ -24,8 +24,8 @@ import (
 	"github.com/spaces-authz/spaces-authz/internal/fakepds"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
-	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // Env is one test's world.
@@ -35,7 +35,7 @@ type Env struct {
 	SDB    *spicedbtest.Server
 	Token  string
 	Client *spice.Client
-	Rules  *projector.Rules
+	Rules  *view.Rules
 	// inactive and deleted accounts, as the oracle needs them
 	status map[string]string
 }
@@ -50,7 +50,7 @@ func New(t testing.TB) *Env {
 func NewWithSchema(t testing.TB, schema string) *Env {
 	t.Helper()
 	e := &Env{T: t, PDS: fakepds.New(t), SDB: spicedbtest.Shared(t), Token: spicedbtest.RandomToken(),
-		Rules: projector.DefaultRules(), status: map[string]string{}}
+		Rules: view.DefaultRules(), status: map[string]string{}}
 	c, err := spice.Dial(e.SpiceConfig())
 	if err != nil {
 		t.Fatal(err)
@@ -123,8 +123,10 @@ func (r *Running) Err() error { return r.err }
 // rebuilding from snapshots (which is what a first run does).
 func (e *Env) StoreCursor(seq int64) {
 	e.T.Helper()
-	st := &checkpoint.SpiceDB{Client: e.Client, Name: pipeline.DefaultName, Holder: "testenv"}
-	if err := st.Save(context.Background(), seq); err != nil {
+	lease := spice.LeaseConfig{Client: e.Client, Name: pipeline.DefaultName, Holder: "testenv"}
+	if _, err := spice.MoveProgress(context.Background(), lease, func(st checkpoint.State) (checkpoint.Step, error) {
+		return checkpoint.MoveTo(pipeline.DefaultName, st, seq), nil
+	}); err != nil {
 		e.T.Fatal(err)
 	}
 }
@@ -134,7 +136,7 @@ func (e *Env) StoreCursor(seq int64) {
 // replays the whole stream (StartFirstRun tests the rebuild instead).
 func (e *Env) Start(mutate ...func(*pipeline.Config)) *Running {
 	e.T.Helper()
-	if st, err := e.Client.ReadProjector(context.Background(), pipeline.DefaultName); err == nil && st.Cursor == spice.NoSeq {
+	if st, err := e.Client.ReadProjector(context.Background(), pipeline.DefaultName); err == nil && st.Progress.Cursor == checkpoint.None {
 		e.StoreCursor(0)
 	}
 	return e.StartFirstRun(mutate...)
@@ -143,8 +145,9 @@ func (e *Env) Start(mutate ...func(*pipeline.Config)) *Running {
 // StartFirstRun runs a consumer without storing a cursor first.
 func (e *Env) StartFirstRun(mutate ...func(*pipeline.Config)) *Running {
 	e.T.Helper()
-	cfg := pipeline.Config{PDSURL: e.PDS.URL(), SpiceDB: e.SpiceConfig(), Logger: Logger(), FlushEvery: 50 * time.Millisecond,
-		HeartbeatEvery: time.Second, LeaseTimeout: 3 * time.Second, Rules: e.Rules}
+	cfg := pipeline.Config{PDSURL: e.PDS.URL(), SpiceDB: e.SpiceConfig(), Logger: Logger(),
+		Lease:  pipeline.LeaseConfig{HeartbeatEvery: time.Second, Timeout: 3 * time.Second},
+		Engine: pipeline.EngineConfig{FlushEvery: 50 * time.Millisecond, Rules: e.Rules}}
 	for _, m := range mutate {
 		m(&cfg)
 	}
@@ -212,7 +215,7 @@ func (e *Env) Relationships(types ...string) []string {
 	e.T.Helper()
 	var out []string
 	for _, typ := range types {
-		err := e.Client.Read(context.Background(), &v1.RelationshipFilter{ResourceType: typ}, "", func(t projector.Tuple) error {
+		err := e.Client.Read(context.Background(), &v1.RelationshipFilter{ResourceType: typ}, "", func(t view.Tuple) error {
 			out = append(out, t.String())
 			return nil
 		})
@@ -225,10 +228,10 @@ func (e *Env) Relationships(types ...string) []string {
 }
 
 // Data reads the space and group relationships.
-func (e *Env) Data() []string { return e.Relationships(projector.TypeSpace, projector.TypeGroup) }
+func (e *Env) Data() []string { return e.Relationships(view.TypeSpace, view.TypeGroup) }
 
 // Lineage reads the lineage relationships.
-func (e *Env) Lineage() []string { return e.Relationships(projector.TypeLineage) }
+func (e *Env) Lineage() []string { return e.Relationships(view.TypeLineage) }
 
 // SetStatus tells the oracle an account's status ("" active, "deleted",
 // or a withdrawn status) and emits the #account event.
@@ -259,7 +262,7 @@ func (e *Env) Expected() (data, lineage []string) {
 				if st == "" {
 					dataSet[t.String()] = true
 				}
-				lineage = append(lineage, projector.LineageTuple(t, projector.RecordID(did, coll, rkey)).String())
+				lineage = append(lineage, view.LineageTuple(t, view.RecordID(did, coll, rkey)).String())
 			}
 		}
 	}
@@ -314,7 +317,7 @@ func (e *Env) Check(permission, resourceType, resourceID, subjectDID string) boo
 		Consistency: spice.Consistency(""),
 		Resource:    &v1.ObjectReference{ObjectType: resourceType, ObjectId: resourceID},
 		Permission:  permission,
-		Subject:     &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: projector.TypeAcct, ObjectId: projector.EncodeDID(subjectDID)}},
+		Subject:     &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: view.TypeAcct, ObjectId: view.EncodeDID(subjectDID)}},
 	})
 	if err != nil {
 		e.T.Fatalf("check %s on %s:%s for %s: %v", permission, resourceType, resourceID, subjectDID, err)

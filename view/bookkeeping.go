@@ -1,98 +1,15 @@
-package projector
+package view
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
-// Definitions and relations of the SpiceDB schema that the projector writes.
-// The data definitions come from DESIGN §2; the rest is the projector's own
-// bookkeeping, which a record can never produce.
-const (
-	TypeAcct  = "acct"
-	TypeSpace = "space"
-	TypeGroup = "group"
-
-	RelOwner    = "owner"
-	RelInherits = "inherits"
-	RelParent   = "parent"
-	RelMember   = "member"
-
-	TypeLineage   = "lineage"
-	RelProducedBy = "produced_by"
-	TypeRecord    = "record"
-
-	TypeRepo   = "repo"
-	RelRev     = "rev"
-	TypeRev    = "rev"
-	RelStatus  = "status"
-	TypeStatus = "status"
-
-	TypeProjector = "projector"
-	RelHolder     = "holder"
-	TypeConsumer  = "consumer"
-	RelHeartbeat  = "heartbeat"
-	TypeHeartbeat = "heartbeat"
-	RelCursor     = "cursor"
-	TypeCursor    = "cursor"
-	RelRewind     = "rewind"
-	RelRebuild    = "rebuild"
-	TypeSeq       = "seq"
-)
-
-// Tuple is one SpiceDB relationship:
-// `ResourceType:ResourceID#Relation@SubjectType:SubjectID[#SubjectRelation]`.
-// It is comparable and used directly as a map key.
-type Tuple struct {
-	ResourceType    string
-	ResourceID      string
-	Relation        string
-	SubjectType     string
-	SubjectID       string
-	SubjectRelation string
-}
-
-// String renders the tuple in SpiceDB's text syntax.
-func (t Tuple) String() string {
-	s := t.ResourceType + ":" + t.ResourceID + "#" + t.Relation + "@" + t.SubjectType + ":" + t.SubjectID
-	if t.SubjectRelation != "" {
-		s += "#" + t.SubjectRelation
-	}
-	return s
-}
-
-// Valid reports whether both object IDs match SpiceDB's pattern.
-func (t Tuple) Valid() bool {
-	return ValidObjectID(t.ResourceID) && t.ResourceID != Wildcard && ValidObjectID(t.SubjectID)
-}
-
-// Op is the operation of an Update.
-type Op uint8
-
-// Update operations. TOUCH is idempotent; DELETE of a missing relationship is
-// not an error in SpiceDB.
-const (
-	OpTouch Op = iota + 1
-	OpDelete
-)
-
-func (o Op) String() string {
-	switch o {
-	case OpTouch:
-		return "touch"
-	case OpDelete:
-		return "delete"
-	}
-	return "unknown"
-}
-
-// Update is one relationship update decided by the projector.
-type Update struct {
-	Op    Op
-	Tuple Tuple
-}
-
-func (u Update) String() string { return u.Op.String() + " " + u.Tuple.String() }
+// The bookkeeping relationships: the projector's own state, written beside
+// the data in the same WriteRelationships call (DESIGN §4). Every one of
+// them is built here and nowhere else; README's "What is stored in SpiceDB"
+// lists them.
 
 // LineageTuple is the bookkeeping relationship recording that the record with
 // bookkeeping ID recordID produces data tuple t:
@@ -122,7 +39,7 @@ func LineageID(t Tuple) string {
 func ParseLineageID(id string) (Tuple, error) {
 	parts := strings.SplitN(id, "/", 7)
 	if len(parts) != 7 {
-		return Tuple{}, fmt.Errorf("projector: lineage id %q: too few parts", id)
+		return Tuple{}, fmt.Errorf("view: lineage id %q: too few parts", id)
 	}
 	t := Tuple{
 		ResourceID:      parts[0] + "/" + parts[1],
@@ -139,10 +56,10 @@ func ParseLineageID(id string) (Tuple, error) {
 		t.SubjectID = Wildcard
 	}
 	if _, _, err := ParseObjectID(t.ResourceID); err != nil {
-		return Tuple{}, fmt.Errorf("projector: lineage id %q: %w", id, err)
+		return Tuple{}, fmt.Errorf("view: lineage id %q: %w", id, err)
 	}
 	if t.ResourceType == "" || t.Relation == "" || t.SubjectType == "" || t.SubjectID == "" {
-		return Tuple{}, fmt.Errorf("projector: lineage id %q: empty part", id)
+		return Tuple{}, fmt.Errorf("view: lineage id %q: empty part", id)
 	}
 	return t, nil
 }
@@ -166,10 +83,62 @@ func StatusTuple(did, status string, seq int64) Tuple {
 func ParseStatusID(id string) (status string, seq int64, err error) {
 	i := strings.LastIndexByte(id, '-')
 	if i <= 0 {
-		return "", 0, fmt.Errorf("projector: status id %q: want <status>-<seq>", id)
+		return "", 0, fmt.Errorf("view: status id %q: want <status>-<seq>", id)
 	}
 	if _, err := fmt.Sscanf(id[i+1:], "%d", &seq); err != nil {
-		return "", 0, fmt.Errorf("projector: status id %q: %w", id, err)
+		return "", 0, fmt.Errorf("view: status id %q: %w", id, err)
 	}
 	return id[:i], seq, nil
+}
+
+// RepoState is a repo's stored bookkeeping (repo:<did>#rev and #status).
+type RepoState struct {
+	DID       string
+	Rev       string
+	Status    string // "" or "active" when active
+	StatusSeq int64
+	// StaleStatuses are the subject IDs of further status tuples (Status
+	// is the one with the highest seq); they should not exist.
+	StaleStatuses []string
+}
+
+// LineageEntry is one stored lineage relationship, parsed: record Path
+// (`collection/rkey`) produces Tuple.
+type LineageEntry struct {
+	Tuple Tuple
+	Path  string
+}
+
+// SplitPath splits a record path `collection/rkey`.
+func SplitPath(path string) (collection, rkey string) {
+	if i := strings.IndexByte(path, '/'); i >= 0 {
+		return path[:i], path[i+1:]
+	}
+	return path, ""
+}
+
+func projectorTuple(name, rel, subType, subID string) Tuple {
+	return Tuple{ResourceType: TypeProjector, ResourceID: name, Relation: rel, SubjectType: subType, SubjectID: subID}
+}
+
+// HolderTuple is the lease: projector:<name>#holder@consumer:<holder>.
+func HolderTuple(name, holder string) Tuple {
+	return projectorTuple(name, RelHolder, TypeConsumer, holder)
+}
+
+// HeartbeatTuple is the lease holder's heartbeat:
+// projector:<name>#heartbeat@heartbeat:<unix ms>.
+func HeartbeatTuple(name string, ms int64) Tuple {
+	return projectorTuple(name, RelHeartbeat, TypeHeartbeat, strconv.FormatInt(ms, 10))
+}
+
+// CursorTuple is a source's cursor: projector:<source>#cursor@cursor:<seq>.
+func CursorTuple(source string, seq int64) Tuple {
+	return projectorTuple(source, RelCursor, TypeCursor, strconv.FormatInt(seq, 10))
+}
+
+// MarkerTuple is a source's rewind or rebuild marker:
+// projector:<source>#<rewind|rebuild>@seq:<seq>.
+func MarkerTuple(source, rel string, seq int64) Tuple {
+	return projectorTuple(source, rel, TypeSeq, strconv.FormatInt(seq, 10))
 }

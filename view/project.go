@@ -1,7 +1,8 @@
-package projector
+package view
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/bluesky-social/indigo/atproto/syntax"
@@ -150,11 +151,11 @@ func (r *Rules) projectRelation(did string, value map[string]any) (Tuple, error)
 
 	rels, ok := r.Relation.Grants[resourceType]
 	if !ok {
-		return Tuple{}, reject(ReasonRelationNotAllowed, "resource type %q is not allowed", clip(resourceType))
+		return Tuple{}, reject(ReasonRelationNotAllowed, "resource type %q is not allowed", Clip(resourceType))
 	}
 	allowed, ok := rels[permission]
 	if !ok {
-		return Tuple{}, reject(ReasonRelationNotAllowed, "relation %q on %s is not allowed", clip(permission), resourceType)
+		return Tuple{}, reject(ReasonRelationNotAllowed, "relation %q on %s is not allowed", Clip(permission), resourceType)
 	}
 	resDID, resKey, err := splitRef(resource)
 	if err != nil {
@@ -162,7 +163,7 @@ func (r *Rules) projectRelation(did string, value map[string]any) (Tuple, error)
 	}
 	// Security rule 1: the parsed DIDs must be equal, never a prefix match.
 	if resDID != did {
-		return Tuple{}, reject(ReasonForeignResource, "resource belongs to %s", clip(resDID))
+		return Tuple{}, reject(ReasonForeignResource, "resource belongs to %s", Clip(resDID))
 	}
 	t := Tuple{ResourceType: resourceType, ResourceID: ObjectID(resDID, resKey), Relation: permission}
 
@@ -187,9 +188,9 @@ func (r *Rules) projectRelation(did string, value map[string]any) (Tuple, error)
 		}
 		kind = SubjectGroupMember
 	default:
-		return Tuple{}, reject(ReasonSubjectNotAllowed, "subject type %q is not allowed", clip(subjectType))
+		return Tuple{}, reject(ReasonSubjectNotAllowed, "subject type %q is not allowed", Clip(subjectType))
 	}
-	if !contains(allowed, kind) {
+	if !slices.Contains(allowed, kind) {
 		if kind == SubjectAcctAny {
 			return Tuple{}, reject(ReasonWildcardNotAllowed, "wildcard subject on %s#%s", resourceType, permission)
 		}
@@ -212,7 +213,7 @@ func (r *Rules) projectRelation(did string, value map[string]any) (Tuple, error)
 		}
 		// Security rule 2: a parent is always a space of the repo itself.
 		if subDID != did {
-			return Tuple{}, reject(ReasonForeignParent, "parent space belongs to %s", clip(subDID))
+			return Tuple{}, reject(ReasonForeignParent, "parent space belongs to %s", Clip(subDID))
 		}
 		t.SubjectID = ObjectID(subDID, subKey)
 	case SubjectGroupMember:
@@ -230,28 +231,20 @@ func (r *Rules) projectRelation(did string, value map[string]any) (Tuple, error)
 func splitRef(ref string) (did, key string, err error) {
 	d, k, ok := strings.Cut(ref, "/")
 	if !ok {
-		return "", "", fmt.Errorf("%q: want <did>/<key>", clip(ref))
+		return "", "", fmt.Errorf("%q: want <did>/<key>", Clip(ref))
 	}
 	if _, err := syntax.ParseDID(d); err != nil {
-		return "", "", fmt.Errorf("%q: %w", clip(d), err)
+		return "", "", fmt.Errorf("%q: %w", Clip(d), err)
 	}
 	if _, err := syntax.ParseRecordKey(k); err != nil {
-		return "", "", fmt.Errorf("%q: %w", clip(k), err)
+		return "", "", fmt.Errorf("%q: %w", Clip(k), err)
 	}
 	return d, k, nil
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-// clip bounds a record-supplied string before it goes into an error or a log.
-func clip(s string) string {
+// Clip bounds an input-supplied string (from a record or a frame) before it
+// goes into an error or a log line.
+func Clip(s string) string {
 	const maxLen = 96
 	if len(s) <= maxLen {
 		return s

@@ -1,4 +1,4 @@
-package firehose
+package checkpoint
 
 import (
 	"context"
@@ -6,10 +6,6 @@ import (
 	"sort"
 	"sync"
 )
-
-// NoCursor is the Tracker position of a consumer that has never applied an
-// event: the client connects without a cursor (live events only).
-const NoCursor int64 = -1
 
 // DefaultMaxInFlight bounds the events a Tracker admits between Begin and the
 // point where the watermark passes them.
@@ -31,6 +27,7 @@ type Tracker struct {
 	max     int
 	space   chan struct{} // one token per admitted entry
 	changed chan struct{} // closed and replaced when the watermark moves
+	metrics *Metrics
 }
 
 type entry struct {
@@ -38,14 +35,17 @@ type entry struct {
 	done bool
 }
 
-// NewTracker starts a tracker at cursor (NoCursor when there is none).
-// maxInFlight <= 0 means DefaultMaxInFlight.
-func NewTracker(cursor int64, maxInFlight int) *Tracker {
+// NewTracker starts a tracker at cursor (None when there is none).
+// maxInFlight <= 0 means DefaultMaxInFlight; m (optional) receives the
+// watermark, in-flight and lag gauges.
+func NewTracker(cursor int64, maxInFlight int, m *Metrics) *Tracker {
 	if maxInFlight <= 0 {
 		maxInFlight = DefaultMaxInFlight
 	}
-	return &Tracker{wm: cursor, highest: cursor, max: maxInFlight,
-		space: make(chan struct{}, maxInFlight), changed: make(chan struct{})}
+	t := &Tracker{wm: cursor, highest: cursor, max: maxInFlight,
+		space: make(chan struct{}, maxInFlight), changed: make(chan struct{}), metrics: m}
+	m.tracked(t.wm, t.highest, 0)
+	return t
 }
 
 // Begin admits seq, which must be greater than every seq begun before. It
@@ -60,10 +60,11 @@ func (t *Tracker) Begin(ctx context.Context, seq int64) error {
 	defer t.mu.Unlock()
 	if seq <= t.highest {
 		<-t.space
-		return fmt.Errorf("firehose: tracker: seq %d begun after %d", seq, t.highest)
+		return fmt.Errorf("checkpoint: tracker: seq %d begun after %d", seq, t.highest)
 	}
 	t.highest = seq
 	t.q = append(t.q, entry{seq: seq})
+	t.metrics.tracked(t.wm, t.highest, len(t.q)-t.head)
 	return nil
 }
 
@@ -96,10 +97,11 @@ func (t *Tracker) Done(seq int64) {
 		close(t.changed)
 		t.changed = make(chan struct{})
 	}
+	t.metrics.tracked(t.wm, t.highest, len(t.q)-t.head)
 }
 
 // Watermark returns the highest seq such that it and every seq before it are
-// done, or NoCursor if there is none yet.
+// done, or None if there is none yet.
 func (t *Tracker) Watermark() int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()

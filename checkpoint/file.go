@@ -8,12 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-
-	"github.com/spaces-authz/spaces-authz/spice"
 )
-
-// None is the cursor of a store that holds none yet.
-const None int64 = -1
 
 // Store is a cursor store.
 type Store interface {
@@ -81,56 +76,4 @@ func (f *File) Save(_ context.Context, seq int64) error {
 		return fmt.Errorf("checkpoint: fsync dir: %w", err)
 	}
 	return nil
-}
-
-// SpiceDB is the daemon's cursor, stored as projector:<name>#cursor in
-// SpiceDB. Save takes the lease for the write (waiting for none, or taking
-// it over with Takeover, which fences a running consumer) and gives it back.
-type SpiceDB struct {
-	Client   *spice.Client
-	Name     string
-	Holder   string
-	Takeover bool
-}
-
-var _ Store = (*SpiceDB)(nil)
-
-// Load reads the stored cursor.
-func (s *SpiceDB) Load(ctx context.Context) (int64, error) {
-	st, err := s.Client.ReadProjector(ctx, s.Name)
-	if err != nil {
-		return None, err
-	}
-	return st.Cursor, nil
-}
-
-// Save moves the cursor to seq under the lease.
-func (s *SpiceDB) Save(ctx context.Context, seq int64) error {
-	_, err := s.Move(ctx, func(spice.ProjectorState) (int64, []spice.Marker, error) { return seq, nil, nil })
-	return err
-}
-
-// Move takes the lease, asks decide for the new cursor and markers given
-// the current state, writes them in one call, and releases the lease. It
-// returns the state it started from.
-func (s *SpiceDB) Move(ctx context.Context, decide func(spice.ProjectorState) (int64, []spice.Marker, error)) (spice.ProjectorState, error) {
-	st, err := spice.AcquireLease(ctx, spice.LeaseConfig{Client: s.Client, Name: s.Name, Holder: s.Holder,
-		Takeover: s.Takeover})
-	if err != nil {
-		return st, fmt.Errorf("checkpoint: %w", err)
-	}
-	// The caller manages markers explicitly: the writer must not also
-	// clear the rewind marker on its own.
-	lease := st
-	lease.Rewind = spice.NoSeq
-	w := spice.NewWriter(spice.WriterConfig{Client: s.Client, Name: s.Name, Holder: s.Holder, Lease: lease})
-	defer func() { _ = w.Release(context.WithoutCancel(ctx)) }()
-	seq, markers, err := decide(st)
-	if err != nil {
-		return st, err
-	}
-	if _, err := w.WriteMarkers(ctx, markers, seq); err != nil {
-		return st, fmt.Errorf("checkpoint: %w", err)
-	}
-	return st, nil
 }

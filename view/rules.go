@@ -1,4 +1,4 @@
-package projector
+package view
 
 import (
 	"bytes"
@@ -59,7 +59,7 @@ type Rules struct {
 func DefaultRules() *Rules {
 	r, err := ParseRules(defaultRulesYAML)
 	if err != nil {
-		panic(fmt.Sprintf("projector: embedded rules are invalid: %v", err))
+		panic(fmt.Sprintf("view: embedded rules are invalid: %v", err))
 	}
 	return r
 }
@@ -71,11 +71,11 @@ func LoadRules(path string) (*Rules, error) {
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("projector: read rules: %w", err)
+		return nil, fmt.Errorf("view: read rules: %w", err)
 	}
 	r, err := ParseRules(b)
 	if err != nil {
-		return nil, fmt.Errorf("projector: rules %s: %w", path, err)
+		return nil, fmt.Errorf("view: rules %s: %w", path, err)
 	}
 	return r, nil
 }
@@ -87,7 +87,7 @@ func ParseRules(b []byte) (*Rules, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&r); err != nil {
-		return nil, fmt.Errorf("projector: parse rules: %w", err)
+		return nil, fmt.Errorf("view: parse rules: %w", err)
 	}
 	if err := r.Validate(); err != nil {
 		return nil, err
@@ -104,7 +104,7 @@ var ErrInvalidRules = errors.New("invalid rules")
 // collections that are valid NSIDs.
 func (r *Rules) Validate() error {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("projector: %w: %s", ErrInvalidRules, fmt.Sprintf(format, args...))
+		return fmt.Errorf("view: %w: %s", ErrInvalidRules, fmt.Sprintf(format, args...))
 	}
 	if r.Version != 1 {
 		return bad("version: want 1, got %d", r.Version)

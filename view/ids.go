@@ -1,4 +1,4 @@
-package projector
+package view
 
 import (
 	"fmt"
@@ -34,11 +34,11 @@ func EncodeDID(did string) string { return didEncoder.Replace(did) }
 // DecodeDID reverses EncodeDID and checks the result is a valid DID.
 func DecodeDID(enc string) (string, error) {
 	if strings.ContainsAny(enc, ":.%/") {
-		return "", fmt.Errorf("projector: decode did %q: raw character in encoded form", enc)
+		return "", fmt.Errorf("view: decode did %q: raw character in encoded form", enc)
 	}
 	did := didDecoder.Replace(enc)
 	if _, err := syntax.ParseDID(did); err != nil {
-		return "", fmt.Errorf("projector: decode did %q: %w", enc, err)
+		return "", fmt.Errorf("view: decode did %q: %w", enc, err)
 	}
 	return did, nil
 }
@@ -50,11 +50,11 @@ func EncodeRecordKey(key string) string { return keyEncoder.Replace(key) }
 // DecodeRecordKey reverses EncodeRecordKey and checks the result.
 func DecodeRecordKey(enc string) (string, error) {
 	if strings.ContainsAny(enc, ":.~/") {
-		return "", fmt.Errorf("projector: decode record key %q: raw character in encoded form", enc)
+		return "", fmt.Errorf("view: decode record key %q: raw character in encoded form", enc)
 	}
 	key := keyDecoder.Replace(enc)
 	if _, err := syntax.ParseRecordKey(key); err != nil {
-		return "", fmt.Errorf("projector: decode record key %q: %w", enc, err)
+		return "", fmt.Errorf("view: decode record key %q: %w", enc, err)
 	}
 	return key, nil
 }
@@ -65,11 +65,11 @@ func EncodeNSID(nsid string) string { return nsidEncoder.Replace(nsid) }
 // DecodeNSID reverses EncodeNSID and checks the result.
 func DecodeNSID(enc string) (string, error) {
 	if strings.ContainsAny(enc, "./") {
-		return "", fmt.Errorf("projector: decode nsid %q: raw character in encoded form", enc)
+		return "", fmt.Errorf("view: decode nsid %q: raw character in encoded form", enc)
 	}
 	n := nsidDecoder.Replace(enc)
 	if _, err := syntax.ParseNSID(n); err != nil {
-		return "", fmt.Errorf("projector: decode nsid %q: %w", enc, err)
+		return "", fmt.Errorf("view: decode nsid %q: %w", enc, err)
 	}
 	return n, nil
 }
@@ -82,7 +82,7 @@ func ObjectID(did, key string) string { return EncodeDID(did) + "/" + EncodeReco
 func ParseObjectID(id string) (did, key string, err error) {
 	encDID, encKey, ok := strings.Cut(id, "/")
 	if !ok || strings.Contains(encKey, "/") {
-		return "", "", fmt.Errorf("projector: object id %q: want <did>/<key>", id)
+		return "", "", fmt.Errorf("view: object id %q: want <did>/<key>", id)
 	}
 	if did, err = DecodeDID(encDID); err != nil {
 		return "", "", err
@@ -107,7 +107,7 @@ func RecordID(did, collection, rkey string) string {
 func ParseRecordID(id string) (did, collection, rkey string, err error) {
 	parts := strings.Split(id, "/")
 	if len(parts) != 3 {
-		return "", "", "", fmt.Errorf("projector: record id %q: want <did>/<nsid>/<rkey>", id)
+		return "", "", "", fmt.Errorf("view: record id %q: want <did>/<nsid>/<rkey>", id)
 	}
 	if did, err = DecodeDID(parts[0]); err != nil {
 		return "", "", "", err

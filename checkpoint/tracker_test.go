@@ -1,4 +1,4 @@
-package firehose
+package checkpoint
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 )
 
 func TestTrackerOutOfOrder(t *testing.T) {
-	tr := NewTracker(10, 0)
+	tr := NewTracker(10, 0, nil)
 	for _, s := range []int64{11, 12, 15, 20} {
 		if err := tr.Begin(t.Context(), s); err != nil {
 			t.Fatal(err)
@@ -33,7 +33,7 @@ func TestTrackerOutOfOrder(t *testing.T) {
 }
 
 func TestTrackerRandomized(t *testing.T) {
-	tr := NewTracker(NoCursor, 0)
+	tr := NewTracker(None, 0, nil)
 	const n = 5000
 	seqs := make([]int64, n)
 	next := int64(0)
@@ -49,7 +49,7 @@ func TestTrackerRandomized(t *testing.T) {
 		tr.Done(seqs[i])
 		done[seqs[i]] = true
 		// the watermark is the last seq of the longest done prefix
-		want := NoCursor
+		want := None
 		for _, s := range seqs {
 			if !done[s] {
 				break
@@ -66,7 +66,7 @@ func TestTrackerRandomized(t *testing.T) {
 }
 
 func TestTrackerBlocksWhenFull(t *testing.T) {
-	tr := NewTracker(0, 2)
+	tr := NewTracker(0, 2, nil)
 	ctx := t.Context()
 	_ = tr.Begin(ctx, 1)
 	_ = tr.Begin(ctx, 2)

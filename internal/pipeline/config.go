@@ -1,0 +1,151 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spaces-authz/spaces-authz/fanout"
+	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
+)
+
+// DefaultName is the projector name when none is given.
+const DefaultName = "default"
+
+// Config of a consumer. Every zero value takes the default of the package
+// that owns the setting.
+type Config struct {
+	// PDSURL is the PDS to follow (required): its stream, getRepo and
+	// listRepos.
+	PDSURL string
+	// SpiceDB connection (required).
+	SpiceDB spice.Config
+	// Lease names the projector in SpiceDB and says how this process holds
+	// it.
+	Lease LeaseConfig
+	// Stream tunes the firehose client.
+	Stream StreamConfig
+	// Engine tunes the projector.
+	Engine EngineConfig
+	// Rebuild at start (`consumer rebuild`, reconcile --fix without a
+	// daemon).
+	Rebuild RebuildConfig
+	// NATS turns the fan-out on (nil: off). Its Source defaults to the PDS
+	// host.
+	NATS *fanout.Config
+	// ReconcileEvery: compare every repo with SpiceDB this often, one at a
+	// time, and resync the ones that drift (0: off).
+	ReconcileEvery time.Duration
+	// NoAutoRebuild: when SpiceDB turns out reset under a running consumer,
+	// exit with an error instead of rebuilding.
+	NoAutoRebuild bool
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+	// Registry for metrics (default a private registry).
+	Registry prometheus.Registerer
+	// Hooks for tools and tests (optional).
+	Hooks Hooks
+}
+
+// LeaseConfig names the projector and says how the lease is held.
+type LeaseConfig struct {
+	// Name of the projector in SpiceDB (default "default"): one per PDS.
+	Name string
+	// Holder is this process's lease ID (default random).
+	Holder string
+	// Timeout after which a silent holder loses the lease (default
+	// spice.DefaultLeaseTimeout).
+	Timeout time.Duration
+	// HeartbeatEvery (default spice.DefaultHeartbeatEvery).
+	HeartbeatEvery time.Duration
+	// Takeover takes the lease even from a live holder (it is fenced).
+	Takeover bool
+	// NoWait fails at once when another consumer holds the lease.
+	NoWait bool
+}
+
+// StreamConfig tunes the firehose client (see firehose.Config).
+type StreamConfig struct {
+	Workers, QueueDepth, MaxFrameBytes int
+	// MaxInFlight bounds events read and not yet applied (see
+	// checkpoint.Config).
+	MaxInFlight int
+}
+
+// EngineConfig tunes the projector (see projector.Config).
+type EngineConfig struct {
+	// Rules (default: the embedded defaults).
+	Rules                                                    *view.Rules
+	BatchUpdates, CacheRepos, HeldPerRepo, ResyncConcurrency int
+	// ResyncRate bounds getRepo calls per second (0: unlimited).
+	ResyncRate float64
+	FlushEvery time.Duration
+	// PublishAllCollections publishes every record op of every collection
+	// (raw mode); the rules file can turn it on too.
+	PublishAllCollections bool
+}
+
+// RebuildConfig asks for a rebuild at start.
+type RebuildConfig struct {
+	// AtStart resyncs every repo from snapshots when the consumer starts,
+	// or only DIDs when set (a first run always rebuilds every repo).
+	AtStart bool
+	DIDs    []string
+	// ExitWhenDone stops the consumer once the rebuild is committed.
+	ExitWhenDone bool
+}
+
+// Hooks let tools and tests watch the pipeline.
+type Hooks struct {
+	// OnFrame sees raw frames (captures).
+	OnFrame func([]byte)
+	// BeforeRebuild runs after the live connection is up and before a first
+	// run's rebuild is requested.
+	BeforeRebuild func(context.Context)
+}
+
+// NewHolderID returns a random lease holder ID.
+func NewHolderID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "c-" + hex.EncodeToString(b)
+}
+
+func (c *Config) defaults() error {
+	if c.PDSURL == "" {
+		return errors.New("pipeline: PDS URL is required")
+	}
+	if c.Lease.Name == "" {
+		c.Lease.Name = DefaultName
+	}
+	if !spice.ValidName(c.Lease.Name) {
+		return fmt.Errorf("pipeline: projector name %q: use letters, digits, _ and -", c.Lease.Name)
+	}
+	if c.Lease.Holder == "" {
+		c.Lease.Holder = NewHolderID()
+	}
+	if c.Engine.Rules == nil {
+		c.Engine.Rules = view.DefaultRules()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	return c.SpiceDB.Validate()
+}
+
+// leaseConfig is the spice lease configuration of this consumer.
+func (c *Consumer) leaseConfig(wait bool) spice.LeaseConfig {
+	l := c.cfg.Lease
+	return spice.LeaseConfig{Client: c.client, Name: l.Name, Holder: l.Holder, Timeout: l.Timeout,
+		Takeover: l.Takeover, Wait: wait, Logger: c.log, Metrics: c.sm}
+}

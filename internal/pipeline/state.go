@@ -1,0 +1,86 @@
+package pipeline
+
+import (
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/projector"
+)
+
+// State is where a consumer is in its life.
+type State int
+
+// The states of a consumer. Only the running ones can be ready.
+const (
+	StateStarting State = iota
+	StateWaitingForLease
+	StateRunning
+	// StateRebuilding: running, with a rebuild in progress.
+	StateRebuilding
+	// StateResetRebuild: SpiceDB was reset under the consumer; it waits
+	// for the schema and the lease to rebuild the view.
+	StateResetRebuild
+	StateStopped
+	StateFailed
+)
+
+func (s State) String() string {
+	switch s {
+	case StateStarting:
+		return "starting"
+	case StateWaitingForLease:
+		return "waiting for lease"
+	case StateRunning:
+		return "running"
+	case StateRebuilding:
+		return "running (rebuilding)"
+	case StateResetRebuild:
+		return "rebuilding after a SpiceDB reset"
+	case StateStopped:
+		return "stopped"
+	case StateFailed:
+		return "failed"
+	}
+	return "unknown"
+}
+
+// Running reports a state in which the consumer follows the stream.
+func (s State) Running() bool { return s == StateRunning || s == StateRebuilding }
+
+// Snapshot is the consumer's state for status and health endpoints.
+type Snapshot struct {
+	State     State
+	LastError string
+	Fenced    bool
+	Connected bool
+	Watermark int64
+	Highest   int64
+	InFlight  int
+	Cursor    int64
+	Engine    projector.Status
+	Holder    string
+	Name      string
+	Restarts  int
+	// Rebuilt counts the rebuilds committed.
+	Rebuilt int
+	Started time.Time
+	// LagSeconds is how far behind the newest event read the newest
+	// applied one is, by their `time` fields (0 when nothing is pending).
+	LagSeconds float64
+}
+
+// Ready reports connected to the PDS, running (holding the lease), not
+// fenced or failed.
+func (s Snapshot) Ready() bool { return s.NotReadyReason() == "" }
+
+// NotReadyReason says why the consumer is not ready ("" when it is).
+func (s Snapshot) NotReadyReason() string {
+	switch {
+	case s.Fenced:
+		return "fenced: another consumer holds the lease"
+	case !s.State.Running():
+		return s.State.String()
+	case !s.Connected:
+		return "not connected to the PDS stream"
+	}
+	return ""
+}

@@ -1,0 +1,90 @@
+package view
+
+// Definitions and relations of the SpiceDB schema that the projector writes.
+// The data definitions come from DESIGN §2; the rest is the projector's own
+// bookkeeping, which a record can never produce.
+const (
+	TypeAcct  = "acct"
+	TypeSpace = "space"
+	TypeGroup = "group"
+
+	RelOwner    = "owner"
+	RelInherits = "inherits"
+	RelParent   = "parent"
+	RelMember   = "member"
+
+	TypeLineage   = "lineage"
+	RelProducedBy = "produced_by"
+	TypeRecord    = "record"
+
+	TypeRepo   = "repo"
+	RelRev     = "rev"
+	TypeRev    = "rev"
+	RelStatus  = "status"
+	TypeStatus = "status"
+
+	TypeProjector = "projector"
+	RelHolder     = "holder"
+	TypeConsumer  = "consumer"
+	RelHeartbeat  = "heartbeat"
+	TypeHeartbeat = "heartbeat"
+	RelCursor     = "cursor"
+	TypeCursor    = "cursor"
+	RelRewind     = "rewind"
+	RelRebuild    = "rebuild"
+	TypeSeq       = "seq"
+)
+
+// Tuple is one SpiceDB relationship:
+// `ResourceType:ResourceID#Relation@SubjectType:SubjectID[#SubjectRelation]`.
+// It is comparable and used directly as a map key.
+type Tuple struct {
+	ResourceType    string
+	ResourceID      string
+	Relation        string
+	SubjectType     string
+	SubjectID       string
+	SubjectRelation string
+}
+
+// String renders the tuple in SpiceDB's text syntax.
+func (t Tuple) String() string {
+	s := t.ResourceType + ":" + t.ResourceID + "#" + t.Relation + "@" + t.SubjectType + ":" + t.SubjectID
+	if t.SubjectRelation != "" {
+		s += "#" + t.SubjectRelation
+	}
+	return s
+}
+
+// Valid reports whether both object IDs match SpiceDB's pattern.
+func (t Tuple) Valid() bool {
+	return ValidObjectID(t.ResourceID) && t.ResourceID != Wildcard && ValidObjectID(t.SubjectID)
+}
+
+// Op is the operation of an Update.
+type Op uint8
+
+// Update operations. TOUCH is idempotent; DELETE of a missing relationship is
+// not an error in SpiceDB.
+const (
+	OpTouch Op = iota + 1
+	OpDelete
+)
+
+func (o Op) String() string {
+	switch o {
+	case OpTouch:
+		return "touch"
+	case OpDelete:
+		return "delete"
+	}
+	return "unknown"
+}
+
+// Update is one relationship update decided by the projector.
+type Update struct {
+	Op    Op
+	Tuple Tuple
+}
+
+func (u Update) String() string { return u.Op.String() + " " + u.Tuple.String() }
