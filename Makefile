@@ -39,7 +39,7 @@ test-unit:
 	go test -race -count=1 -timeout 30m $(GO_TEST_FLAGS) ./...
 
 test-e2e:
-	go test -count=1 -timeout 45m -tags e2e -v $(GO_TEST_FLAGS) ./e2e/ ./internal/localpds/ 2>&1 | tee .cache/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; test $${PIPESTATUS[0]} -eq 0
+	go test -count=1 -timeout 45m -tags e2e -v $(GO_TEST_FLAGS) ./e2e/ ./internal/testrig/localpds/ 2>&1 | tee .cache/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; test $${PIPESTATUS[0]} -eq 0
 
 # The main job: a local stack on loopback (PDS + PLC, SpiceDB, NATS, the
 # consumer), seeded with a demo, running until Ctrl-C.

@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -162,7 +163,7 @@ func TestRewindKeepsTheFurthestMarkerAndRefusesForward(t *testing.T) {
 	if _, err := Rewind("default", st, 60); err == nil || !strings.Contains(err.Error(), "ahead of the cursor") {
 		t.Fatalf("rewinding forward: %v", err)
 	}
-	if _, err := Rewind("default", Empty(), 0); err != ErrNothingToRewind {
+	if _, err := Rewind("default", Empty(), 0); !errors.Is(err, ErrNothingToRewind) {
 		t.Fatalf("rewind without a cursor: %v", err)
 	}
 }
@@ -179,8 +180,7 @@ func TestResumedRebuildIsNotGated(t *testing.T) {
 }
 
 func TestDecode(t *testing.T) {
-	var st State
-	st = Empty()
+	st := Empty()
 	for _, tu := range []view.Tuple{view.CursorTuple("d", 5), view.MarkerTuple("d", view.RelRewind, 9),
 		view.HolderTuple("d", "c-1")} {
 		if _, err := st.Decode(tu); err != nil {

@@ -15,7 +15,7 @@ import (
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
-	"github.com/spaces-authz/spaces-authz/internal/localpds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/localpds"
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )

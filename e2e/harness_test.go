@@ -20,10 +20,10 @@ import (
 	indigorepo "github.com/bluesky-social/indigo/atproto/repo"
 	"github.com/ipfs/go-cid"
 
-	"github.com/spaces-authz/spaces-authz/internal/localpds"
-	"github.com/spaces-authz/spaces-authz/internal/procs"
-	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
-	"github.com/spaces-authz/spaces-authz/internal/testenv"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/localpds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/procs"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )

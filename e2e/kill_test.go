@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spaces-authz/spaces-authz/internal/localpds"
-	"github.com/spaces-authz/spaces-authz/internal/workload"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/localpds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/workload"
 )
 
 // TestKillNineDuringWorkload kills the consumer process with SIGKILL at

@@ -15,9 +15,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/spaces-authz/spaces-authz/fanout"
-	"github.com/spaces-authz/spaces-authz/internal/localpds"
-	"github.com/spaces-authz/spaces-authz/internal/natstest"
-	"github.com/spaces-authz/spaces-authz/internal/workload"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/localpds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/natstest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/workload"
 )
 
 // TestFanOutSurvivesKillsAndNATSOutage writes a workload through the real

@@ -13,7 +13,7 @@ import (
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
-	"github.com/spaces-authz/spaces-authz/internal/procs"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/procs"
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )

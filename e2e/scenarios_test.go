@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
 	"github.com/spaces-authz/spaces-authz/view"
 )
 

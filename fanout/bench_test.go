@@ -9,10 +9,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spaces-authz/spaces-authz/fanout"
-	"github.com/spaces-authz/spaces-authz/internal/fakepds"
-	"github.com/spaces-authz/spaces-authz/internal/natstest"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
-	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
+	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/natstest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 	"github.com/spaces-authz/spaces-authz/view"
 )
 
@@ -57,19 +57,19 @@ func BenchmarkPublishAcked(b *testing.B) {
 // and on, so the cost of fan-out shows against the projection rate.
 func BenchmarkProjectionWithAndWithoutNATS(b *testing.B) {
 	const commits, perCommit = 2000, 5
-	e := New(b)
+	e := testenv.New(b)
 	var dids []string
 	for i := range 20 {
-		dids = append(dids, Must(e.PDS.CreateAccount(fmt.Sprintf("u%02d", i))).DID())
+		dids = append(dids, testenv.Must(e.PDS.CreateAccount(fmt.Sprintf("u%02d", i))).DID())
 	}
 	for c := range commits {
 		did := dids[c%len(dids)]
 		var ws []fakepds.Write
 		if c < len(dids) {
-			ws = append(ws, Space("create", "s", false))
+			ws = append(ws, testenv.Space("create", "s", false))
 		}
 		for k := range perCommit {
-			ws = append(ws, Relation("create", fmt.Sprintf("r%d-%d", c, k), "space", did+"/s", "viewer", "acct",
+			ws = append(ws, testenv.Relation("create", fmt.Sprintf("r%d-%d", c, k), "space", did+"/s", "viewer", "acct",
 				dids[(c+k+1)%len(dids)], ""))
 		}
 		if _, _, err := e.PDS.Commit(did, ws...); err != nil {

@@ -14,10 +14,11 @@ import (
 
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/fanout"
-	"github.com/spaces-authz/spaces-authz/internal/fakepds"
-	"github.com/spaces-authz/spaces-authz/internal/natstest"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
-	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
+	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/metrictest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/natstest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )
@@ -69,7 +70,7 @@ func readAll(t *testing.T, url, durable string, want int) []received {
 	return out
 }
 
-func startWithNATS(e *Env, url string, reg *prometheus.Registry, mutate ...func(*pipeline.Config)) *Running {
+func startWithNATS(e *testenv.Env, url string, reg *prometheus.Registry, mutate ...func(*pipeline.Config)) *testenv.Running {
 	return e.Start(append([]func(*pipeline.Config){func(c *pipeline.Config) {
 		c.NATS = &fanout.Config{URL: url, Source: "pds.test"}
 		c.Registry = reg
@@ -95,16 +96,16 @@ func schema(t *testing.T) *jsonschema.Schema {
 
 func TestMessagesSubjectsAndSchema(t *testing.T) {
 	ns := natstest.InProcess(t)
-	e := New(t)
-	alice := Must(e.PDS.CreateAccount("alice")).DID()
-	bob := Must(e.PDS.CreateAccount("bob")).DID()
+	e := testenv.New(t)
+	alice := testenv.Must(e.PDS.CreateAccount("alice")).DID()
+	bob := testenv.Must(e.PDS.CreateAccount("bob")).DID()
 	reg := prometheus.NewRegistry()
 	r := startWithNATS(e, ns.ClientURL(), reg)
-	_, seq1, _ := e.PDS.Commit(alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	_, seq1, _ := e.PDS.Commit(alice, testenv.Space("create", "s", false), testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	// bob's hostile record: a change with no relationships and a dead letter
-	_, seq2, _ := e.PDS.Commit(bob, Relation("create", "h", "space", alice+"/s", "admin", "acct", bob, ""))
-	_, seq3, _ := e.PDS.Commit(alice, Relation("update", "v", "space", alice+"/s", "editor", "acct", bob, ""))
-	_, seq4, _ := e.PDS.Commit(alice, Delete(relC, "v"))
+	_, seq2, _ := e.PDS.Commit(bob, testenv.Relation("create", "h", "space", alice+"/s", "admin", "acct", bob, ""))
+	_, seq3, _ := e.PDS.Commit(alice, testenv.Relation("update", "v", "space", alice+"/s", "editor", "acct", bob, ""))
+	_, seq4, _ := e.PDS.Commit(alice, testenv.Delete(relC, "v"))
 	e.WaitCaughtUp(r)
 	msgs := readAll(t, ns.ClientURL(), "test", 6)
 	if len(msgs) != 6 {
@@ -161,10 +162,10 @@ func itoa(n int64) string { b, _ := json.Marshal(n); return string(b) }
 // duplicates, and a downstream consumer sees each change once.
 func TestRewindReplayIsDeduplicated(t *testing.T) {
 	ns := natstest.InProcess(t)
-	e := New(t)
-	alice := Must(e.PDS.CreateAccount("alice")).DID()
+	e := testenv.New(t)
+	alice := testenv.Must(e.PDS.CreateAccount("alice")).DID()
 	for i := range 10 {
-		_, _, _ = e.PDS.Commit(alice, Space("create", "s"+itoa(int64(i)), i%2 == 0))
+		_, _, _ = e.PDS.Commit(alice, testenv.Space("create", "s"+itoa(int64(i)), i%2 == 0))
 	}
 	reg := prometheus.NewRegistry()
 	r := startWithNATS(e, ns.ClientURL(), reg)
@@ -183,10 +184,10 @@ func TestRewindReplayIsDeduplicated(t *testing.T) {
 	r2 := startWithNATS(e, ns.ClientURL(), reg2)
 	e.WaitCaughtUp(r2)
 	// The stream goes on after the replay.
-	_, _, _ = e.PDS.Commit(alice, Space("create", "late", false))
+	_, _, _ = e.PDS.Commit(alice, testenv.Space("create", "late", false))
 	e.WaitCaughtUp(r2)
 	e.AssertMatchesOracle()
-	dups := MetricValue(t, reg2, "consumer_nats_publishes_total", "result", "duplicate")
+	dups := metrictest.Value(t, reg2, "consumer_nats_publishes_total", "result", "duplicate")
 	if dups < 10 {
 		t.Fatalf("JetStream reported %v duplicates on the replay, want at least 10", dups)
 	}
@@ -210,12 +211,12 @@ func TestRewindReplayIsDeduplicated(t *testing.T) {
 // JetStream bridge.
 func TestRawModePublishesEveryCollection(t *testing.T) {
 	ns := natstest.InProcess(t)
-	e := New(t)
-	alice := Must(e.PDS.CreateAccount("alice")).DID()
+	e := testenv.New(t)
+	alice := testenv.Must(e.PDS.CreateAccount("alice")).DID()
 	r := startWithNATS(e, ns.ClientURL(), prometheus.NewRegistry(), func(c *pipeline.Config) { c.Engine.PublishAllCollections = true })
 	_, _, _ = e.PDS.Commit(alice, fakepds.Write{Action: "create", Collection: "app.bsky.feed.post", RKey: "p1",
 		Value: map[string]any{"$type": "app.bsky.feed.post", "text": "hi", "createdAt": "2026-01-01T00:00:00Z"}},
-		Space("create", "s", false))
+		testenv.Space("create", "s", false))
 	e.WaitCaughtUp(r)
 	msgs := readAll(t, ns.ClientURL(), "raw", 2)
 	if len(msgs) != 2 || msgs[0].subject != "spaces.v1.change.create.app.bsky.feed.post" || msgs[0].msg.Projected ||

@@ -16,8 +16,8 @@ import (
 
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
-	"github.com/spaces-authz/spaces-authz/internal/fakepds"
-	"github.com/spaces-authz/spaces-authz/internal/testenv"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/metrictest"
 )
 
 // recorder is a Handler that records what it is given and marks events done
@@ -223,7 +223,7 @@ func TestResumeFromWatermarkAfterDrop(t *testing.T) {
 	}
 	rec.mu.Unlock()
 	// 9..14 were replayed by the PDS and dropped as duplicates.
-	if got := testenv.MetricValue(t, r.reg, "consumer_firehose_duplicate_events_total"); got != 6 {
+	if got := metrictest.Value(t, r.reg, "consumer_firehose_duplicate_events_total"); got != 6 {
 		t.Fatalf("duplicates counted %v, want 6", got)
 	}
 }
@@ -333,7 +333,7 @@ func TestBadFramesAreCountedAndSkipped(t *testing.T) {
 	}
 	for reason, want := range map[string]float64{firehose.ReasonMalformedFrame: 2, firehose.ReasonUnknownType: 1,
 		firehose.ReasonOversized: 1, firehose.ReasonBadPath: 1} {
-		got := testenv.MetricValue(t, r.reg, "consumer_firehose_bad_frames_total", "reason", reason)
+		got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total", "reason", reason)
 		if got != want {
 			t.Errorf("bad frames %s = %v, want %v", reason, got, want)
 		}
@@ -409,7 +409,7 @@ func TestSlowConsumerBlocksReader(t *testing.T) {
 	rec.gate = make(chan struct{})
 	rec.hold = true
 	r := start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec, Workers: workers, QueueDepth: depth})
-	headSeq := func() float64 { return testenv.MetricValue(t, r.reg, "consumer_head_seq") }
+	headSeq := func() float64 { return metrictest.Value(t, r.reg, "consumer_head_seq") }
 
 	// 1. The handler is stuck: the lanes fill and the reader stops; it has
 	// read at most the lanes' capacity, a frame in each handler and one

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spaces-authz/spaces-authz/internal/capture"
+	"github.com/spaces-authz/spaces-authz/internal/tools/capture"
 )
 
 const corpusDir = "../testdata/relay-2026-07-04"

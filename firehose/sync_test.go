@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
-	"github.com/spaces-authz/spaces-authz/internal/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
 )
 
 func TestSyncClientGetRepoAndListRepos(t *testing.T) {

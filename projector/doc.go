@@ -1,8 +1,9 @@
-// Package projector turns the PDS's records into SpiceDB relationships: the
-// rules file, the pure mapping from a record to the tuples it produces
-// (Rules.Project), the encoding of DIDs and record keys into SpiceDB object
-// IDs, the security rules, lineage, account statuses, repo resyncs and
-// rebuilds, and the Engine that decides every event and batches the writes.
+// Package projector is the engine that keeps the authorization view equal
+// to the repos' records: it decides every stream event (commits, syncs,
+// account statuses) in per-DID order, diffs what records produce (package
+// view) against their lineage, resyncs repos from snapshots (gaps, syncs,
+// reactivations, rewinds, rebuilds), reconciles, and batches the writes.
+// The cursor those writes carry is planned by package checkpoint.
 //
 // Invariants it keeps (DESIGN §2–§5):
 //   - A record in repo A only produces tuples on A's own spaces and groups

@@ -20,8 +20,9 @@ import (
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 
-	"github.com/spaces-authz/spaces-authz/internal/fakepds"
-	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
+	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/metrictest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 	"github.com/spaces-authz/spaces-authz/projector"
 )
 
@@ -31,14 +32,14 @@ const (
 	relC   = "com.atproto.space.relation"
 )
 
-func commit(t *testing.T, e *Env, did string, w ...fakepds.Write) {
+func commit(t *testing.T, e *testenv.Env, did string, w ...fakepds.Write) {
 	t.Helper()
 	if _, _, err := e.PDS.Commit(did, w...); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func account(t *testing.T, e *Env, name string) string {
+func account(t *testing.T, e *testenv.Env, name string) string {
 	t.Helper()
 	r, err := e.PDS.CreateAccount(name)
 	if err != nil {
@@ -50,10 +51,10 @@ func account(t *testing.T, e *Env, name string) string {
 func has(list []string, s string) bool { return slices.Contains(list, s) }
 
 func TestCreateUpdateMovesGrantDelete(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob, carol := account(t, e, "alice"), account(t, e, "bob"), account(t, e, "carol")
 	r := e.Start()
-	commit(t, e, alice, Space("create", "paid", false), Relation("create", "g1", "space", alice+"/paid", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "paid", false), testenv.Relation("create", "g1", "space", alice+"/paid", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	paid := view.ObjectID(alice, "paid")
@@ -61,13 +62,13 @@ func TestCreateUpdateMovesGrantDelete(t *testing.T) {
 		t.Fatal("bob should view, carol should not")
 	}
 	// The update moves the grant from bob to carol.
-	commit(t, e, alice, Relation("update", "g1", "space", alice+"/paid", "viewer", "acct", carol, ""))
+	commit(t, e, alice, testenv.Relation("update", "g1", "space", alice+"/paid", "viewer", "acct", carol, ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	if e.Check("view", "space", paid, bob) || !e.Check("view", "space", paid, carol) {
 		t.Fatal("after the update carol should view and bob not")
 	}
-	commit(t, e, alice, Delete(relC, "g1"))
+	commit(t, e, alice, testenv.Delete(relC, "g1"))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	if e.Check("view", "space", paid, carol) {
@@ -79,25 +80,25 @@ func TestCreateUpdateMovesGrantDelete(t *testing.T) {
 }
 
 func TestTwoRecordsOneTuple(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	r := e.Start()
 	grant := "space:" + view.ObjectID(alice, "s") + "#viewer@acct:" + view.EncodeDID(bob)
-	commit(t, e, alice, Space("create", "s", false),
-		Relation("create", "a", "space", alice+"/s", "viewer", "acct", bob, ""),
-		Relation("create", "b", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false),
+		testenv.Relation("create", "a", "space", alice+"/s", "viewer", "acct", bob, ""),
+		testenv.Relation("create", "b", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	commit(t, e, alice, Delete(relC, "a"))
+	commit(t, e, alice, testenv.Delete(relC, "a"))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	if !has(e.Data(), grant) {
 		t.Fatal("deleting one of two producers removed the tuple")
 	}
-	commit(t, e, alice, Relation("create", "a", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Relation("create", "a", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	// Both producers deleted in one commit (one batch).
-	commit(t, e, alice, Delete(relC, "a"), Delete(relC, "b"))
+	commit(t, e, alice, testenv.Delete(relC, "a"), testenv.Delete(relC, "b"))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	if has(e.Data(), grant) {
@@ -106,14 +107,14 @@ func TestTwoRecordsOneTuple(t *testing.T) {
 }
 
 func TestUpdateToInvalidValueRemovesOldGrant(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	r := e.Start()
-	commit(t, e, alice, Space("create", "s", false), Relation("create", "g", "space", alice+"/s", "editor", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Relation("create", "g", "space", alice+"/s", "editor", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	// editor with a wildcard is not allowed: the record is rejected and
 	// what it produced before goes.
-	commit(t, e, alice, Relation("update", "g", "space", alice+"/s", "editor", "acct", "*", ""))
+	commit(t, e, alice, testenv.Relation("update", "g", "space", alice+"/s", "editor", "acct", "*", ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	if e.Check("edit", "space", view.ObjectID(alice, "s"), bob) {
@@ -122,12 +123,12 @@ func TestUpdateToInvalidValueRemovesOldGrant(t *testing.T) {
 }
 
 func TestSpaceDeletedWhileGrantsRemain(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	r := e.Start()
-	commit(t, e, alice, Space("create", "s", false), Relation("create", "g", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Relation("create", "g", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
-	commit(t, e, alice, Delete(spaceC, "s"))
+	commit(t, e, alice, testenv.Delete(spaceC, "s"))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	data := e.Data()
@@ -141,18 +142,18 @@ func TestSpaceDeletedWhileGrantsRemain(t *testing.T) {
 }
 
 func TestBubbleFlippedBothWays(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	r := e.Start()
-	commit(t, e, alice, Space("create", "root", false), Space("create", "b", false),
-		Relation("create", "p", "space", alice+"/b", "parent", "space", alice+"/root", ""),
-		Relation("create", "v", "space", alice+"/root", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "root", false), testenv.Space("create", "b", false),
+		testenv.Relation("create", "p", "space", alice+"/b", "parent", "space", alice+"/root", ""),
+		testenv.Relation("create", "v", "space", alice+"/root", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	b := view.ObjectID(alice, "b")
 	if !e.Check("view", "space", b, bob) {
 		t.Fatal("a root viewer should view a child space")
 	}
-	commit(t, e, alice, Space("update", "b", true))
+	commit(t, e, alice, testenv.Space("update", "b", true))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	if e.Check("view", "space", b, bob) {
@@ -161,7 +162,7 @@ func TestBubbleFlippedBothWays(t *testing.T) {
 	if !e.Check("administer", "space", b, alice) {
 		t.Fatal("a bubble keeps its owner")
 	}
-	commit(t, e, alice, Space("update", "b", false))
+	commit(t, e, alice, testenv.Space("update", "b", false))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	if !e.Check("view", "space", b, bob) {
@@ -170,11 +171,11 @@ func TestBubbleFlippedBothWays(t *testing.T) {
 }
 
 func TestAccountDeactivatedReactivatedDeleted(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	r := e.Start()
-	commit(t, e, alice, Space("create", "s", false), Group("create", "g"),
-		Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Group("create", "g"),
+		testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	s := view.ObjectID(alice, "s")
 	e.SetStatus(alice, "deactivated")
@@ -204,21 +205,21 @@ func TestAccountDeactivatedReactivatedDeleted(t *testing.T) {
 }
 
 func TestHostileRecordsAreRejected(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, mallory := account(t, e, "alice"), account(t, e, "mallory")
 	web, lookalike := account(t, e, "did:web:example.com"), account(t, e, "did:web:example.com.au")
 	r := e.Start()
-	commit(t, e, alice, Space("create", "s", false))
-	commit(t, e, lookalike, Space("create", "root", false))
+	commit(t, e, alice, testenv.Space("create", "s", false))
+	commit(t, e, lookalike, testenv.Space("create", "root", false))
 	e.WaitCaughtUp(r)
 	before := e.Data()
 	// Mallory grants herself admin on Alice's space, and a parent link to it.
-	commit(t, e, mallory, Relation("create", "h1", "space", alice+"/s", "admin", "acct", mallory, ""),
-		Space("create", "m", false),
-		Relation("create", "h2", "space", mallory+"/m", "parent", "space", alice+"/s", ""),
-		Relation("create", "h3", "space", mallory+"/m", "owner", "acct", mallory, ""))
+	commit(t, e, mallory, testenv.Relation("create", "h1", "space", alice+"/s", "admin", "acct", mallory, ""),
+		testenv.Space("create", "m", false),
+		testenv.Relation("create", "h2", "space", mallory+"/m", "parent", "space", alice+"/s", ""),
+		testenv.Relation("create", "h3", "space", mallory+"/m", "owner", "acct", mallory, ""))
 	// did:web:example.com claims a space of did:web:example.com.au.
-	commit(t, e, web, Relation("create", "h4", "space", lookalike+"/root", "admin", "acct", web, ""))
+	commit(t, e, web, testenv.Relation("create", "h4", "space", lookalike+"/root", "admin", "acct", web, ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	if e.Check("administer", "space", view.ObjectID(alice, "s"), mallory) {
@@ -241,21 +242,21 @@ func TestHostileRecordsAreRejected(t *testing.T) {
 }
 
 func TestCheckPermissionThroughTree(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob, carol, dave, erin := account(t, e, "alice"), account(t, e, "bob"), account(t, e, "carol"),
 		account(t, e, "dave"), account(t, e, "erin")
 	r := e.Start()
 	// root ← team ← bubble ← inner ; a group of bob's with carol in it.
-	commit(t, e, bob, Group("create", "friends"), Relation("create", "m1", "group", bob+"/friends", "direct_member", "acct", carol, ""))
+	commit(t, e, bob, testenv.Group("create", "friends"), testenv.Relation("create", "m1", "group", bob+"/friends", "direct_member", "acct", carol, ""))
 	commit(t, e, alice,
-		Space("create", "root", false), Space("create", "team", false), Space("create", "bub", true), Space("create", "inner", false),
-		Relation("create", "p1", "space", alice+"/team", "parent", "space", alice+"/root", ""),
-		Relation("create", "p2", "space", alice+"/bub", "parent", "space", alice+"/team", ""),
-		Relation("create", "p3", "space", alice+"/inner", "parent", "space", alice+"/bub", ""),
-		Relation("create", "a1", "space", alice+"/root", "admin", "acct", bob, ""),
-		Relation("create", "e1", "space", alice+"/team", "editor", "group", bob+"/friends", "member"),
-		Relation("create", "v1", "space", alice+"/bub", "viewer", "acct", dave, ""),
-		Relation("create", "pub", "space", alice+"/root", "viewer", "acct", "*", ""))
+		testenv.Space("create", "root", false), testenv.Space("create", "team", false), testenv.Space("create", "bub", true), testenv.Space("create", "inner", false),
+		testenv.Relation("create", "p1", "space", alice+"/team", "parent", "space", alice+"/root", ""),
+		testenv.Relation("create", "p2", "space", alice+"/bub", "parent", "space", alice+"/team", ""),
+		testenv.Relation("create", "p3", "space", alice+"/inner", "parent", "space", alice+"/bub", ""),
+		testenv.Relation("create", "a1", "space", alice+"/root", "admin", "acct", bob, ""),
+		testenv.Relation("create", "e1", "space", alice+"/team", "editor", "group", bob+"/friends", "member"),
+		testenv.Relation("create", "v1", "space", alice+"/bub", "viewer", "acct", dave, ""),
+		testenv.Relation("create", "pub", "space", alice+"/root", "viewer", "acct", "*", ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	id := func(k string) string { return view.ObjectID(alice, k) }
@@ -283,8 +284,8 @@ func TestCheckPermissionThroughTree(t *testing.T) {
 		}
 	}
 	// Moving team under another parent moves its inherited grants.
-	commit(t, e, alice, Space("create", "other", false),
-		Relation("update", "p1", "space", alice+"/team", "parent", "space", alice+"/other", ""))
+	commit(t, e, alice, testenv.Space("create", "other", false),
+		testenv.Relation("update", "p1", "space", alice+"/team", "parent", "space", alice+"/other", ""))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	if e.Check("administer", "space", id("team"), bob) {
@@ -300,20 +301,20 @@ func TestRefusedTupleRejectsOnlyItsRecord(t *testing.T) {
 	if schema == deploy.Schema {
 		t.Fatal("schema replacement did not apply")
 	}
-	e := NewWithSchema(t, schema)
+	e := testenv.NewWithSchema(t, schema)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	reg := prometheus.NewRegistry()
 	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
-	commit(t, e, alice, Space("create", "s", false),
-		Relation("create", "ok1", "space", alice+"/s", "viewer", "acct", bob, ""),
-		Relation("create", "bad", "space", alice+"/s", "viewer", "acct", "*", ""),
-		Relation("create", "ok2", "space", alice+"/s", "editor", "acct", bob, ""))
-	commit(t, e, alice, Space("create", "t", false))
+	commit(t, e, alice, testenv.Space("create", "s", false),
+		testenv.Relation("create", "ok1", "space", alice+"/s", "viewer", "acct", bob, ""),
+		testenv.Relation("create", "bad", "space", alice+"/s", "viewer", "acct", "*", ""),
+		testenv.Relation("create", "ok2", "space", alice+"/s", "editor", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "t", false))
 	e.WaitCaughtUp(r)
 	wantData, _ := e.Expected()
 	wildcard := "space:" + view.ObjectID(alice, "s") + "#viewer@acct:*"
 	wantData = slices.DeleteFunc(wantData, func(s string) bool { return s == wildcard })
-	if d := Diff(e.Data(), wantData); d != "" {
+	if d := testenv.Diff(e.Data(), wantData); d != "" {
 		t.Fatalf("data differs:\n%s", d)
 	}
 	for _, l := range e.Lineage() {
@@ -321,36 +322,36 @@ func TestRefusedTupleRejectsOnlyItsRecord(t *testing.T) {
 			t.Fatalf("lineage of the refused record: %s", l)
 		}
 	}
-	if got := MetricValue(t, reg, "consumer_rejected_records_total", "reason", "spicedb_refused"); got != 1 {
+	if got := metrictest.Value(t, reg, "consumer_rejected_records_total", "reason", "spicedb_refused"); got != 1 {
 		t.Fatalf("spicedb_refused rejections = %v, want 1", got)
 	}
-	if got := MetricValue(t, reg, "consumer_pipeline_restarts_total"); got != 1 {
+	if got := metrictest.Value(t, reg, "consumer_pipeline_restarts_total"); got != 1 {
 		t.Fatalf("restarts = %v, want 1", got)
 	}
 }
 
 func TestGapIsRepairedByResync(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob, carol := account(t, e, "alice"), account(t, e, "bob"), account(t, e, "carol")
 	reg := prometheus.NewRegistry()
 	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
-	commit(t, e, alice, Space("create", "s", false), Relation("create", "g", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Relation("create", "g", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	// Two commits the stream never carries: g vanishes, h appears.
-	if _, err := e.PDS.CommitSilently(alice, Delete(relC, "g")); err != nil {
+	if _, err := e.PDS.CommitSilently(alice, testenv.Delete(relC, "g")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.PDS.CommitSilently(alice, Relation("create", "h", "space", alice+"/s", "editor", "acct", carol, "")); err != nil {
+	if _, err := e.PDS.CommitSilently(alice, testenv.Relation("create", "h", "space", alice+"/s", "editor", "acct", carol, "")); err != nil {
 		t.Fatal(err)
 	}
-	commit(t, e, alice, Group("create", "k"))
+	commit(t, e, alice, testenv.Group("create", "k"))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 	s := view.ObjectID(alice, "s")
 	if e.Check("view", "space", s, bob) || !e.Check("edit", "space", s, carol) {
 		t.Fatal("the resync did not repair the gap")
 	}
-	if got := MetricValue(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 1 {
+	if got := metrictest.Value(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 1 {
 		t.Fatalf("gap resyncs = %v, want 1", got)
 	}
 	// A #sync resyncs too (and finds nothing to change).
@@ -362,17 +363,17 @@ func TestGapIsRepairedByResync(t *testing.T) {
 }
 
 func TestSecondConsumerWaitsThenFencesTheFirst(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	a := e.Start(func(c *pipeline.Config) { c.Lease.Holder = "consumer-a" })
-	commit(t, e, alice, Space("create", "s", false))
+	commit(t, e, alice, testenv.Space("create", "s", false))
 	e.WaitCaughtUp(a)
 	b := e.Start(func(c *pipeline.Config) { c.Lease.Holder = "consumer-b" })
 	time.Sleep(1500 * time.Millisecond)
 	if st := b.Snapshot().State; st != pipeline.StateWaitingForLease {
 		t.Fatalf("second consumer is %q while the lease is fresh", st)
 	}
-	commit(t, e, alice, Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(a)
 	e.AssertMatchesOracle()
 
@@ -388,7 +389,7 @@ func TestSecondConsumerWaitsThenFencesTheFirst(t *testing.T) {
 	if st, _ := e.Client.ReadProjector(t.Context(), "default"); st.Holder != "consumer-c" {
 		t.Fatalf("holder %q", st.Holder)
 	}
-	commit(t, e, alice, Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
+	commit(t, e, alice, testenv.Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
 	e.WaitCaughtUp(c)
 	e.AssertMatchesOracle()
 	if st := b.Snapshot().State; st != pipeline.StateWaitingForLease {
@@ -401,7 +402,7 @@ func TestSecondConsumerWaitsThenFencesTheFirst(t *testing.T) {
 // the same repo (its first projected one) is still undecided, or the next
 // commit's `since` looks like a gap and the repo is resynced for nothing.
 func TestNoFalseGapsWhenARepoTurnsProjected(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	var dids []string
 	for i := range 100 {
 		dids = append(dids, account(t, e, "gapless"+itoaTest(i)))
@@ -416,14 +417,14 @@ func TestNoFalseGapsWhenARepoTurnsProjected(t *testing.T) {
 		for _, did := range dids {
 			commit(t, e, did, post("a"+itoaTest(round)))
 			if round == 1 {
-				commit(t, e, did, Space("create", "s", false))
+				commit(t, e, did, testenv.Space("create", "s", false))
 			}
 			commit(t, e, did, post("b"+itoaTest(round)))
 		}
 	}
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	if got := MetricValue(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 0 {
+	if got := metrictest.Value(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 0 {
 		t.Fatalf("%v false gap resyncs", got)
 	}
 }
@@ -436,10 +437,10 @@ func itoaTest(i int) string { return string(rune('a'+i/26%26)) + string(rune('a'
 // whether a crash made the consumer replay (and resync) earlier must not
 // change the bookkeeping it converges to.
 func TestStatusSeqFollowsTheLastAccountEvent(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	r := e.Start()
-	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	if err := r.Stop(); err != nil {
 		t.Fatal(err)
@@ -466,11 +467,11 @@ func TestStatusSeqFollowsTheLastAccountEvent(t *testing.T) {
 // not erase what the record produces: its content is unknown, not invalid.
 // Reconcile does not call it drift either.
 func TestResyncKeepsRecordsWhoseBlockIsMissing(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	reg := prometheus.NewRegistry()
 	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
-	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	e.PDS.Repo(alice).OmitFromExport(relC+"/v", true)
 	if _, err := e.PDS.Sync(alice); err != nil { // a #sync resyncs from the incomplete export
@@ -478,7 +479,7 @@ func TestResyncKeepsRecordsWhoseBlockIsMissing(t *testing.T) {
 	}
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	if got := MetricValue(t, reg, "consumer_unreadable_snapshot_records_total"); got != 1 {
+	if got := metrictest.Value(t, reg, "consumer_unreadable_snapshot_records_total"); got != 1 {
 		t.Fatalf("unreadable records = %v, want 1", got)
 	}
 	sync, err := firehose.NewSyncClient(firehose.SyncConfig{URL: e.PDS.URL()})
@@ -498,15 +499,15 @@ func TestResyncKeepsRecordsWhoseBlockIsMissing(t *testing.T) {
 // reference PDS) must not be read as "the record became invalid": the
 // consumer resyncs the repo and projects what the repo really holds.
 func TestCommitWithoutItsRecordBlockResyncs(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob, carol := account(t, e, "alice"), account(t, e, "bob"), account(t, e, "carol")
 	reg := prometheus.NewRegistry()
 	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
-	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	repo := e.PDS.Repo(alice) // not inside the callback: it runs under the server's lock
 	if _, err := e.PDS.InjectSequenced(func(seq int64) ([]byte, error) {
-		c, err := repo.Apply(Relation("update", "v", "space", alice+"/s", "viewer", "acct", carol, ""))
+		c, err := repo.Apply(testenv.Relation("update", "v", "space", alice+"/s", "viewer", "acct", carol, ""))
 		if err != nil {
 			return nil, err
 		}
@@ -523,7 +524,7 @@ func TestCommitWithoutItsRecordBlockResyncs(t *testing.T) {
 	if e.Check("view", "space", s, bob) || !e.Check("view", "space", s, carol) {
 		t.Fatal("the update was not projected from the repo")
 	}
-	if got := MetricValue(t, reg, "consumer_resyncs_total", "trigger", "unreadable"); got != 1 {
+	if got := metrictest.Value(t, reg, "consumer_resyncs_total", "trigger", "unreadable"); got != 1 {
 		t.Fatalf("unreadable resyncs = %v, want 1", got)
 	}
 }

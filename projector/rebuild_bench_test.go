@@ -8,9 +8,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/spaces-authz/spaces-authz/internal/fakepds"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
-	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
+	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 )
 
 // BenchmarkRebuild100k rebuilds the view of 100 repos holding 1,000
@@ -21,7 +21,7 @@ import (
 //	go test ./projector -run '^$' -bench BenchmarkRebuild100k -benchtime 1x
 func BenchmarkRebuild100k(b *testing.B) {
 	const repos, perRepo = 100, 1000
-	e := New(b)
+	e := testenv.New(b)
 	var dids []string
 	for i := range repos {
 		r, err := e.PDS.CreateAccount(fmt.Sprintf("bench%03d", i))
@@ -33,23 +33,23 @@ func BenchmarkRebuild100k(b *testing.B) {
 	for i, did := range dids {
 		var ws []fakepds.Write
 		for k := range 20 {
-			ws = append(ws, Space("create", fmt.Sprintf("s%d", k), k%5 == 0))
+			ws = append(ws, testenv.Space("create", fmt.Sprintf("s%d", k), k%5 == 0))
 		}
 		for k := range 5 {
-			ws = append(ws, Group("create", fmt.Sprintf("g%d", k)))
+			ws = append(ws, testenv.Group("create", fmt.Sprintf("g%d", k)))
 		}
 		for k := 0; len(ws) < perRepo; k++ {
 			other := dids[(i+k+1)%repos]
 			space := fmt.Sprintf("%s/s%d", did, k%20)
 			switch k % 4 {
 			case 0:
-				ws = append(ws, Relation("create", fmt.Sprintf("r%d", k), "space", space, "viewer", "acct", other, ""))
+				ws = append(ws, testenv.Relation("create", fmt.Sprintf("r%d", k), "space", space, "viewer", "acct", other, ""))
 			case 1:
-				ws = append(ws, Relation("create", fmt.Sprintf("r%d", k), "space", space, "viewer", "group", other+"/g1", "member"))
+				ws = append(ws, testenv.Relation("create", fmt.Sprintf("r%d", k), "space", space, "viewer", "group", other+"/g1", "member"))
 			case 2:
-				ws = append(ws, Relation("create", fmt.Sprintf("r%d", k), "group", fmt.Sprintf("%s/g%d", did, k%5), "direct_member", "acct", other, ""))
+				ws = append(ws, testenv.Relation("create", fmt.Sprintf("r%d", k), "group", fmt.Sprintf("%s/g%d", did, k%5), "direct_member", "acct", other, ""))
 			default:
-				ws = append(ws, Relation("create", fmt.Sprintf("r%d", k), "space", space, "editor", "acct", other, ""))
+				ws = append(ws, testenv.Relation("create", fmt.Sprintf("r%d", k), "space", space, "editor", "acct", other, ""))
 			}
 		}
 		if _, _, err := e.PDS.Commit(did, ws...); err != nil {
@@ -61,11 +61,11 @@ func BenchmarkRebuild100k(b *testing.B) {
 	}
 }
 
-func benchRebuild(b *testing.B, e *Env, rate float64, records int) {
+func benchRebuild(b *testing.B, e *testenv.Env, rate float64, records int) {
 	for range b.N {
 		env := e.Fork() // an empty SpiceDB datastore each time
 		reg := prometheus.NewRegistry()
-		c, err := pipeline.New(pipeline.Config{PDSURL: e.PDS.URL(), SpiceDB: env.SpiceConfig(), Logger: Logger(),
+		c, err := pipeline.New(pipeline.Config{PDSURL: e.PDS.URL(), SpiceDB: env.SpiceConfig(), Logger: testenv.Logger(),
 			Registry: reg, Rebuild: pipeline.RebuildConfig{AtStart: true, ExitWhenDone: true},
 			Engine: pipeline.EngineConfig{ResyncRate: rate}})
 		if err != nil {

@@ -10,27 +10,28 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
-	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
+	"github.com/spaces-authz/spaces-authz/internal/testrig/metrictest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // TestFirstRunRebuildsFromSnapshots: with no cursor, the consumer follows
 // the stream live and builds the view from getRepo snapshots meanwhile.
 func TestFirstRunRebuildsFromSnapshots(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
-	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
-	commit(t, e, bob, Group("create", "g"), Relation("create", "m", "group", bob+"/g", "direct_member", "acct", alice, ""))
-	commit(t, e, alice, Delete(relC, "v"), Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, bob, testenv.Group("create", "g"), testenv.Relation("create", "m", "group", bob+"/g", "direct_member", "acct", alice, ""))
+	commit(t, e, alice, testenv.Delete(relC, "v"), testenv.Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
 	reg := prometheus.NewRegistry()
 	r := e.StartFirstRun(func(c *pipeline.Config) { c.Registry = reg })
 	e.WaitRebuilt(r, 1)
 	e.AssertMatchesOracle()
 	// The stream goes on from the live connection.
-	commit(t, e, bob, Delete(groupC, "g"))
+	commit(t, e, bob, testenv.Delete(groupC, "g"))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	if got := MetricValue(t, reg, "consumer_resyncs_total", "trigger", "rebuild"); got != 2 {
+	if got := metrictest.Value(t, reg, "consumer_resyncs_total", "trigger", "rebuild"); got != 2 {
 		t.Fatalf("rebuild resyncs = %v, want 2 (one per repo)", got)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -49,28 +50,28 @@ func TestFirstRunRebuildsFromSnapshots(t *testing.T) {
 // TestOutdatedCursorRebuilds: the PDS no longer has the events after the
 // stored cursor, including deletes; the rebuild brings the view back.
 func TestOutdatedCursorRebuilds(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	r := e.Start()
-	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""),
-		Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""),
+		testenv.Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	if err := r.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	// While the consumer is away: deletes and creates, then the PDS
 	// forgets those events.
-	commit(t, e, alice, Delete(relC, "v"), Space("create", "t", true))
-	commit(t, e, bob, Space("create", "b", false), Relation("create", "x", "space", bob+"/b", "admin", "acct", alice, ""))
-	commit(t, e, alice, Delete(relC, "w"))
+	commit(t, e, alice, testenv.Delete(relC, "v"), testenv.Space("create", "t", true))
+	commit(t, e, bob, testenv.Space("create", "b", false), testenv.Relation("create", "x", "space", bob+"/b", "admin", "acct", alice, ""))
+	commit(t, e, alice, testenv.Delete(relC, "w"))
 	e.PDS.Trim(e.PDS.Head())
 	reg := prometheus.NewRegistry()
 	r2 := e.Start(func(c *pipeline.Config) { c.Registry = reg })
 	e.WaitRebuilt(r2, 1)
-	commit(t, e, alice, Group("create", "late"))
+	commit(t, e, alice, testenv.Group("create", "late"))
 	e.WaitCaughtUp(r2)
 	e.AssertMatchesOracle()
-	if got := MetricValue(t, reg, "consumer_rebuilds_total"); got != 1 {
+	if got := metrictest.Value(t, reg, "consumer_rebuilds_total"); got != 1 {
 		t.Fatalf("rebuilds = %v", got)
 	}
 }
@@ -78,11 +79,11 @@ func TestOutdatedCursorRebuilds(t *testing.T) {
 // TestRebuildRemovesReposNoLongerListed: a repo the view knows but the PDS
 // lost is removed by a rebuild.
 func TestRebuildRemovesReposNoLongerListed(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	r := e.Start()
-	commit(t, e, alice, Space("create", "s", false))
-	commit(t, e, bob, Space("create", "b", false), Relation("create", "x", "space", bob+"/b", "viewer", "acct", alice, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false))
+	commit(t, e, bob, testenv.Space("create", "b", false), testenv.Relation("create", "x", "space", bob+"/b", "viewer", "acct", alice, ""))
 	e.WaitCaughtUp(r)
 	e.PDS.Forget(bob)
 	done, err := r.Engine().Rebuild(t.Context(), "test", nil)
@@ -108,21 +109,21 @@ func TestRebuildRemovesReposNoLongerListed(t *testing.T) {
 // (as a restart of a memory datastore would): it notices (its lease and
 // cursor are gone) and rebuilds instead of going on from a wrong place.
 func TestSpiceDBResetTriggersRebuild(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
 	r := e.Start()
-	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
 	wipe(t, e)
-	commit(t, e, bob, Space("create", "b", false))
+	commit(t, e, bob, testenv.Space("create", "b", false))
 	e.WaitRebuilt(r, 1)
-	commit(t, e, alice, Group("create", "g"))
+	commit(t, e, alice, testenv.Group("create", "g"))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
 }
 
 // wipe deletes every relationship of the test's datastore (the schema stays).
-func wipe(t *testing.T, e *Env) {
+func wipe(t *testing.T, e *testenv.Env) {
 	t.Helper()
 	for _, typ := range []string{"space", "group", "lineage", "repo", "projector"} {
 		_, err := e.Client.API().DeleteRelationships(context.Background(), &v1.DeleteRelationshipsRequest{
@@ -139,13 +140,13 @@ func wipe(t *testing.T, e *Env) {
 // before. Events arriving before the rebuild is requested are projected,
 // but their batches carry no cursor.
 func TestFirstRunStoresNoCursorBeforeTheRebuildMarker(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
-	commit(t, e, alice, Space("create", "early", false), Relation("create", "v", "space", alice+"/early", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "early", false), testenv.Relation("create", "v", "space", alice+"/early", "viewer", "acct", bob, ""))
 	r := e.StartFirstRun(func(c *pipeline.Config) {
 		c.Hooks.BeforeRebuild = func(ctx context.Context) {
 			// A live event is decided and written before the rebuild starts.
-			commit(t, e, bob, Relation("create", "m", "group", bob+"/g", "direct_member", "acct", alice, ""))
+			commit(t, e, bob, testenv.Relation("create", "m", "group", bob+"/g", "direct_member", "acct", alice, ""))
 			deadline := time.Now().Add(10 * time.Second)
 			for len(e.Data()) == 0 {
 				if time.Now().After(deadline) {
@@ -175,9 +176,9 @@ func TestFirstRunStoresNoCursorBeforeTheRebuildMarker(t *testing.T) {
 // the next status: two status tuples made a later start load the wrong one
 // and withdraw an active repo for good (seen in the e2e kill test).
 func TestRebuildStatusOfAnInactiveRepoIsReplaced(t *testing.T) {
-	e := New(t)
+	e := testenv.New(t)
 	alice, bob := account(t, e, "alice"), account(t, e, "bob")
-	commit(t, e, alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	commit(t, e, alice, testenv.Space("create", "s", false), testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.SetStatus(alice, "deactivated")
 	r := e.StartFirstRun()
 	e.WaitRebuilt(r, 1)
@@ -198,7 +199,7 @@ func TestRebuildStatusOfAnInactiveRepoIsReplaced(t *testing.T) {
 	if err := r.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	commit(t, e, alice, Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
+	commit(t, e, alice, testenv.Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
 	r = e.Start()
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()

@@ -9,9 +9,10 @@ import (
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/spaces-authz/spaces-authz/internal/fakepds"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
-	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
+	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/metrictest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )
@@ -37,10 +38,10 @@ func BenchmarkProjectionWriteRate(b *testing.B) {
 
 func benchWriteRate(b *testing.B, commits, perCommit int) {
 	const accounts = 40
-	e := New(b)
+	e := testenv.New(b)
 	var dids []string
 	for i := range accounts {
-		dids = append(dids, Must(e.PDS.CreateAccount(fmt.Sprintf("w%02d", i))).DID())
+		dids = append(dids, testenv.Must(e.PDS.CreateAccount(fmt.Sprintf("w%02d", i))).DID())
 	}
 	rules := view.DefaultRules()
 	var events [][]view.Update // per commit: what a naive consumer writes
@@ -49,10 +50,10 @@ func benchWriteRate(b *testing.B, commits, perCommit int) {
 		did := dids[a]
 		var ws []fakepds.Write
 		if c < accounts {
-			ws = append(ws, Space("create", "s", false))
+			ws = append(ws, testenv.Space("create", "s", false))
 		}
 		for k := range perCommit {
-			ws = append(ws, Relation("create", fmt.Sprintf("r%d-%d", c, k), "space", did+"/s", "viewer", "acct",
+			ws = append(ws, testenv.Relation("create", fmt.Sprintf("r%d-%d", c, k), "space", did+"/s", "viewer", "acct",
 				dids[(c+k+1)%accounts], ""))
 		}
 		cm, _, err := e.PDS.Commit(did, ws...)
@@ -81,7 +82,7 @@ func benchWriteRate(b *testing.B, commits, perCommit int) {
 		env.WaitCaughtUp(r)
 		took := time.Since(start)
 		_ = r.Stop()
-		written := MetricValue(b, reg, "consumer_relationship_updates_total")
+		written := metrictest.Value(b, reg, "consumer_relationship_updates_total")
 		calls, writeSecs := histogram(b, reg, "consumer_write_duration_seconds")
 		projRate := written / took.Seconds()
 

@@ -5,7 +5,8 @@
 // Invariants it keeps:
 //   - Every write carries a MUST_MATCH precondition on this consumer's own
 //     holder tuple: a consumer that lost the lease can't write anything.
-//   - Data, lineage, per-repo state, the cursor and the heartbeat of one
+//   - Data, lineage, per-repo state, the progress step (cursor and markers,
+//     planned by package checkpoint) and the heartbeat of one
 //     call commit together or not at all; the writer never splits a batch
 //     it was given.
 //   - Errors are classified: transient ones are retried with capped,

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/spaces-authz/spaces-authz/checkpoint"
-	"github.com/spaces-authz/spaces-authz/internal/testenv"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 	"github.com/spaces-authz/spaces-authz/spice"
 )
 

@@ -66,67 +66,29 @@ func (c *Client) readPage(ctx context.Context, filter *v1.RelationshipFilter, to
 
 // LoadRepos reads every repo:<did> relationship.
 func (s *Store) LoadRepos(ctx context.Context, token string) ([]view.RepoState, error) {
-	byDID := map[string]*view.RepoState{}
-	var order []string
+	var repos view.RepoStates
 	err := s.c.Read(ctx, &v1.RelationshipFilter{ResourceType: view.TypeRepo}, token, func(t view.Tuple) error {
-		did, err := view.DecodeDID(t.ResourceID)
-		if err != nil {
-			return fmt.Errorf("spice: stored repo state %s: %w", t, err)
-		}
-		st := byDID[did]
-		if st == nil {
-			st = &view.RepoState{DID: did}
-			byDID[did] = st
-			order = append(order, did)
-		}
-		switch t.Relation {
-		case view.RelRev:
-			st.Rev = t.SubjectID
-		case view.RelStatus:
-			status, seq, err := view.ParseStatusID(t.SubjectID)
-			if err != nil {
-				return fmt.Errorf("spice: stored repo state %s: %w", t, err)
-			}
-			switch {
-			case st.Status == "":
-				st.Status, st.StatusSeq = status, seq
-			case seq > st.StatusSeq:
-				st.StaleStatuses = append(st.StaleStatuses, view.StatusTuple(did, st.Status, st.StatusSeq).SubjectID)
-				st.Status, st.StatusSeq = status, seq
-			default:
-				st.StaleStatuses = append(st.StaleStatuses, t.SubjectID)
-			}
+		if err := repos.Add(t); err != nil {
+			return fmt.Errorf("spice: %w", err)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	out := make([]view.RepoState, 0, len(order))
-	for _, d := range order {
-		out = append(out, *byDID[d])
-	}
-	return out, nil
+	return repos.List(), nil
 }
 
 // LoadLineage reads a repo's lineage with one prefix read.
 func (s *Store) LoadLineage(ctx context.Context, did, token string) ([]view.LineageEntry, error) {
 	var out []view.LineageEntry
-	filter := &v1.RelationshipFilter{ResourceType: view.TypeLineage,
-		OptionalResourceIdPrefix: view.DIDPrefix(did)}
+	filter := &v1.RelationshipFilter{ResourceType: view.TypeLineage, OptionalResourceIdPrefix: view.DIDPrefix(did)}
 	err := s.c.Read(ctx, filter, token, func(t view.Tuple) error {
-		data, err := view.ParseLineageID(t.ResourceID)
+		en, err := view.ParseLineage(did, t)
 		if err != nil {
-			return fmt.Errorf("spice: stored lineage %s: %w", t, err)
+			return fmt.Errorf("spice: %w", err)
 		}
-		rdid, coll, rkey, err := view.ParseRecordID(t.SubjectID)
-		if err != nil {
-			return fmt.Errorf("spice: stored lineage %s: %w", t, err)
-		}
-		if rdid != did {
-			return fmt.Errorf("spice: stored lineage %s: record of %s under %s", t, rdid, did)
-		}
-		out = append(out, view.LineageEntry{Tuple: data, Path: coll + "/" + rkey})
+		out = append(out, en)
 		return nil
 	})
 	return out, err

@@ -109,6 +109,76 @@ type LineageEntry struct {
 	Path  string
 }
 
+// RepoStates folds stored repo:<did> tuples into each repo's state. The
+// zero value is ready to use.
+type RepoStates struct {
+	byDID map[string]*RepoState
+	order []string
+}
+
+// Add folds one repo:<did> tuple in. Of several status tuples (there
+// should be one) the one with the highest seq wins; the others are listed
+// as stale.
+func (r *RepoStates) Add(t Tuple) error {
+	did, err := DecodeDID(t.ResourceID)
+	if err != nil {
+		return fmt.Errorf("stored repo state %s: %w", t, err)
+	}
+	if r.byDID == nil {
+		r.byDID = map[string]*RepoState{}
+	}
+	st := r.byDID[did]
+	if st == nil {
+		st = &RepoState{DID: did}
+		r.byDID[did] = st
+		r.order = append(r.order, did)
+	}
+	switch t.Relation {
+	case RelRev:
+		st.Rev = t.SubjectID
+	case RelStatus:
+		status, seq, err := ParseStatusID(t.SubjectID)
+		if err != nil {
+			return fmt.Errorf("stored repo state %s: %w", t, err)
+		}
+		switch {
+		case st.Status == "":
+			st.Status, st.StatusSeq = status, seq
+		case seq > st.StatusSeq:
+			st.StaleStatuses = append(st.StaleStatuses, StatusTuple(did, st.Status, st.StatusSeq).SubjectID)
+			st.Status, st.StatusSeq = status, seq
+		default:
+			st.StaleStatuses = append(st.StaleStatuses, t.SubjectID)
+		}
+	}
+	return nil
+}
+
+// List returns the states in the order their repos were first seen.
+func (r *RepoStates) List() []RepoState {
+	out := make([]RepoState, 0, len(r.order))
+	for _, d := range r.order {
+		out = append(out, *r.byDID[d])
+	}
+	return out
+}
+
+// ParseLineage reads one stored lineage relationship of repo did.
+func ParseLineage(did string, t Tuple) (LineageEntry, error) {
+	data, err := ParseLineageID(t.ResourceID)
+	if err != nil {
+		return LineageEntry{}, fmt.Errorf("stored lineage %s: %w", t, err)
+	}
+	rdid, coll, rkey, err := ParseRecordID(t.SubjectID)
+	if err != nil {
+		return LineageEntry{}, fmt.Errorf("stored lineage %s: %w", t, err)
+	}
+	if rdid != did {
+		return LineageEntry{}, fmt.Errorf("stored lineage %s: record of %s under %s", t, rdid, did)
+	}
+	return LineageEntry{Tuple: data, Path: coll + "/" + rkey}, nil
+}
+
 // SplitPath splits a record path `collection/rkey`.
 func SplitPath(path string) (collection, rkey string) {
 	if i := strings.IndexByte(path, '/'); i >= 0 {

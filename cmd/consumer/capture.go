@@ -11,9 +11,9 @@ import (
 
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
-	"github.com/spaces-authz/spaces-authz/internal/capture"
-	"github.com/spaces-authz/spaces-authz/internal/replay"
-	"github.com/spaces-authz/spaces-authz/internal/synth"
+	"github.com/spaces-authz/spaces-authz/internal/tools/capture"
+	"github.com/spaces-authz/spaces-authz/internal/tools/replay"
+	"github.com/spaces-authz/spaces-authz/internal/tools/synth"
 )
 
 // passHandler completes every event at once (capture needs no projection).

@@ -5,8 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/spaces-authz/spaces-authz/internal/capture"
-	"github.com/spaces-authz/spaces-authz/internal/replay"
+	"github.com/spaces-authz/spaces-authz/internal/tools/capture"
+	"github.com/spaces-authz/spaces-authz/internal/tools/replay"
 )
 
 // TestCaptureRecordsFramesExactly captures the relay corpus served by the

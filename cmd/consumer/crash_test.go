@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/spaces-authz/spaces-authz/internal/crashpoint"
-	"github.com/spaces-authz/spaces-authz/internal/procs"
-	"github.com/spaces-authz/spaces-authz/internal/testenv"
-	"github.com/spaces-authz/spaces-authz/internal/workload"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/procs"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/workload"
 	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/view"
 )

@@ -6,11 +6,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/spaces-authz/spaces-authz/internal/capture"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
-	"github.com/spaces-authz/spaces-authz/internal/replay"
-	"github.com/spaces-authz/spaces-authz/internal/synth"
-	"github.com/spaces-authz/spaces-authz/internal/testenv"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
+	"github.com/spaces-authz/spaces-authz/internal/tools/capture"
+	"github.com/spaces-authz/spaces-authz/internal/tools/replay"
+	"github.com/spaces-authz/spaces-authz/internal/tools/synth"
 )
 
 // BenchmarkReplayInProcess replays a looped synthetic capture through an

@@ -10,12 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spaces-authz/spaces-authz/internal/capture"
-	"github.com/spaces-authz/spaces-authz/internal/procs"
-	"github.com/spaces-authz/spaces-authz/internal/replay"
-	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
-	"github.com/spaces-authz/spaces-authz/internal/synth"
-	"github.com/spaces-authz/spaces-authz/internal/testenv"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/procs"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
+	"github.com/spaces-authz/spaces-authz/internal/tools/capture"
+	"github.com/spaces-authz/spaces-authz/internal/tools/replay"
+	"github.com/spaces-authz/spaces-authz/internal/tools/synth"
 )
 
 // synthCapture returns a cached synthetic capture of n frames.

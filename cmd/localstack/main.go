@@ -22,9 +22,9 @@ import (
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
-	"github.com/spaces-authz/spaces-authz/internal/localpds"
-	"github.com/spaces-authz/spaces-authz/internal/procs"
-	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/localpds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/procs"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )

@@ -17,7 +17,7 @@ import (
 
 	"github.com/spaces-authz/spaces-authz/internal/httpapi"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
-	. "github.com/spaces-authz/spaces-authz/internal/testenv" //nolint:revive // test DSL
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 )
 
 func registry() *prometheus.Registry {
@@ -41,9 +41,9 @@ func get(t *testing.T, u string) (int, string) {
 // TestMetricsAfterAScriptedRun sends a known script and checks the
 // counters, the cursor, and that the whole registry passes promlint.
 func TestMetricsAfterAScriptedRun(t *testing.T) {
-	e := New(t)
-	alice := Must(e.PDS.CreateAccount("alice")).DID()
-	bob := Must(e.PDS.CreateAccount("bob")).DID()
+	e := testenv.New(t)
+	alice := testenv.Must(e.PDS.CreateAccount("alice")).DID()
+	bob := testenv.Must(e.PDS.CreateAccount("bob")).DID()
 	reg := registry()
 	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
 	srv := httptest.NewServer(httpapi.Handler(r.Consumer, reg))
@@ -51,11 +51,11 @@ func TestMetricsAfterAScriptedRun(t *testing.T) {
 	// 3 commits: 2 + 1 + 1 records, one of them rejected; then a
 	// deactivation. One step at a time, so that each is its own write.
 	e.WaitCaughtUp(r)
-	_, _, _ = e.PDS.Commit(alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	_, _, _ = e.PDS.Commit(alice, testenv.Space("create", "s", false), testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	e.WaitCaughtUp(r)
-	_, _, _ = e.PDS.Commit(bob, Relation("create", "h", "space", alice+"/s", "admin", "acct", bob, ""))
+	_, _, _ = e.PDS.Commit(bob, testenv.Relation("create", "h", "space", alice+"/s", "admin", "acct", bob, ""))
 	e.WaitCaughtUp(r)
-	_, _, _ = e.PDS.Commit(alice, Delete("com.atproto.space.relation", "v"))
+	_, _, _ = e.PDS.Commit(alice, testenv.Delete("com.atproto.space.relation", "v"))
 	e.WaitCaughtUp(r)
 	e.SetStatus(alice, "deactivated")
 	e.WaitCaughtUp(r)
@@ -136,9 +136,9 @@ func value(body, metric string) (float64, bool) {
 }
 
 func TestConsistencyEndpoint(t *testing.T) {
-	e := New(t)
-	alice := Must(e.PDS.CreateAccount("alice")).DID()
-	bob := Must(e.PDS.CreateAccount("bob")).DID()
+	e := testenv.New(t)
+	alice := testenv.Must(e.PDS.CreateAccount("alice")).DID()
+	bob := testenv.Must(e.PDS.CreateAccount("bob")).DID()
 	reg := prometheus.NewRegistry()
 	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
 	srv := httptest.NewServer(httpapi.Handler(r.Consumer, reg))
@@ -155,7 +155,7 @@ func TestConsistencyEndpoint(t *testing.T) {
 		}
 		return code, cr
 	}
-	c, _, _ := e.PDS.Commit(alice, Space("create", "s", false), Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
+	c, _, _ := e.PDS.Commit(alice, testenv.Space("create", "s", false), testenv.Relation("create", "v", "space", alice+"/s", "viewer", "acct", bob, ""))
 	code, cr := ask(alice, c.Rev, "5s")
 	if code != 200 || cr.ZedToken == "" {
 		t.Fatalf("consistency: %d %+v", code, cr)

@@ -17,13 +17,12 @@ import (
 	"time"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/deploy"
-	"github.com/spaces-authz/spaces-authz/internal/fakepds"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
-	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )
@@ -360,44 +359,4 @@ func Must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
-}
-
-// MetricValue sums the samples of a counter or gauge family whose labels
-// include the given name/value pairs; it fails the test when no series
-// matches.
-func MetricValue(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	total, found := 0.0, false
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				ok := false
-				for _, lp := range m.GetLabel() {
-					ok = ok || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
-				}
-				if !ok {
-					continue series
-				}
-			}
-			found = true
-			switch {
-			case m.GetCounter() != nil:
-				total += m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				total += m.GetGauge().GetValue()
-			}
-		}
-	}
-	if !found {
-		t.Fatalf("metric %s%v not found", name, labels)
-	}
-	return total
 }

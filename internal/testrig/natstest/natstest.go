@@ -13,8 +13,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
-	"github.com/spaces-authz/spaces-authz/internal/procs"
-	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/procs"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
 )
 
 // InProcess starts an in-process server with JetStream; it is shut down

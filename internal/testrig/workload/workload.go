@@ -9,7 +9,7 @@ import (
 	"math/rand/v2"
 	"sort"
 
-	"github.com/spaces-authz/spaces-authz/internal/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
 )
 
 // Collections of the default rules.

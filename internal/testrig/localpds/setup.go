@@ -37,7 +37,7 @@ func Dir() (string, error) {
 		return err == nil
 	}
 	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		root := filepath.Join(filepath.Dir(file), "..", "..")
+		root := filepath.Join(filepath.Dir(file), "..", "..", "..")
 		if isDir(root) {
 			return filepath.Clean(filepath.Join(root, pdsSubdir)), nil
 		}

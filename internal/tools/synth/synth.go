@@ -1,5 +1,5 @@
 // Package synth generates a synthetic PDS stream for benchmarks: real signed
-// commits built with indigo's repo library (through internal/fakepds), in a
+// commits built with indigo's repo library (through internal/testrig/fakepds), in a
 // realistic mix — mostly app.bsky.* records nobody projects, a few percent
 // space, group and relation records, some updates and deletes — encoded as
 // subscribeRepos frames and written in the capture format.
@@ -9,8 +9,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 
-	"github.com/spaces-authz/spaces-authz/internal/capture"
-	"github.com/spaces-authz/spaces-authz/internal/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/tools/capture"
 )
 
 // SeqBase is the first seq of a synthetic stream. It is large, like a real

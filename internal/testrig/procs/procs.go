@@ -15,17 +15,18 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spaces-authz/spaces-authz/internal/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
 )
 
-// BuildConsumer compiles cmd/consumer into dir and returns the binary.
+// BuildConsumer compiles cmd/consumer into dir, with the crash points the
+// crash tests use (build tag crashpoints), and returns the binary.
 func BuildConsumer(dir string) (string, error) {
 	root, err := spicedbtest.RepoRoot()
 	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "consumer")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/consumer")
+	cmd := exec.Command("go", "build", "-tags", "crashpoints", "-o", bin, "./cmd/consumer")
 	cmd.Dir = root
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

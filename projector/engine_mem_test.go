@@ -1,0 +1,504 @@
+package projector
+
+// FAST STATE-MACHINE TESTS of the engine's decisions, against in-memory
+// stand-ins for SpiceDB (memView) and the PDS (memPDS). They run in
+// milliseconds and drive the engine event by event. They do NOT replace the
+// real-SpiceDB projection tests (projection_test.go, rebuild_test.go, and
+// the crash and e2e tests), which DESIGN §9 requires for anything that
+// claims to test what SpiceDB stores or answers.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bluesky-social/indigo/atproto/syntax"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spaces-authz/spaces-authz/checkpoint"
+	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/metrictest"
+	"github.com/spaces-authz/spaces-authz/view"
+)
+
+// memView holds relationships in a map and applies writes the way
+// WriteRelationships does (TOUCH adds, DELETE removes, all at once).
+type memView struct {
+	mu     sync.Mutex
+	rels   map[view.Tuple]bool
+	writes int
+}
+
+func (m *memView) Write(_ context.Context, updates, progress []view.Update) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(updates)+len(progress) == 0 {
+		return fmt.Sprint(m.writes), nil
+	}
+	for _, u := range slices.Concat(updates, progress) {
+		if u.Op == view.OpTouch {
+			m.rels[u.Tuple] = true
+		} else {
+			delete(m.rels, u.Tuple)
+		}
+	}
+	m.writes++
+	return fmt.Sprint(m.writes), nil
+}
+
+func (m *memView) DryRun(context.Context, []view.Update) error { return nil }
+func (m *memView) Refused(error) bool                          { return false }
+
+// matching lists the relationships for which keep holds, sorted.
+func (m *memView) matching(keep func(view.Tuple) bool) []view.Tuple {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []view.Tuple
+	for t := range m.rels {
+		if keep(t) {
+			out = append(out, t)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
+func (m *memView) LoadRepos(context.Context, string) ([]view.RepoState, error) {
+	var rs view.RepoStates
+	for _, t := range m.matching(func(t view.Tuple) bool { return t.ResourceType == view.TypeRepo }) {
+		if err := rs.Add(t); err != nil {
+			return nil, err
+		}
+	}
+	return rs.List(), nil
+}
+
+func (m *memView) LoadLineage(_ context.Context, did, _ string) ([]view.LineageEntry, error) {
+	var out []view.LineageEntry
+	for _, t := range m.matching(func(t view.Tuple) bool {
+		return t.ResourceType == view.TypeLineage && strings.HasPrefix(t.ResourceID, view.DIDPrefix(did))
+	}) {
+		en, err := view.ParseLineage(did, t)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, en)
+	}
+	return out, nil
+}
+
+func (m *memView) LoadData(_ context.Context, did, _ string) ([]view.Tuple, error) {
+	return m.matching(func(t view.Tuple) bool {
+		return (t.ResourceType == view.TypeSpace || t.ResourceType == view.TypeGroup) &&
+			strings.HasPrefix(t.ResourceID, view.DIDPrefix(did))
+	}), nil
+}
+
+func (m *memView) progress(t *testing.T) checkpoint.State {
+	st := checkpoint.Empty()
+	for _, tu := range m.matching(func(t view.Tuple) bool { return t.ResourceType == view.TypeProjector }) {
+		if _, err := st.Decode(tu); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st
+}
+
+// memRepo is one account of memPDS.
+type memRepo struct {
+	rev     string
+	status  string // "" active, else the account status
+	records map[string]map[string]any
+}
+
+// memPDS is a Fetcher over repos held in memory.
+type memPDS struct {
+	mu    sync.Mutex
+	repos map[string]*memRepo
+}
+
+func (p *memPDS) GetRepo(_ context.Context, did string, keep func(string) bool) (*firehose.Snapshot, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := p.repos[did]
+	switch {
+	case r == nil || r.status == statusDeleted:
+		return nil, firehose.ErrRepoNotFound
+	case r.status != "":
+		return nil, firehose.ErrRepoInactive
+	}
+	snap := &firehose.Snapshot{DID: did, Rev: r.rev}
+	for path, v := range r.records {
+		coll, rkey := view.SplitPath(path)
+		if keep == nil || keep(coll) {
+			snap.Records = append(snap.Records, firehose.Record{Collection: coll, RKey: rkey, Value: v})
+		}
+	}
+	sort.Slice(snap.Records, func(i, j int) bool { return snap.Records[i].Path() < snap.Records[j].Path() })
+	return snap, nil
+}
+
+func (p *memPDS) ListAllRepos(_ context.Context, fn func(firehose.RepoInfo) error) error {
+	p.mu.Lock()
+	var dids []string
+	for did, r := range p.repos {
+		if r.status != statusDeleted {
+			dids = append(dids, did)
+		}
+	}
+	p.mu.Unlock()
+	sort.Strings(dids)
+	for _, did := range dids {
+		if err := fn(firehose.RepoInfo{DID: did}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// memHarness runs an engine over memView and memPDS and plays events into
+// it as the firehose client would.
+type memHarness struct {
+	t       *testing.T
+	ctx     context.Context
+	view    *memView
+	pds     *memPDS
+	reg     *prometheus.Registry
+	prog    *checkpoint.Progress
+	engine  *Engine
+	seq     int64
+	clock   int64
+	stopped chan error
+	stop    func()
+}
+
+func newMemHarness(t *testing.T, stored checkpoint.State) *memHarness {
+	t.Helper()
+	h := &memHarness{t: t, view: &memView{rels: map[view.Tuple]bool{}}, pds: &memPDS{repos: map[string]*memRepo{}},
+		reg: prometheus.NewRegistry(), seq: max(stored.Cursor, stored.Rewind, 0), clock: 1_700_000_000_000_000}
+	h.start(stored)
+	return h
+}
+
+// start (re)starts the engine from stored progress, as a new process would.
+func (h *memHarness) start(stored checkpoint.State) {
+	h.t.Helper()
+	if h.stop != nil {
+		h.stop()
+	}
+	var err error
+	if h.prog, err = checkpoint.New(checkpoint.Config{Source: "default", Stored: stored}); err != nil {
+		h.t.Fatal(err)
+	}
+	h.reg = prometheus.NewRegistry()
+	h.engine, err = New(Config{Rules: view.DefaultRules(), Store: h.view, Writer: h.view, Fetcher: h.pds,
+		Progress: h.prog, FlushEvery: 5 * time.Millisecond, Metrics: NewMetrics(h.reg),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.ctx = ctx
+	if err := h.engine.Load(ctx); err != nil {
+		h.t.Fatal(err)
+	}
+	stopped := make(chan error, 1)
+	h.stopped = stopped
+	go func() { stopped <- h.engine.Run(ctx) }()
+	var once sync.Once
+	h.stop = func() { once.Do(func() { cancel(); <-stopped }) }
+	h.t.Cleanup(h.stop)
+}
+
+func (h *memHarness) repo(did string) *memRepo {
+	r := h.pds.repos[did]
+	if r == nil {
+		r = &memRepo{records: map[string]map[string]any{}}
+		h.pds.repos[did] = r
+	}
+	return r
+}
+
+// write changes a repo on the PDS (value nil deletes path) and returns the
+// commit event, without sending it.
+func (h *memHarness) write(did string, ops map[string]map[string]any) *firehose.Event {
+	h.pds.mu.Lock()
+	defer h.pds.mu.Unlock()
+	r := h.repo(did)
+	h.clock++
+	rev := syntax.NewTID(h.clock, 0).String()
+	h.seq++
+	ev := &firehose.Event{Seq: h.seq, Kind: firehose.KindCommit, DID: did, Rev: rev, Since: r.rev,
+		Time: time.Now().UTC().Format(time.RFC3339Nano)}
+	paths := make([]string, 0, len(ops))
+	for p := range ops {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		coll, rkey := view.SplitPath(p)
+		op := firehose.Op{Collection: coll, RKey: rkey, Record: ops[p]}
+		_, had := r.records[p]
+		switch {
+		case ops[p] == nil:
+			op.Action = firehose.ActionDelete
+			delete(r.records, p)
+		case had:
+			op.Action = firehose.ActionUpdate
+			r.records[p] = ops[p]
+		default:
+			op.Action = firehose.ActionCreate
+			r.records[p] = ops[p]
+		}
+		ev.Ops = append(ev.Ops, op)
+	}
+	r.rev = rev
+	return ev
+}
+
+// send hands an event to the engine the way the firehose client does.
+func (h *memHarness) send(ev *firehose.Event) {
+	h.t.Helper()
+	if err := h.prog.Tracker().Begin(h.ctx, ev.Seq); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.engine.HandleEvent(h.ctx, ev); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *memHarness) commit(did string, ops map[string]map[string]any) { h.send(h.write(did, ops)) }
+
+func (h *memHarness) account(did string, status string) {
+	h.pds.mu.Lock()
+	h.repo(did).status = status
+	h.pds.mu.Unlock()
+	h.seq++
+	h.send(&firehose.Event{Seq: h.seq, Kind: firehose.KindAccount, DID: did, Active: status == "", Status: status})
+}
+
+// settle waits until every event sent is applied and the cursor stored.
+func (h *memHarness) settle() {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for h.prog.Tracker().Watermark() < h.seq || h.prog.Stored().Cursor < h.seq {
+		select {
+		case err := <-h.stopped:
+			h.t.Fatalf("engine stopped: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("not settled: watermark %d, cursor %d, want %d", h.prog.Tracker().Watermark(),
+				h.prog.Stored().Cursor, h.seq)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// want is what the records on memPDS produce under the rules: data of
+// active repos, lineage of every repo not deleted.
+func (h *memHarness) want() []string {
+	rules := view.DefaultRules()
+	set := map[string]bool{}
+	h.pds.mu.Lock()
+	defer h.pds.mu.Unlock()
+	for did, r := range h.pds.repos {
+		if r.status == statusDeleted {
+			continue
+		}
+		for path, v := range r.records {
+			coll, rkey := view.SplitPath(path)
+			tuples, err := rules.Project(did, coll, rkey, v)
+			if err != nil {
+				continue
+			}
+			for _, t := range tuples {
+				if r.status == "" {
+					set[t.String()] = true
+				}
+				set[view.LineageTuple(t, view.RecordID(did, coll, rkey)).String()] = true
+			}
+		}
+	}
+	return sortedKeys(set)
+}
+
+func (h *memHarness) got() []string {
+	set := map[string]bool{}
+	for _, t := range h.view.matching(func(t view.Tuple) bool {
+		return t.ResourceType == view.TypeSpace || t.ResourceType == view.TypeGroup || t.ResourceType == view.TypeLineage
+	}) {
+		set[t.String()] = true
+	}
+	return sortedKeys(set)
+}
+
+func sortedKeys(set map[string]bool) []string {
+	out := make([]string, 0, len(set))
+	for s := range set {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (h *memHarness) assertView(when string) {
+	h.t.Helper()
+	h.settle()
+	if got, want := h.got(), h.want(); !slices.Equal(got, want) {
+		h.t.Fatalf("%s: view differs from the records\n got %v\nwant %v", when, got, want)
+	}
+}
+
+func space(bubble bool) map[string]any {
+	return map[string]any{"$type": "com.atproto.space.space", "bubble": bubble}
+}
+
+func grant(did, skey, perm, subject string) map[string]any {
+	return map[string]any{"$type": "com.atproto.space.relation", "resourceType": "space", "resource": did + "/" + skey,
+		"permission": perm, "subjectType": "acct", "subject": subject}
+}
+
+const (
+	memAlice = "did:plc:alice"
+	memBob   = "did:plc:bob"
+	spaceCol = "com.atproto.space.space/"
+	relCol   = "com.atproto.space.relation/"
+)
+
+func TestMemCommitsGapsAndDuplicates(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
+		relCol + "g1": grant(memAlice, "root", "viewer", memBob), relCol + "g2": grant(memAlice, "root", "viewer", memBob)})
+	h.assertView("create")
+	h.commit(memAlice, map[string]map[string]any{relCol + "g1": nil})
+	h.assertView("one of two producers deleted")
+	if !slices.Contains(h.got(), "space:did|plc|alice/root#viewer@acct:did|plc|bob") {
+		t.Fatal("a tuple with a live producer was deleted")
+	}
+	old := h.write(memAlice, map[string]map[string]any{spaceCol + "root": space(true)})
+	h.send(old)
+	h.assertView("bubble")
+	// A commit the consumer never sees, then one that names it as since:
+	// the engine resyncs the repo from getRepo.
+	h.write(memAlice, map[string]map[string]any{relCol + "g2": nil, spaceCol + "kid": space(false)})
+	h.commit(memAlice, map[string]map[string]any{relCol + "g3": grant(memAlice, "kid", "editor", memBob)})
+	h.assertView("after a gap")
+	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerGap); got != 1 {
+		t.Fatalf("gap resyncs %v, want 1", got)
+	}
+	// A replayed old commit changes nothing.
+	replay := *old
+	h.seq++
+	replay.Seq = h.seq
+	h.send(&replay)
+	h.assertView("duplicate")
+	if got := metrictest.Value(t, h.reg, "consumer_duplicate_events_total"); got != 1 {
+		t.Fatalf("duplicates %v, want 1", got)
+	}
+	if h.view.matching(func(t view.Tuple) bool { return t.Relation == view.RelRev })[0].SubjectID == old.Rev {
+		t.Fatal("a duplicate moved the repo's rev back")
+	}
+}
+
+func TestMemAccountLifecycle(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
+		relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
+	h.assertView("active")
+	h.account(memAlice, "deactivated")
+	h.assertView("deactivated: data withdrawn, lineage kept")
+	// Events of an inactive repo update lineage only.
+	h.commit(memAlice, map[string]map[string]any{relCol + "g2": grant(memAlice, "root", "admin", memBob)})
+	h.assertView("commit while deactivated")
+	h.account(memAlice, "")
+	h.assertView("active again: restored by a resync")
+	status := h.view.matching(func(t view.Tuple) bool { return t.Relation == view.RelStatus })
+	if len(status) != 1 || !strings.HasPrefix(status[0].SubjectID, "active-") {
+		t.Fatalf("status tuples %v, want one active", status)
+	}
+	h.account(memAlice, statusDeleted)
+	h.assertView("deleted: everything goes")
+	if got := h.view.matching(func(t view.Tuple) bool { return t.Relation == view.RelRev }); len(got) != 0 {
+		t.Fatalf("a deleted repo keeps its rev: %v", got)
+	}
+}
+
+// TestMemFirstRunGate: a first run stores no cursor until its rebuild
+// marker is stored, and the rebuild leaves the view equal to the records.
+func TestMemFirstRunGate(t *testing.T) {
+	h := newMemHarness(t, checkpoint.Empty())
+	// Made before the consumer's first start: only a snapshot has it.
+	h.write(memBob, map[string]map[string]any{spaceCol + "b": space(false)})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false)})
+	deadline := time.Now().Add(time.Second)
+	for h.prog.Tracker().Watermark() < h.seq && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(30 * time.Millisecond) // several idle flushes
+	if st := h.view.progress(t); st.Cursor != checkpoint.None {
+		t.Fatalf("a cursor (%d) was stored before the rebuild marker", st.Cursor)
+	}
+	done, err := h.engine.Rebuild(h.ctx, "first run", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("rebuild did not finish")
+	}
+	h.assertView("after the first run's rebuild")
+	if st := h.view.progress(t); st.Cursor != h.seq || st.Rebuild != checkpoint.None {
+		t.Fatalf("after the rebuild: %+v, want cursor %d and no marker", st, h.seq)
+	}
+}
+
+// TestMemRewindResyncsEachRepoOnce: after a rewind, the first replayed
+// event of each repo up to the marker resyncs it; later ones are
+// duplicates.
+func TestMemRewindResyncsEachRepoOnce(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	var events []*firehose.Event
+	for i := range 3 {
+		for _, did := range []string{memAlice, memBob} {
+			ev := h.write(did, map[string]map[string]any{spaceCol + fmt.Sprint("s", i): space(i%2 == 0)})
+			events = append(events, ev)
+			h.send(ev)
+		}
+	}
+	h.assertView("before the rewind")
+	cursor := h.prog.Stored().Cursor
+	// Stop, rewind to 0 (the marker at the old cursor), start again and
+	// replay what the PDS still has.
+	rw, err := checkpoint.Rewind("default", h.view.progress(t), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.view.Write(h.ctx, nil, rw.Updates()); err != nil {
+		t.Fatal(err)
+	}
+	h.start(h.view.progress(t))
+	for _, ev := range events {
+		h.send(ev)
+	}
+	h.assertView("after the replay")
+	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerRewind); got != 2 {
+		t.Fatalf("rewind resyncs %v, want one per repo (2)", got)
+	}
+	if st := h.view.progress(t); st.Rewind != cursor || st.Cursor != cursor {
+		t.Fatalf("after the replay: %+v, want cursor and marker %d (it covers that seq)", st, cursor)
+	}
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "new": space(false)})
+	h.assertView("past the marker")
+	if st := h.view.progress(t); st.Rewind != checkpoint.None {
+		t.Fatalf("the cursor passed the marker and it stays: %+v", st)
+	}
+}
