@@ -105,126 +105,137 @@ func (r *Rules) Project(did, collection, rkey string, value map[string]any) ([]T
 	return tuples, nil
 }
 
-func (r *Rules) projectRelation(did string, value map[string]any) (Tuple, error) {
+// relationRecord is the fields of a relation record, as strings.
+type relationRecord struct {
+	resourceType, resource, permission, subjectType, subject, subjectRelation string
+}
+
+// readRelation reads a relation record's fields: all are required strings
+// but the subject relation.
+func (r *Rules) readRelation(value map[string]any) (relationRecord, error) {
+	var rec relationRecord
 	f := r.Relation.Fields
-	str := func(field string, required bool) (string, error) {
-		v, ok := value[field]
+	for _, fd := range []struct {
+		name     string
+		dst      *string
+		required bool
+	}{{f.ResourceType, &rec.resourceType, true}, {f.Resource, &rec.resource, true},
+		{f.Permission, &rec.permission, true}, {f.SubjectType, &rec.subjectType, true},
+		{f.Subject, &rec.subject, true}, {f.SubjectRelation, &rec.subjectRelation, false}} {
+		v, ok := value[fd.name]
 		if !ok || v == nil {
-			if required {
-				return "", reject(ReasonMissingField, "%s is missing", field)
+			if fd.required {
+				return rec, reject(ReasonMissingField, "%s is missing", fd.name)
 			}
-			return "", nil
+			continue
 		}
 		s, isStr := v.(string)
 		if !isStr {
-			return "", reject(ReasonInvalidField, "%s: want a string, got %T", field, v)
+			return rec, reject(ReasonInvalidField, "%s: want a string, got %T", fd.name, v)
 		}
-		if required && s == "" {
-			return "", reject(ReasonMissingField, "%s is empty", field)
+		if fd.required && s == "" {
+			return rec, reject(ReasonMissingField, "%s is empty", fd.name)
 		}
-		return s, nil
+		*fd.dst = s
 	}
-	resourceType, err := str(f.ResourceType, true)
-	if err != nil {
-		return Tuple{}, err
-	}
-	resource, err := str(f.Resource, true)
-	if err != nil {
-		return Tuple{}, err
-	}
-	permission, err := str(f.Permission, true)
-	if err != nil {
-		return Tuple{}, err
-	}
-	subjectType, err := str(f.SubjectType, true)
-	if err != nil {
-		return Tuple{}, err
-	}
-	subject, err := str(f.Subject, true)
-	if err != nil {
-		return Tuple{}, err
-	}
-	subjectRelation, err := str(f.SubjectRelation, false)
-	if err != nil {
-		return Tuple{}, err
-	}
+	return rec, nil
+}
 
-	rels, ok := r.Relation.Grants[resourceType]
-	if !ok {
-		return Tuple{}, reject(ReasonRelationNotAllowed, "resource type %q is not allowed", Clip(resourceType))
-	}
-	allowed, ok := rels[permission]
-	if !ok {
-		return Tuple{}, reject(ReasonRelationNotAllowed, "relation %q on %s is not allowed", Clip(permission), resourceType)
-	}
-	resDID, resKey, err := splitRef(resource)
+// projectRelation maps a relation record of repo did to its one tuple, or
+// rejects it: the resource must be did's own (security rule 1), the
+// relation and subject allowed by the rules (rule 3), the wildcard only
+// where allowed (rule 4), a parent only a space of did (rule 2).
+func (r *Rules) projectRelation(did string, value map[string]any) (Tuple, error) {
+	rec, err := r.readRelation(value)
 	if err != nil {
-		return Tuple{}, reject(ReasonInvalidField, "%s: %v", f.Resource, err)
+		return Tuple{}, err
+	}
+	rels, ok := r.Relation.Grants[rec.resourceType]
+	if !ok {
+		return Tuple{}, reject(ReasonRelationNotAllowed, "resource type %q is not allowed", Clip(rec.resourceType))
+	}
+	allowed, ok := rels[rec.permission]
+	if !ok {
+		return Tuple{}, reject(ReasonRelationNotAllowed, "relation %q on %s is not allowed", Clip(rec.permission),
+			rec.resourceType)
+	}
+	resDID, resKey, err := splitRef(rec.resource)
+	if err != nil {
+		return Tuple{}, reject(ReasonInvalidField, "%s: %v", r.Relation.Fields.Resource, err)
 	}
 	// Security rule 1: the parsed DIDs must be equal, never a prefix match.
 	if resDID != did {
 		return Tuple{}, reject(ReasonForeignResource, "resource belongs to %s", Clip(resDID))
 	}
-	t := Tuple{ResourceType: resourceType, ResourceID: ObjectID(resDID, resKey), Relation: permission}
-
-	var kind string
-	switch subjectType {
-	case TypeAcct:
-		if subjectRelation != "" {
-			return Tuple{}, reject(ReasonSubjectNotAllowed, "acct subjects take no subject relation")
-		}
-		kind = SubjectAcct
-		if subject == Wildcard {
-			kind = SubjectAcctAny
-		}
-	case TypeSpace:
-		if subjectRelation != "" {
-			return Tuple{}, reject(ReasonSubjectNotAllowed, "space subjects take no subject relation")
-		}
-		kind = SubjectSpace
-	case TypeGroup:
-		if subjectRelation != RelMember {
-			return Tuple{}, reject(ReasonSubjectNotAllowed, "group subjects need subject relation %q", RelMember)
-		}
-		kind = SubjectGroupMember
-	default:
-		return Tuple{}, reject(ReasonSubjectNotAllowed, "subject type %q is not allowed", Clip(subjectType))
+	kind, err := subjectKind(rec)
+	if err != nil {
+		return Tuple{}, err
 	}
 	if !slices.Contains(allowed, kind) {
 		if kind == SubjectAcctAny {
-			return Tuple{}, reject(ReasonWildcardNotAllowed, "wildcard subject on %s#%s", resourceType, permission)
+			return Tuple{}, reject(ReasonWildcardNotAllowed, "wildcard subject on %s#%s", rec.resourceType, rec.permission)
 		}
-		return Tuple{}, reject(ReasonSubjectNotAllowed, "subject %s is not allowed on %s#%s", kind, resourceType, permission)
+		return Tuple{}, reject(ReasonSubjectNotAllowed, "subject %s is not allowed on %s#%s", kind, rec.resourceType,
+			rec.permission)
 	}
-
-	t.SubjectType = subjectType
-	switch kind {
-	case SubjectAcctAny:
-		t.SubjectID = Wildcard
-	case SubjectAcct:
-		if _, err := syntax.ParseDID(subject); err != nil {
-			return Tuple{}, reject(ReasonInvalidField, "%s: %v", f.Subject, err)
-		}
-		t.SubjectID = EncodeDID(subject)
-	case SubjectSpace:
-		subDID, subKey, err := splitRef(subject)
-		if err != nil {
-			return Tuple{}, reject(ReasonInvalidField, "%s: %v", f.Subject, err)
-		}
-		// Security rule 2: a parent is always a space of the repo itself.
-		if subDID != did {
-			return Tuple{}, reject(ReasonForeignParent, "parent space belongs to %s", Clip(subDID))
-		}
-		t.SubjectID = ObjectID(subDID, subKey)
-	case SubjectGroupMember:
-		subDID, subKey, err := splitRef(subject)
-		if err != nil {
-			return Tuple{}, reject(ReasonInvalidField, "%s: %v", f.Subject, err)
-		}
-		t.SubjectID = ObjectID(subDID, subKey)
+	t := Tuple{ResourceType: rec.resourceType, ResourceID: ObjectID(resDID, resKey), Relation: rec.permission,
+		SubjectType: rec.subjectType}
+	if t.SubjectID, err = r.subjectID(did, rec.subject, kind); err != nil {
+		return Tuple{}, err
+	}
+	if kind == SubjectGroupMember {
 		t.SubjectRelation = RelMember
 	}
 	return t, nil
+}
+
+// subjectKind names the record's subject as the rules file does (acct,
+// acct:*, space, group#member).
+func subjectKind(rec relationRecord) (string, error) {
+	switch rec.subjectType {
+	case TypeAcct:
+		if rec.subjectRelation != "" {
+			return "", reject(ReasonSubjectNotAllowed, "acct subjects take no subject relation")
+		}
+		if rec.subject == Wildcard {
+			return SubjectAcctAny, nil
+		}
+		return SubjectAcct, nil
+	case TypeSpace:
+		if rec.subjectRelation != "" {
+			return "", reject(ReasonSubjectNotAllowed, "space subjects take no subject relation")
+		}
+		return SubjectSpace, nil
+	case TypeGroup:
+		if rec.subjectRelation != RelMember {
+			return "", reject(ReasonSubjectNotAllowed, "group subjects need subject relation %q", RelMember)
+		}
+		return SubjectGroupMember, nil
+	}
+	return "", reject(ReasonSubjectNotAllowed, "subject type %q is not allowed", Clip(rec.subjectType))
+}
+
+// subjectID encodes the subject of a relation record of repo did.
+func (r *Rules) subjectID(did, subject, kind string) (string, error) {
+	field := r.Relation.Fields.Subject
+	switch kind {
+	case SubjectAcctAny:
+		return Wildcard, nil
+	case SubjectAcct:
+		if _, err := syntax.ParseDID(subject); err != nil {
+			return "", reject(ReasonInvalidField, "%s: %v", field, err)
+		}
+		return EncodeDID(subject), nil
+	}
+	subDID, subKey, err := splitRef(subject)
+	if err != nil {
+		return "", reject(ReasonInvalidField, "%s: %v", field, err)
+	}
+	// Security rule 2: a parent is always a space of the repo itself.
+	if kind == SubjectSpace && subDID != did {
+		return "", reject(ReasonForeignParent, "parent space belongs to %s", Clip(subDID))
+	}
+	return ObjectID(subDID, subKey), nil
 }
 
 // splitRef parses `<did>/<key>` with both parts syntax-checked.
