@@ -183,24 +183,40 @@ func (c *Client) setConnected(up bool, err error) {
 	c.cfg.Metrics.setConnected(up)
 }
 
+// hostURL parses a PDS URL given as http(s) or ws(s), and returns it with
+// the websocket scheme (ws) or the HTTP one.
+func hostURL(raw string, ws bool) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("firehose: parse URL %q: %w", raw, err)
+	}
+	secure := false
+	switch u.Scheme {
+	case "http", "ws":
+	case "https", "wss":
+		secure = true
+	default:
+		return nil, fmt.Errorf("firehose: URL %q: scheme must be http, https, ws or wss", raw)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("firehose: URL %q has no host", raw)
+	}
+	u.Scheme = "http"
+	if ws {
+		u.Scheme = "ws"
+	}
+	if secure {
+		u.Scheme += "s"
+	}
+	return u, nil
+}
+
 // StreamURL builds the subscribeRepos URL for base and an exclusive cursor
 // (checkpoint.None for live only).
 func StreamURL(base string, cursor int64) (string, error) {
-	u, err := url.Parse(base)
+	u, err := hostURL(base, true)
 	if err != nil {
-		return "", fmt.Errorf("firehose: parse URL %q: %w", base, err)
-	}
-	switch u.Scheme {
-	case "http":
-		u.Scheme = "ws"
-	case "https":
-		u.Scheme = "wss"
-	case "ws", "wss":
-	default:
-		return "", fmt.Errorf("firehose: URL %q: scheme must be http, https, ws or wss", base)
-	}
-	if u.Host == "" {
-		return "", fmt.Errorf("firehose: URL %q has no host", base)
+		return "", err
 	}
 	const path = "/xrpc/com.atproto.sync.subscribeRepos"
 	if !strings.HasSuffix(u.Path, path) {

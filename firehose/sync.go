@@ -45,18 +45,9 @@ type SyncConfig struct {
 
 // NewSyncClient validates cfg.
 func NewSyncClient(cfg SyncConfig) (*SyncClient, error) {
-	u, err := url.Parse(cfg.URL)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("firehose: sync client: bad URL %q", cfg.URL)
-	}
-	switch u.Scheme {
-	case "ws":
-		u.Scheme = "http"
-	case "wss":
-		u.Scheme = "https"
-	case "http", "https":
-	default:
-		return nil, fmt.Errorf("firehose: sync client: URL %q: scheme must be http(s) or ws(s)", cfg.URL)
+	u, err := hostURL(cfg.URL, false)
+	if err != nil {
+		return nil, fmt.Errorf("firehose: sync client: %w", err)
 	}
 	hc := cfg.HTTP
 	if hc == nil {

@@ -101,26 +101,29 @@ func newRegistry() *prometheus.Registry {
 
 func cmdRun(ctx context.Context, args []string) error {
 	var f runFlags
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	f.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	reg := newRegistry()
-	cfg, err := f.pipelineConfig(reg)
-	if err != nil {
-		return err
-	}
-	return serve(ctx, f, cfg, reg)
+	return f.runDaemon(ctx, f.flagSet("run"), args, nil)
 }
 
 // cmdRebuild is `run` that first resyncs every repo from snapshots.
 func cmdRebuild(ctx context.Context, args []string) error {
 	var f runFlags
-	var exit bool
-	fs := flag.NewFlagSet("rebuild", flag.ContinueOnError)
+	fs := f.flagSet("rebuild")
+	exit := fs.Bool("exit-when-done", false, "stop once the rebuild is committed instead of following the stream")
+	return f.runDaemon(ctx, fs, args, func(cfg *pipeline.Config) {
+		cfg.Rebuild = pipeline.RebuildConfig{AtStart: true, ExitWhenDone: *exit}
+	})
+}
+
+// flagSet is a command's flag set with the daemon's flags registered.
+func (f *runFlags) flagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	f.register(fs)
-	fs.BoolVar(&exit, "exit-when-done", false, "stop once the rebuild is committed instead of following the stream")
+	return fs
+}
+
+// runDaemon parses args, builds the pipeline config (adjust, when set,
+// changes it) and serves until ctx ends.
+func (f *runFlags) runDaemon(ctx context.Context, fs *flag.FlagSet, args []string, adjust func(*pipeline.Config)) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -129,8 +132,10 @@ func cmdRebuild(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg.Rebuild = pipeline.RebuildConfig{AtStart: true, ExitWhenDone: exit}
-	return serve(ctx, f, cfg, reg)
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	return serve(ctx, *f, cfg, reg)
 }
 
 func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus.Registry) error {
