@@ -10,7 +10,7 @@ import (
 
 func TestRulesMatchProjectorDefault(t *testing.T) {
 	if !bytes.Equal(Rules, view.DefaultRulesYAML()) {
-		t.Fatal("deploy/rules.yaml differs from projector/rules.default.yaml: copy one over the other")
+		t.Fatal("deploy/rules.yaml differs from view/rules.default.yaml: copy one over the other")
 	}
 }
 
