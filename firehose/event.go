@@ -55,6 +55,10 @@ type Event struct {
 	Ops []Op
 	// OpCount is the number of ops in the commit before filtering.
 	OpCount int
+	// Malformed is set (to a bad-op reason) when the commit had ops this
+	// client could not read and that may touch a projected collection: Ops
+	// is then incomplete, and the consumer must read the repo instead.
+	Malformed string
 	// SyncData is the MST root CID named by a #sync's commit block, when it
 	// could be read (cid.Undef otherwise).
 	SyncData cid.Cid

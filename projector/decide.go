@@ -84,6 +84,14 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 		return nil
 	}
 	if d.status != statusDeleted && (d.rev == "" || ev.Rev > d.rev) {
+		if ev.Malformed != "" {
+			// The stream could not read every op of this commit: read the
+			// repo instead of applying part of it.
+			e.log.Warn("a commit has an op that can't be read; resyncing the repo", "did", d.did, "seq", ev.Seq,
+				"reason", ev.Malformed)
+			a.startResync(d, ev, TriggerMalformed)
+			return nil
+		}
 		for i := range ev.Ops {
 			if op := &ev.Ops[i]; unreadable(op.Err) && e.cfg.Rules.Projects(op.Collection) {
 				// The record's content is unknown, not invalid: read the repo

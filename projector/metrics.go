@@ -35,6 +35,9 @@ const (
 	// TriggerUnreadable: a commit named a record block it did not carry (or
 	// one that does not hash to its CID).
 	TriggerUnreadable = "unreadable"
+	// TriggerMalformed: a #commit had an op the client could not read whose
+	// collection may be projected (firehose.Event.Malformed).
+	TriggerMalformed = "malformed"
 )
 
 // NewMetrics registers the projection metrics on reg.
@@ -81,7 +84,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range view.AllReasons {
 		m.rejected.WithLabelValues(string(r))
 	}
-	for _, t := range []string{TriggerSync, TriggerGap, TriggerActivate, TriggerRewind, TriggerRebuild, TriggerUnreadable} {
+	for _, t := range []string{TriggerSync, TriggerGap, TriggerActivate, TriggerRewind, TriggerRebuild, TriggerUnreadable, TriggerMalformed} {
 		m.resyncs.WithLabelValues(t)
 	}
 	for _, k := range []string{"commit", "sync", "identity", "account"} {
