@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
-	"github.com/bluesky-social/indigo/atproto/atdata"
 	"github.com/bluesky-social/indigo/atproto/repo"
 	"github.com/bluesky-social/indigo/atproto/syntax"
 	"github.com/bluesky-social/indigo/events"
@@ -217,9 +216,9 @@ func (f *Frame) DecodeRecords() {
 			out = append(out, op)
 			continue
 		}
-		rec, err := atdata.UnmarshalCBOR(data)
-		if err != nil {
-			op.Err = &OpError{Reason: ReasonMalformedRec, Detail: view.Clip(err.Error())}
+		rec, oerr := DecodeRecord(data)
+		if oerr != nil {
+			op.Err = oerr
 			out = append(out, op)
 			continue
 		}

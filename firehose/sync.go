@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bluesky-social/indigo/atproto/atdata"
 	"github.com/bluesky-social/indigo/atproto/repo"
 	"github.com/bluesky-social/indigo/atproto/syntax"
 	"github.com/ipfs/go-cid"
@@ -164,12 +163,7 @@ func ReadRepoCAR(ctx context.Context, car []byte, keep func(string) bool) (*Snap
 				rec.Err = &OpError{Reason: ReasonCIDMismatch, Detail: "block does not hash to " + val.String()}
 				break
 			}
-			v, derr := atdata.UnmarshalCBOR(blk.RawData())
-			if derr != nil {
-				rec.Err = &OpError{Reason: ReasonMalformedRec, Detail: view.Clip(derr.Error())}
-				break
-			}
-			rec.Value = v
+			rec.Value, rec.Err = DecodeRecord(blk.RawData())
 		}
 		snap.Records = append(snap.Records, rec)
 		return nil
