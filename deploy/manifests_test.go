@@ -3,10 +3,15 @@ package deploy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -210,6 +215,243 @@ func TestProductionPageExists(t *testing.T) {
 	for _, want := range []string{"TLS", "lease", "fenc", "Sizing"} {
 		if !strings.Contains(b, want) {
 			t.Errorf("PRODUCTION.md says nothing about %q", want)
+		}
+	}
+}
+
+// k8sObjects parses every manifest of k8s/ into kind/name → document.
+func k8sObjects(t *testing.T) map[string]map[string]any {
+	t.Helper()
+	files, _ := filepath.Glob("k8s/*.yaml")
+	out := map[string]map[string]any{}
+	for _, f := range files {
+		for _, d := range docs(t, f) {
+			kind, _ := d["kind"].(string)
+			meta, _ := d["metadata"].(map[string]any)
+			name, _ := meta["name"].(string)
+			out[kind+"/"+name] = d
+		}
+	}
+	return out
+}
+
+// consumerContainer is the Deployment's consumer container.
+func consumerContainer(t *testing.T, objs map[string]map[string]any) (tmpl, container map[string]any) {
+	t.Helper()
+	dep := objs["Deployment/spaces-authz-consumer"]
+	if dep == nil {
+		t.Fatal("no consumer Deployment")
+	}
+	tmpl = dep["spec"].(map[string]any)["template"].(map[string]any)
+	for _, c := range tmpl["spec"].(map[string]any)["containers"].([]any) {
+		if c.(map[string]any)["name"] == "consumer" {
+			return tmpl, c.(map[string]any)
+		}
+	}
+	t.Fatal("no consumer container")
+	return nil, nil
+}
+
+// envOf is a container's literal environment.
+func envOf(c map[string]any) map[string]string {
+	env := map[string]string{}
+	for _, e := range c["env"].([]any) {
+		m := e.(map[string]any)
+		if v, ok := m["value"].(string); ok {
+			env[m["name"].(string)] = v
+		}
+	}
+	return env
+}
+
+// flagValue is the argument after --name in args ("" when absent).
+func flagValue(args []string, name string) string {
+	for i, a := range args {
+		if a == name && i+1 < len(args) {
+			return args[i+1]
+		}
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// portOf is the port of an endpoint: host:port, or a URL (its scheme's
+// default port when it names none).
+func portOf(t *testing.T, endpoint string) int {
+	t.Helper()
+	defaults := map[string]int{"https": 443, "wss": 443, "http": 80, "ws": 80, "nats": 4222, "tls": 4222}
+	host := endpoint
+	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+		if u.Port() == "" {
+			p, ok := defaults[u.Scheme]
+			if !ok {
+				t.Fatalf("%s: no default port for %q", endpoint, u.Scheme)
+			}
+			return p
+		}
+		host = u.Host
+	}
+	_, port, err := net.SplitHostPort(host)
+	if err != nil {
+		t.Fatalf("%s: %v", endpoint, err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatalf("%s: %v", endpoint, err)
+	}
+	return n
+}
+
+// TestKubernetesAdminAPI: the admin API listens on loopback in the pod,
+// its token comes from the Secret, and the Service doesn't expose it.
+func TestKubernetesAdminAPI(t *testing.T) {
+	objs := k8sObjects(t)
+	tmpl, c := consumerContainer(t, objs)
+	env := envOf(c)
+	admin := flagValue(anyStrings(c["args"]), "--admin-addr")
+	if admin == "" {
+		admin = env["CONSUMER_ADMIN_ADDR"]
+	}
+	host, port, err := net.SplitHostPort(admin)
+	if err != nil || (host != "127.0.0.1" && host != "::1" && host != "localhost") {
+		t.Fatalf("--admin-addr %q: the admin API must listen on loopback in the pod (%v)", admin, err)
+	}
+	walk(c, func(m map[string]any) {
+		if m["name"] == "CONSUMER_ADMIN_TOKEN" && m["value"] != nil {
+			t.Error("the admin token is a literal env value")
+		}
+	})
+	tokenFile := env["CONSUMER_ADMIN_TOKEN_FILE"]
+	if tokenFile == "" {
+		t.Fatal("no CONSUMER_ADMIN_TOKEN_FILE: the admin API is off, and reconcile --fix can't reach it")
+	}
+	// The file is a key of the Secret, mounted where the variable says.
+	mounts := map[string]string{} // volume → mount path
+	for _, m := range c["volumeMounts"].([]any) {
+		vm := m.(map[string]any)
+		mounts[vm["name"].(string)] = vm["mountPath"].(string)
+	}
+	found := false
+	for _, v := range tmpl["spec"].(map[string]any)["volumes"].([]any) {
+		vol := v.(map[string]any)
+		sec, _ := vol["secret"].(map[string]any)
+		if sec == nil || sec["secretName"] != "spaces-authz-secrets" {
+			continue
+		}
+		for _, it := range sec["items"].([]any) {
+			item := it.(map[string]any)
+			if path.Join(mounts[vol["name"].(string)], item["path"].(string)) == tokenFile {
+				found = item["key"] == "admin-token"
+			}
+		}
+	}
+	if !found {
+		t.Errorf("CONSUMER_ADMIN_TOKEN_FILE %s is not the admin-token key of spaces-authz-secrets", tokenFile)
+	}
+	example := objs["Secret/spaces-authz-secrets"]
+	if data, _ := example["stringData"].(map[string]any); data["admin-token"] == nil {
+		t.Error("secret.example.yaml has no admin-token")
+	}
+	svc := objs["Service/spaces-authz-consumer"]
+	walk(svc, func(m map[string]any) {
+		if fmt.Sprint(m["port"]) == port || fmt.Sprint(m["targetPort"]) == port {
+			t.Errorf("the Service exposes the admin port %s", port)
+		}
+	})
+}
+
+// TestNetworkPolicy: the consumer's pods accept only their HTTP port, from
+// named peers, and reach only DNS and the ports of the SpiceDB, PDS and
+// NATS endpoints the Deployment configures.
+func TestNetworkPolicy(t *testing.T) {
+	objs := k8sObjects(t)
+	tmpl, c := consumerContainer(t, objs)
+	np := objs["NetworkPolicy/spaces-authz-consumer"]
+	if np == nil {
+		t.Fatal("no NetworkPolicy for the consumer")
+	}
+	spec := np["spec"].(map[string]any)
+	sel := spec["podSelector"].(map[string]any)["matchLabels"].(map[string]any)
+	labels := tmpl["metadata"].(map[string]any)["labels"].(map[string]any)
+	if len(sel) == 0 {
+		t.Fatal("the policy selects every pod of the namespace")
+	}
+	for k, v := range sel {
+		if labels[k] != v {
+			t.Fatalf("the policy's podSelector %v doesn't select the consumer's pods %v", sel, labels)
+		}
+	}
+	if types := strings.Join(anyStrings(spec["policyTypes"]), ","); types != "Ingress,Egress" {
+		t.Fatalf("policyTypes %q: want Ingress,Egress (an absent egress section allows everything)", types)
+	}
+
+	// Ingress: the HTTP port, by name or number, from named peers only.
+	httpPort := ""
+	for _, p := range c["ports"].([]any) {
+		if pm := p.(map[string]any); pm["name"] == "http" {
+			httpPort = fmt.Sprint(pm["containerPort"])
+		}
+	}
+	ingress, _ := spec["ingress"].([]any)
+	if len(ingress) == 0 {
+		t.Fatal("no ingress rule: Prometheus can't scrape /metrics")
+	}
+	for i, r := range ingress {
+		rule := r.(map[string]any)
+		ports, _ := rule["ports"].([]any)
+		from, _ := rule["from"].([]any)
+		if len(ports) == 0 || len(from) == 0 {
+			t.Errorf("ingress rule %d allows every port or every peer", i)
+		}
+		for _, p := range ports {
+			pm := p.(map[string]any)
+			if port := fmt.Sprint(pm["port"]); (port != "http" && port != httpPort) || pm["protocol"] != "TCP" {
+				t.Errorf("ingress rule %d opens %v/%v, not the HTTP port", i, pm["protocol"], pm["port"])
+			}
+		}
+		for _, f := range from {
+			peer := f.(map[string]any)
+			if peer["ipBlock"] != nil {
+				t.Errorf("ingress rule %d admits an ipBlock", i)
+			}
+			if ns, ok := peer["namespaceSelector"].(map[string]any); ok && len(ns) == 0 {
+				t.Errorf("ingress rule %d admits every namespace", i)
+			}
+		}
+	}
+
+	// Egress: exactly DNS and the configured endpoints' ports.
+	env := envOf(c)
+	want := map[string]bool{"UDP/53": true, "TCP/53": true}
+	for _, v := range []string{"CONSUMER_SPICEDB_ENDPOINT", "CONSUMER_PDS_URL", "CONSUMER_NATS_URL"} {
+		if env[v] == "" {
+			t.Fatalf("the Deployment sets no %s", v)
+		}
+		want[fmt.Sprintf("TCP/%d", portOf(t, env[v]))] = true
+	}
+	got := map[string]bool{}
+	for i, r := range spec["egress"].([]any) {
+		rule := r.(map[string]any)
+		ports, _ := rule["ports"].([]any)
+		to, _ := rule["to"].([]any)
+		if len(ports) == 0 || len(to) == 0 {
+			t.Errorf("egress rule %d allows every port or every destination", i)
+		}
+		for _, p := range ports {
+			pm := p.(map[string]any)
+			got[fmt.Sprintf("%v/%v", pm["protocol"], pm["port"])] = true
+		}
+	}
+	for p := range want {
+		if !got[p] {
+			t.Errorf("egress to %s is not allowed: the consumer can't reach it", p)
+		}
+	}
+	for p := range got {
+		if !want[p] {
+			t.Errorf("egress to %s is allowed, but nothing the consumer needs listens there", p)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/spaces-authz/spaces-authz/internal/backoff"
+	"github.com/spaces-authz/spaces-authz/internal/redact"
 	"github.com/spaces-authz/spaces-authz/view"
 )
 
@@ -135,7 +136,8 @@ func Connect(ctx context.Context, cfg Config) (*Publisher, error) {
 	opts = append(opts, AuthOptions(cfg.User, cfg.Password, cfg.CredsFile, cfg.CAFile, cfg.CertFile, cfg.KeyFile)...)
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("fanout: connect %s: %w", cfg.URL, err)
+		// nats.Connect's own error may quote the URL, password included.
+		return nil, fmt.Errorf("fanout: connect %s: %w", redact.URL(cfg.URL), redact.Error(err))
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(cfg.MaxInFlight))
 	if err != nil {

@@ -1,6 +1,8 @@
 package projector
 
 import (
+	"slices"
+
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/view"
 )
@@ -30,6 +32,22 @@ type batch struct {
 	// markers are the rebuild-marker changes this batch stores with its
 	// data (the write's checkpoint step carries them).
 	markers checkpoint.Markers
+	// guards are the conditions the write needs (claims of repos: who owned
+	// them and in what state, when it was read).
+	guards []view.Guard
+}
+
+// maxBatchGuards bounds the guards of one batch, below what one call may
+// carry (spice.MaxGuards).
+const maxBatchGuards = 256
+
+// guard adds conditions to the batch, once each.
+func (b *batch) guard(gs ...view.Guard) {
+	for _, g := range gs {
+		if !slices.Contains(b.guards, g) {
+			b.guards = append(b.guards, g)
+		}
+	}
 }
 
 func newBatch(id uint64, limit int) *batch {

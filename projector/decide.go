@@ -42,6 +42,10 @@ func (a *applier) decide(ev *firehose.Event) error {
 		a.hold(d, ev)
 		return nil
 	}
+	if e.isForeign(d) {
+		a.decideForeign(d, ev)
+		return nil
+	}
 	if ev.Kind != firehose.KindIdentity && ev.Seq <= e.rewind && !a.rewound[ev.DID] {
 		a.rewound[ev.DID] = true
 		a.startResync(d, ev, TriggerRewind)
@@ -58,6 +62,22 @@ func (a *applier) decide(ev *firehose.Event) error {
 		a.settle(ev, nil)
 	}
 	return nil
+}
+
+// decideForeign handles an event of a repo another source owns. Account
+// statuses there change nothing: they are this source's word on a repo it
+// no longer serves (the old PDS of a migrated account deactivating it). An
+// event that says this source's PDS serves the repo now (a commit, a sync,
+// an activation) starts a claim: a resync from this source's PDS that takes
+// the repo over only if the PDS serves it as active.
+func (a *applier) decideForeign(d *didState, ev *firehose.Event) {
+	switch {
+	case ev.Kind == firehose.KindCommit, ev.Kind == firehose.KindSync,
+		ev.Kind == firehose.KindAccount && ev.Active:
+		a.startResync(d, ev, TriggerClaim)
+	default:
+		a.settle(ev, nil)
+	}
 }
 
 // hold keeps a live event of a repo being resynced; past the bound, it is
@@ -236,7 +256,7 @@ func (a *applier) commitUnits(d *didState, ev *firehose.Event, units []unit, fin
 		a.settle(ev, changes)
 		return
 	}
-	b := a.place(units, final, d)
+	b := a.place(units, final, nil, d)
 	b.seqs = append(b.seqs, ev.Seq)
 	b.events++
 	b.changes = append(b.changes, changes...)

@@ -190,7 +190,7 @@ func New(cfg Config) (*Engine, error) {
 		listed: make(chan listResult, 1),
 		states: map[string]*didState{}, lru: list.New(), applied: newAppliedIndex(), rewind: cfg.Progress.Rewind(), tracker: cfg.Progress.Tracker(),
 		emptyTree: *root, fetchSem: make(chan struct{}, cfg.ResyncConcurrency)}
-	e.app = &applier{e: e, rewound: map[string]bool{}}
+	e.app = &applier{e: e, rewound: map[string]bool{}, retries: map[string]*retry{}}
 	empty0 := ""
 	e.token.Store(&empty0)
 	if cfg.ResyncRate > 0 {
@@ -211,30 +211,53 @@ func (e *Engine) Load(ctx context.Context) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	foreign := 0
 	for _, r := range repos {
 		st := r.Status
 		if st == "active" {
 			st = ""
 		}
-		e.states[r.DID] = &didState{did: r.DID, known: true, rev: r.Rev, status: st, statusSeq: r.StatusSeq,
-			hasStatus: r.Status != ""}
+		d := &didState{did: r.DID, known: true, owner: r.Source, rev: r.Rev, status: st, statusSeq: r.StatusSeq,
+			hasStatus: r.Status != "", desync: r.Desync, desyncSeq: r.DesyncSeq}
+		e.states[r.DID] = d
+		if e.isForeign(d) {
+			foreign++ // another source's repo: its tuples are not ours to tidy
+			continue
+		}
 		for _, old := range r.StaleStatuses {
-			e.app.stale = append(e.app.stale, view.Tuple{ResourceType: view.TypeRepo, ResourceID: view.RepoID(r.DID), Relation: view.RelStatus,
-				SubjectType: view.TypeStatus, SubjectID: old})
+			e.app.stale = append(e.app.stale, view.Tuple{ResourceType: view.TypeRepo, ResourceID: view.RepoID(r.DID),
+				Relation: view.RelStatus, SubjectType: view.TypeStatus, SubjectID: old})
+		}
+		for _, old := range r.StaleRevs {
+			e.app.stale = append(e.app.stale, view.RevTuple(r.DID, old))
+		}
+		if d.desync {
+			e.app.desynced(d)
 		}
 		e.applied.set(r.DID, r.Rev, "")
 	}
-	e.log.Info("repo index loaded", "repos", len(repos))
+	e.log.Info("repo index loaded", "repos", len(repos), "owned_by_other_sources", foreign)
 	return nil
 }
+
+// self is the source this engine projects.
+func (e *Engine) self() string { return e.cfg.Progress.Source() }
+
+// isForeign reports a repo another source owns: this engine only ever
+// takes it over (a claim), never changes it otherwise. The lanes call it
+// under e.mu; the applier, which alone writes owner, without.
+func (e *Engine) isForeign(d *didState) bool { return d.owner != "" && d.owner != e.self() }
 
 // didState is the applier's view of one repo. Fields other than lin, elem,
 // gen and queued are touched only by the applier goroutine; those are
 // guarded by Engine.mu because the lanes install loaded lineage and count
 // the events they hand over.
 type didState struct {
-	did       string
-	known     bool // bookkeeping is stored (or decided) for this repo
+	did   string
+	known bool // bookkeeping is stored (or decided) for this repo
+	// owner is the source that owns the repo ("" when none is recorded);
+	// guarded by Engine.mu like known, since the lanes read it.
+	owner     string
 	rev       string
 	status    string // "" when active, else the account status
 	statusSeq int64
@@ -245,6 +268,10 @@ type didState struct {
 	queued    int    // events handed to the applier, not yet decided
 	lastBatch uint64
 	resync    *resyncJob
+	// desync: the repo's last resync failed (at desyncSeq); it is retried
+	// until one succeeds.
+	desync    bool
+	desyncSeq int64
 }
 
 func (d *didState) active() bool { return d.status == "" }
@@ -269,7 +296,7 @@ func (e *Engine) HandleEvent(ctx context.Context, ev *firehose.Event) error {
 			fast = ev.SyncData.Defined() && ev.SyncData.Equals(e.emptyTree)
 		}
 	}
-	needLineage := d != nil && d.known && d.lin == nil && e.needsLineage(ev)
+	needLineage := d != nil && d.known && !e.isForeign(d) && d.lin == nil && e.needsLineage(ev)
 	if !fast {
 		// The state exists (and can't be evicted) from now until the
 		// applier has decided this event: later events of the repo must
@@ -385,6 +412,40 @@ func (e *Engine) ensureLineage(ctx context.Context, did string) error {
 	}
 }
 
+// dropLineage forgets d's cached lineage (a claim reads it again, fresh).
+// Only for a repo with nothing of this engine's pending.
+func (e *Engine) dropLineage(d *didState) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if d.elem != nil {
+		e.lru.Remove(d.elem)
+		d.elem = nil
+	}
+	d.lin = nil
+	d.gen++
+}
+
+// installLineage replaces did's cached lineage with entries read from
+// SpiceDB (a claim's fresh read; the repo is pinned by its resync).
+func (e *Engine) installLineage(did string, entries []view.LineageEntry) {
+	l := newLineage()
+	for _, en := range entries {
+		l.add(en.Tuple, en.Path)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	d := e.states[did]
+	if d == nil {
+		return
+	}
+	if d.elem != nil {
+		e.lru.Remove(d.elem)
+	}
+	d.lin = l
+	d.elem = e.lru.PushFront(d)
+	e.cfg.Metrics.setCached(e.lru.Len())
+}
+
 // state returns the applier's state for did, creating an empty one for a
 // repo with nothing stored.
 func (e *Engine) state(did string) *didState {
@@ -398,6 +459,13 @@ func (e *Engine) state(did string) *didState {
 		e.cfg.Metrics.setCached(e.lru.Len())
 	}
 	return d
+}
+
+// setOwner records who owns d (the lanes read it).
+func (e *Engine) setOwner(d *didState, owner string) {
+	e.mu.Lock()
+	d.owner = owner
+	e.mu.Unlock()
 }
 
 // markKnown records that a repo now has bookkeeping in SpiceDB (the lanes
@@ -485,7 +553,7 @@ func (e *Engine) heartbeatLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if _, err := e.cfg.Writer.Write(ctx, nil, nil); err != nil && ctx.Err() == nil {
+			if _, err := e.cfg.Writer.Write(ctx, nil, nil, nil); err != nil && ctx.Err() == nil {
 				return fmt.Errorf("projector: heartbeat: %w", err)
 			}
 		}

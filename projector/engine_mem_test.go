@@ -9,6 +9,7 @@ package projector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,9 +37,26 @@ type memView struct {
 	writes int
 }
 
-func (m *memView) Write(_ context.Context, updates, progress []view.Update) (string, error) {
+// errGuard stands in for spice.ErrOwnership.
+var errGuard = errors.New("memView: a guard does not hold")
+
+func (m *memView) Write(_ context.Context, updates, progress []view.Update, guards []view.Guard) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	for _, g := range guards {
+		held := m.rels[g.Tuple]
+		if g.Absent {
+			held = true
+			for t := range m.rels {
+				if t.ResourceType == g.Tuple.ResourceType && t.ResourceID == g.Tuple.ResourceID && t.Relation == g.Tuple.Relation {
+					held = false
+				}
+			}
+		}
+		if !held {
+			return "", fmt.Errorf("%w: %s", errGuard, g)
+		}
+	}
 	if len(updates)+len(progress) == 0 {
 		return fmt.Sprint(m.writes), nil
 	}
@@ -92,6 +110,35 @@ func (m *memView) LoadLineage(_ context.Context, did, _ string) ([]view.LineageE
 		out = append(out, en)
 	}
 	return out, nil
+}
+
+func (m *memView) LoadRepo(_ context.Context, did, _ string) (view.RepoState, error) {
+	var rs view.RepoStates
+	for _, t := range m.matching(func(t view.Tuple) bool {
+		return t.ResourceType == view.TypeRepo && t.ResourceID == view.RepoID(did)
+	}) {
+		if err := rs.Add(t); err != nil {
+			return view.RepoState{}, err
+		}
+	}
+	if l := rs.List(); len(l) > 0 {
+		return l[0], nil
+	}
+	return view.RepoState{DID: did}, nil
+}
+
+func (m *memView) LoadEpoch(_ context.Context, source, _ string) (int64, error) {
+	epoch := checkpoint.None
+	for _, t := range m.matching(func(t view.Tuple) bool {
+		return t.ResourceType == view.TypeProjector && t.ResourceID == source && t.Relation == view.RelEpoch
+	}) {
+		var n int64
+		if _, err := fmt.Sscan(t.SubjectID, &n); err != nil {
+			return 0, err
+		}
+		epoch = max(epoch, n)
+	}
+	return epoch, nil
 }
 
 func (m *memView) LoadData(_ context.Context, did, _ string) ([]view.Tuple, error) {
@@ -482,7 +529,7 @@ func TestMemRewindResyncsEachRepoOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.view.Write(h.ctx, nil, rw.Updates()); err != nil {
+	if _, err := h.view.Write(h.ctx, nil, rw.Updates(), nil); err != nil {
 		t.Fatal(err)
 	}
 	h.start(h.view.progress(t))

@@ -35,9 +35,13 @@ type applier struct {
 	finished []finishedRebuild
 	// rewound are the repos resynced since the rewind marker (DESIGN §5).
 	rewound map[string]bool
-	// stale are extra status tuples found at load (left by versions that
-	// could leave one behind); the first batch deletes them.
+	// stale are extra status and rev tuples found at load (left by
+	// versions that could leave one behind); the first batch deletes them.
 	stale []view.Tuple
+	// retries are the desynchronized repos and when each is tried again;
+	// incomplete are rebuilds waiting for some of them.
+	retries    map[string]*retry
+	incomplete []*incompleteRebuild
 }
 
 func (a *applier) newBatch() *batch {
@@ -58,11 +62,20 @@ func (a *applier) closePending() {
 // across several, in order. final always lands in the last batch, after
 // everything else: it holds the decision's bookkeeping (rev, status), which
 // must not be stored before all of the decision's data is, or a crash in
-// between would make the replay skip the event as already applied. It
+// between would make the replay skip the event as already applied. The
+// guards go with final. A repo with no owner recorded is claimed for this
+// source in the same batch, on the condition that it is still unowned. It
 // returns the batch that completes the decision.
-func (a *applier) place(units []unit, final unit, dids ...*didState) *batch {
+func (a *applier) place(units []unit, final unit, guards []view.Guard, dids ...*didState) *batch {
+	for _, d := range dids {
+		if d.owner == "" {
+			final = append(final[:len(final):len(final)], view.Update{Op: view.OpTouch, Tuple: view.SourceTuple(d.did, a.e.self())})
+			guards = append(guards[:len(guards):len(guards)], view.Guard{Tuple: view.SourceTuple(d.did, a.e.self()), Absent: true})
+			a.e.setOwner(d, a.e.self())
+		}
+	}
 	n := unitsLen(units) + len(final)
-	if !a.pending.fits(n) {
+	if !a.pending.fits(n) || len(a.pending.guards)+len(guards) > maxBatchGuards {
 		a.closePending()
 	}
 	if !a.pending.fits(n) {
@@ -81,6 +94,7 @@ func (a *applier) place(units []unit, final unit, dids ...*didState) *batch {
 		a.pending.addUnit(u)
 	}
 	a.pending.addUnit(final)
+	a.pending.guard(guards...)
 	for _, d := range dids {
 		d.lastBatch = a.pending.id
 	}
@@ -154,8 +168,9 @@ func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-
 			}
 			a.notifyFinished()
 			e.evict()
-		case <-ticker.C:
+		case now := <-ticker.C:
 			flush = true
+			a.retryDue(now)
 		}
 	}
 }
@@ -191,7 +206,7 @@ func (e *Engine) finalFlush(ctx context.Context) error {
 	if step.Empty() {
 		return nil // nothing moved, or a first run stopped before its rebuild marker was stored
 	}
-	if _, err := e.cfg.Writer.Write(ctx, nil, step.Updates()); err != nil {
+	if _, err := e.cfg.Writer.Write(ctx, nil, step.Updates(), nil); err != nil {
 		if !errors.Is(err, context.Canceled) {
 			e.log.Warn("final cursor write failed; the next start replays from the previous cursor", "err", err)
 		}
@@ -206,7 +221,7 @@ func (e *Engine) finalFlush(ctx context.Context) error {
 func (e *Engine) write(ctx context.Context, b *batch) error {
 	ups := b.updates()
 	step := e.cfg.Progress.Step(b.markers)
-	tok, err := e.cfg.Writer.Write(ctx, ups, step.Updates())
+	tok, err := e.cfg.Writer.Write(ctx, ups, step.Updates(), b.guards)
 	if err != nil {
 		if e.cfg.Writer.Refused(err) {
 			return e.isolate(ctx, ups, err)

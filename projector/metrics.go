@@ -23,6 +23,8 @@ type Metrics struct {
 	rebuilds    prometheus.Counter
 	reconciled  prometheus.Counter
 	drift       *prometheus.CounterVec
+	desynced    prometheus.Gauge
+	claims      prometheus.Counter
 }
 
 // Resync triggers (the `trigger` label).
@@ -38,6 +40,11 @@ const (
 	// TriggerMalformed: a #commit had an op the client could not read whose
 	// collection may be projected (firehose.Event.Malformed).
 	TriggerMalformed = "malformed"
+	// TriggerClaim: an event of a repo another source owns came from this
+	// source's stream: the repo may have moved here (a claim).
+	TriggerClaim = "claim"
+	// TriggerRetry: a desynchronized repo is tried again.
+	TriggerRetry = "retry"
 )
 
 // NewMetrics registers the projection metrics on reg.
@@ -70,6 +77,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Repos the running rebuild has resynced."})
 	m.rbRecords = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "rebuild_records_total",
 		Help: "Records read from snapshots by rebuilds."})
+	m.desynced = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "desynchronized_repos",
+		Help: "Repos whose last resync failed: what SpiceDB holds for them may be wrong until a retry succeeds."})
+	m.claims = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "repo_claims_total",
+		Help: "Repos taken over from another source (or with no owner recorded) because this source's PDS serves them."})
 	m.rebuilds = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "rebuilds_total",
 		Help: "Rebuilds started (first run, OutdatedCursor, reset, command)."})
 	m.reconciled = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "reconcile_repos_total",
@@ -80,11 +91,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.drift.WithLabelValues(k)
 	}
 	reg.MustRegister(m.applied, m.rejected, m.resyncs, m.resyncFails, m.duplicates, m.cycles, m.unreadable, m.cachedRepos,
-		m.restarts, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
+		m.restarts, m.desynced, m.claims, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
 	for _, r := range view.AllReasons {
 		m.rejected.WithLabelValues(string(r))
 	}
-	for _, t := range []string{TriggerSync, TriggerGap, TriggerActivate, TriggerRewind, TriggerRebuild, TriggerUnreadable, TriggerMalformed} {
+	for _, t := range []string{TriggerSync, TriggerGap, TriggerActivate, TriggerRewind, TriggerRebuild, TriggerUnreadable, TriggerMalformed,
+		TriggerClaim, TriggerRetry} {
 		m.resyncs.WithLabelValues(t)
 	}
 	for _, k := range []string{"commit", "sync", "identity", "account"} {
@@ -138,6 +150,18 @@ func (m *Metrics) cycle() {
 func (m *Metrics) setCached(n int) {
 	if m != nil {
 		m.cachedRepos.Set(float64(n))
+	}
+}
+
+func (m *Metrics) setDesync(n int) {
+	if m != nil {
+		m.desynced.Set(float64(n))
+	}
+}
+
+func (m *Metrics) claimed() {
+	if m != nil {
+		m.claims.Inc()
 	}
 }
 

@@ -386,14 +386,39 @@ func TestSecondConsumerWaitsThenFencesTheFirst(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("consumer a was not fenced after the takeover")
 	}
-	if st, _ := e.Client.ReadProjector(t.Context(), "default"); st.Holder != "consumer-c" {
-		t.Fatalf("holder %q", st.Holder)
+	if st, _ := e.Client.ReadProjector(t.Context(), "default"); st.Holder != c.Snapshot().Holder ||
+		!strings.HasPrefix(st.Holder, "consumer-c-") {
+		t.Fatalf("holder %q, want consumer c's (%q)", st.Holder, c.Snapshot().Holder)
 	}
 	commit(t, e, alice, testenv.Relation("create", "w", "space", alice+"/s", "editor", "acct", bob, ""))
 	e.WaitCaughtUp(c)
 	e.AssertMatchesOracle()
 	if st := b.Snapshot().State; st != pipeline.StateWaitingForLease {
 		t.Fatalf("consumer b is %q: it must keep waiting while c heartbeats", st)
+	}
+}
+
+// TestSameHolderNameIsNotShared: two processes given the same --holder
+// must not both write (the holder given is a name; each process adds its
+// own random suffix), and the dry-run holder can't be taken.
+func TestSameHolderNameIsNotShared(t *testing.T) {
+	e := testenv.New(t)
+	alice := account(t, e, "alice")
+	a := e.Start(func(c *pipeline.Config) { c.Lease.Holder = "same" })
+	commit(t, e, alice, testenv.Space("create", "s", false))
+	e.WaitCaughtUp(a)
+	b := e.Start(func(c *pipeline.Config) { c.Lease.Holder = "same" })
+	time.Sleep(1500 * time.Millisecond)
+	if st := b.Snapshot().State; st != pipeline.StateWaitingForLease {
+		t.Fatalf("a second process named like the first is %q, want waiting for the lease", st)
+	}
+	if a.Snapshot().Holder == b.Snapshot().Holder {
+		t.Fatalf("two processes share holder %q", a.Snapshot().Holder)
+	}
+	_, err := spice.AcquireLease(t.Context(), spice.LeaseConfig{Client: e.Client, Name: "other",
+		Holder: "dry-run-never-a-holder"})
+	if err == nil {
+		t.Fatal("the reserved dry-run holder took a lease")
 	}
 }
 
@@ -486,7 +511,8 @@ func TestResyncKeepsRecordsWhoseBlockIsMissing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, err := (&projector.Reconciler{Rules: e.Rules, Store: spice.NewStore(e.Client), Fetcher: sync}).Check(t.Context(), alice)
+	rep, err := (&projector.Reconciler{Rules: e.Rules, Store: spice.NewStore(e.Client), Fetcher: sync,
+		Source: pipeline.DefaultName}).Check(t.Context(), alice)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,11 +24,17 @@ type rebuildRequest struct {
 
 // rebuildRun is the rebuild in progress (DESIGN §5).
 type rebuildRun struct {
-	reason   string
-	full     bool
-	listing  bool
-	queue    []string
-	gone     map[string]bool
+	reason  string
+	full    bool
+	listing bool
+	queue   []string
+	// known are the repos of this source the view held when the listing
+	// began: only those can be gone (a repo the stream brought in since
+	// may not be listed yet).
+	known map[string]bool
+	// desynced are the rebuild's repos whose resync failed: the rebuild is
+	// not done while any is left.
+	desynced map[string]bool
 	inFlight int
 	total    int
 	done     int
@@ -72,7 +78,8 @@ func (a *applier) startRebuild(req rebuildRequest) {
 	rb := a.rb
 	fresh := rb == nil
 	if fresh {
-		rb = &rebuildRun{reason: req.reason, started: time.Now(), lastLog: time.Now(), marker: checkpoint.None}
+		rb = &rebuildRun{reason: req.reason, started: time.Now(), lastLog: time.Now(), marker: checkpoint.None,
+			desynced: map[string]bool{}}
 		a.rb = rb
 	}
 	rb.waiters = append(rb.waiters, req.done)
@@ -119,9 +126,19 @@ func (a *applier) markRebuild(place bool, seq int64) *batch {
 	return a.pending
 }
 
-// list pages through listRepos in the background.
+// list pages through listRepos in the background, after noting which repos
+// of this source the view holds now.
 func (a *applier) list() {
 	e, ctx := a.e, a.ctx
+	known := map[string]bool{}
+	e.mu.Lock()
+	for did, d := range e.states {
+		if d.known && !e.isForeign(d) && d.status != statusDeleted {
+			known[did] = true
+		}
+	}
+	e.mu.Unlock()
+	a.rb.known = known
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -172,20 +189,18 @@ func (a *applier) listed(r listResult) {
 			rb.queue = append(rb.queue, info.DID)
 		}
 	}
-	rb.gone = map[string]bool{}
-	e.mu.Lock()
+	// A repo the view held before the listing began and that the PDS does
+	// not list is resynced like the others: only getRepo's answer (not
+	// found, not active) removes or withdraws it, never its absence from
+	// the list.
 	var gone []string
-	for did, d := range e.states {
-		if d.known && !listed[did] && d.status != statusDeleted {
+	for did := range rb.known {
+		if !listed[did] {
 			gone = append(gone, did)
 		}
 	}
-	e.mu.Unlock()
 	sort.Strings(gone)
-	for _, did := range gone {
-		rb.gone[did] = true
-		rb.queue = append(rb.queue, did)
-	}
+	rb.queue = append(rb.queue, gone...)
 	rb.total += len(listed) + len(gone)
 	e.log.Info("rebuild: repos listed", "listed", len(listed), "gone", len(gone))
 	a.pumpRebuild()
@@ -207,7 +222,7 @@ func (a *applier) pumpRebuild() {
 			rb.done++
 			continue
 		}
-		a.startJob(d, &resyncJob{reason: TriggerRebuild, rebuild: true, gone: rb.gone[did]})
+		a.startJob(d, &resyncJob{reason: TriggerRebuild, rebuild: true})
 		rb.inFlight++
 	}
 	e.cfg.Metrics.rebuildProgress(rb.done, rb.total)
@@ -220,12 +235,21 @@ func (a *applier) pumpRebuild() {
 	}
 	b := a.pending
 	if rb.marker != checkpoint.None {
+		// The desync markers of repos that failed carry their retries
+		// across restarts: the rebuild marker can go.
 		b = a.markRebuild(false, rb.marker)
 	}
-	a.finished = append(a.finished, finishedRebuild{batch: b.id, waiters: rb.waiters})
+	if len(rb.desynced) > 0 {
+		a.incomplete = append(a.incomplete, &incompleteRebuild{dids: rb.desynced, waiters: rb.waiters})
+		a.e.log.Error("rebuild incomplete: some repos could not be read; they are retried until they are",
+			"desynchronized", len(rb.desynced))
+	} else {
+		a.finished = append(a.finished, finishedRebuild{batch: b.id, waiters: rb.waiters})
+	}
 	a.logProgress("rebuild done")
 	e.cfg.Metrics.rebuildFinished()
 	a.rb = nil
+	a.publishDesync()
 }
 
 func (a *applier) logProgress(msg string) {
@@ -240,11 +264,17 @@ func (a *applier) logProgress(msg string) {
 }
 
 // rebuildResyncDone counts a finished resync of the rebuild.
-func (a *applier) rebuildResyncDone(records int) {
+func (a *applier) rebuildResyncDone(d *didState, records int) {
 	rb := a.rb
 	if rb == nil {
 		return
 	}
+	if d.desync {
+		rb.desynced[d.did] = true
+	} else {
+		delete(rb.desynced, d.did)
+	}
+	a.publishDesync()
 	rb.inFlight--
 	rb.done++
 	rb.records += records

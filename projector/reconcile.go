@@ -33,7 +33,8 @@ type Report struct {
 	Rev     string // the snapshot's rev
 	Records int
 	// Status is "active", "inactive" (getRepo refused: only data is
-	// compared) or "not found" (everything the view holds is extra).
+	// compared), "not found" (everything the view holds is extra) or
+	// "owned by <source>" (another source's repo: not compared).
 	Status string
 	Drift  []Drift
 	// Unreadable counts records the snapshot names but whose block it
@@ -46,6 +47,10 @@ type Reconciler struct {
 	Rules   *view.Rules
 	Store   Store
 	Fetcher Fetcher
+	// Source is the source whose repos are reconciled (required): a repo
+	// another source owns is reported as such and never compared or
+	// repaired from this source's PDS.
+	Source string
 	// Settle is how long to wait before checking a drifting repo again: a
 	// drift seen twice is reported, one seen once was a write in flight
 	// (default 1s).
@@ -135,6 +140,17 @@ func (r *Reconciler) Check(ctx context.Context, did string) (Report, error) {
 
 func (r *Reconciler) check(ctx context.Context, did string) (Report, error) {
 	rep := Report{DID: did, Status: "active"}
+	if r.Source == "" {
+		return rep, errors.New("projector: reconcile: Source is required")
+	}
+	stored, err := r.Store.LoadRepo(ctx, did, "")
+	if err != nil {
+		return rep, fmt.Errorf("projector: reconcile %s: %w", did, err)
+	}
+	if stored.Source != "" && stored.Source != r.Source {
+		rep.Status = "owned by " + stored.Source
+		return rep, nil
+	}
 	snap, err := r.Fetcher.GetRepo(ctx, did, r.Rules.Projects)
 	switch {
 	case errors.Is(err, firehose.ErrRepoNotFound):
@@ -230,7 +246,7 @@ func (r *Reconciler) Repos(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	for _, k := range known {
-		if k.Status != statusDeleted {
+		if k.Status != statusDeleted && (k.Source == "" || k.Source == r.Source) {
 			set[k.DID] = true
 		}
 	}

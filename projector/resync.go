@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/backoff"
 	"github.com/spaces-authz/spaces-authz/view"
@@ -22,8 +23,11 @@ type resyncJob struct {
 	// tail is bookkeeping decided with the trigger (an activation's status)
 	// that is stored with the resync's last write.
 	tail unit
-	// rebuild: part of a rebuild; gone: the PDS no longer lists the repo.
-	rebuild, gone bool
+	// rebuild: part of a rebuild.
+	rebuild bool
+	// claim: another source owns the repo; the resync takes it over if this
+	// source's PDS serves it as active, and writes nothing otherwise.
+	claim bool
 }
 
 type resyncResult struct {
@@ -33,6 +37,10 @@ type resyncResult struct {
 	notFound bool
 	inactive bool
 	err      error
+	// A claim's fresh reads: the repo's stored bookkeeping and its owner's
+	// epoch (checkpoint.None when none), both fully consistent.
+	state view.RepoState
+	epoch int64
 }
 
 // startResync fetches the repo in the background; its live events are held
@@ -43,6 +51,12 @@ func (a *applier) startResync(d *didState, trigger *firehose.Event, reason strin
 
 func (a *applier) startJob(d *didState, job *resyncJob) {
 	e := a.e
+	if e.isForeign(d) {
+		// Whatever asked (an event, a rebuild, an admin resync), a repo
+		// another source owns is only ever taken over, from fresh reads.
+		job.claim = true
+		e.dropLineage(d)
+	}
 	d.resync = job
 	e.cfg.Metrics.resync(job.reason)
 	did, ctx := d.did, a.ctx
@@ -71,12 +85,15 @@ func (e *Engine) fetch(ctx context.Context, did string, job *resyncJob) *resyncR
 	}
 	defer func() { <-e.fetchSem }()
 	// The repo is pinned while it resyncs, so lineage loaded here stays.
-	if err := e.ensureLineage(ctx, did); err != nil {
-		r.err = err
-		return r
+	// (A claim reads it fresh once the PDS has answered.)
+	if !job.claim {
+		if err := e.ensureLineage(ctx, did); err != nil {
+			r.err = err
+			return r
+		}
 	}
 	bo := backoff.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
-	for attempt := 1; !job.gone; attempt++ {
+	for attempt := 1; ; attempt++ {
 		if e.limiter != nil {
 			if err := e.limiter.Wait(ctx); err != nil {
 				r.err = err
@@ -107,8 +124,8 @@ func (e *Engine) fetch(ctx context.Context, did string, job *resyncJob) *resyncR
 		}
 		break
 	}
-	if job.gone {
-		r.notFound = true
+	if job.claim {
+		return e.fetchClaim(ctx, r, bo)
 	}
 	bo.Reset()
 	for {
@@ -125,6 +142,62 @@ func (e *Engine) fetch(ctx context.Context, did string, job *resyncJob) *resyncR
 	}
 }
 
+// fetchClaim completes a claim's fetch once this source's PDS answered:
+// when it serves the repo, the repo's lineage, data, bookkeeping and its
+// owner's epoch are read fully consistent (the owner writes them, not us),
+// so that the claim's guards name what is really stored.
+func (e *Engine) fetchClaim(ctx context.Context, r *resyncResult, bo backoff.Backoff) *resyncResult {
+	if r.snap == nil {
+		return r // not served here (or not reachable): nothing to take over
+	}
+	bo.Reset()
+	for {
+		err := e.readClaim(ctx, r)
+		if err == nil {
+			return r
+		}
+		e.log.Warn("reading a repo to take it over failed; retrying", "did", r.did, "err", err)
+		if bo.Wait(ctx) != nil {
+			r.err = ctx.Err()
+			return r
+		}
+	}
+}
+
+func (e *Engine) readClaim(ctx context.Context, r *resyncResult) error {
+	state, err := e.cfg.Store.LoadRepo(ctx, r.did, "")
+	if err != nil {
+		return err
+	}
+	r.state, r.epoch = state, checkpoint.None
+	if state.Source != "" && state.Source != e.self() {
+		if r.epoch, err = e.cfg.Store.LoadEpoch(ctx, state.Source, ""); err != nil {
+			return err
+		}
+	}
+	entries, err := e.cfg.Store.LoadLineage(ctx, r.did, "")
+	if err != nil {
+		return err
+	}
+	if r.data, err = e.cfg.Store.LoadData(ctx, r.did, ""); err != nil {
+		return err
+	}
+	e.installLineage(r.did, entries)
+	return nil
+}
+
+// resyncWrite is what a finished resync writes: data and lineage units,
+// the bookkeeping (final) that goes in the last of its writes, the guards
+// that write needs, and the changes it publishes.
+type resyncWrite struct {
+	units   []unit
+	final   unit
+	guards  []view.Guard
+	changes []view.Change
+	// cleared: the repo was desynchronized and this write ends that.
+	cleared bool
+}
+
 // applyResync diffs the repo's current records against lineage and against
 // the data tuples under its prefix, and writes creates, updates and deletes
 // (DESIGN §3). Then the events held meanwhile are decided in order.
@@ -136,91 +209,179 @@ func (a *applier) applyResync(r *resyncResult) error {
 		return nil
 	}
 	d.resync = nil
-	l, err := e.lineageOf(a.ctx, d)
-	if err != nil {
-		return err
+	var w resyncWrite
+	if job.claim && (r.snap == nil || r.err != nil) {
+		// This source's PDS does not serve the repo as active: it stays
+		// the other source's, untouched.
+		e.log.Debug("repo of another source not served here; not taking it over", "did", d.did, "owner", d.owner,
+			"not_found", r.notFound, "inactive", r.inactive, "err", r.err)
+	} else {
+		l, err := e.lineageOf(a.ctx, d)
+		if err != nil {
+			return err
+		}
+		if job.claim {
+			w = a.claimWrites(d, l, job, r)
+		} else {
+			w = a.resyncWrites(d, l, job, r)
+		}
 	}
-	units, final, changes := a.resyncWrites(d, l, job, r)
-	a.completeResync(d, job, units, final, changes)
+	a.completeResync(d, job, w)
 	if job.rebuild {
 		n := 0
 		if r.snap != nil {
 			n = len(r.snap.Records)
 		}
-		a.rebuildResyncDone(n)
+		a.rebuildResyncDone(d, n)
 	}
 	return a.releaseHeld(d, job)
 }
 
-// resyncWrites decides what a finished fetch writes: the data and lineage
-// units, and the bookkeeping (final) that goes in the last of its writes.
-func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyncResult) ([]unit, unit, []view.Change) {
+// resyncWrites decides what a finished fetch writes for a repo this source
+// owns (or that has no owner yet).
+func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyncResult) resyncWrite {
 	e := a.e
-	final := append(unit(nil), job.tail...)
-	var trigSeq int64
-	var trigTime string
-	if job.trigger != nil {
-		trigSeq, trigTime = job.trigger.Seq, job.trigger.Time
-	}
+	w := resyncWrite{final: append(unit(nil), job.tail...)}
+	trigSeq, trigTime := job.triggerSeqTime()
 	switch {
 	case r.err != nil:
 		e.cfg.Metrics.resyncFailed()
-		e.log.Error("resync given up; applying the triggering event as it is (reconcile will repair the repo)",
+		e.log.Error("resync failed; the repo is desynchronized until a retry succeeds (applying the triggering event as it is)",
 			"did", d.did, "trigger", job.reason, "err", r.err)
+		w.final = append(w.final, a.markDesync(d, trigSeq)...)
 		if ev := job.trigger; ev != nil && ev.Kind == firehose.KindCommit {
-			changes := a.changes(d, ev)
-			units := a.recordUnits(d, l, changes)
-			return units, append(final, a.setRev(d, l, ev.Rev)...), changes
+			w.changes = a.changes(d, ev)
+			w.units = a.recordUnits(d, l, w.changes)
+			w.final = append(w.final, a.setRev(d, l, ev.Rev)...)
 		}
-		return nil, final, nil
+		return w
+	case r.notFound && !d.known:
+		// A repo this view never held, which the PDS does not host: there
+		// is nothing to remove, and nothing to remember (an inactive repo
+		// is hosted: its status is kept so that its activation restores it).
+		e.log.Info("resync: the PDS has no such repo and the view holds nothing of it", "did", d.did)
+		return w
 	case r.notFound:
 		e.log.Info("resync: the PDS has no such repo; removing everything it produced", "did", d.did)
-		units := a.removeAll(d, l, r.data)
+		w.units = a.removeAll(d, l, r.data)
 		if d.rev != "" {
-			final = append(final, view.Update{Op: view.OpDelete, Tuple: view.RevTuple(d.did, d.rev)})
+			w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.RevTuple(d.did, d.rev)})
 			d.rev = ""
 		}
 		if d.status != statusDeleted {
-			final = append(final, a.setStatus(d, statusDeleted, max(d.statusSeq, trigSeq))...)
+			w.final = append(w.final, a.setStatus(d, statusDeleted, max(d.statusSeq, trigSeq))...)
 			d.status = statusDeleted
 		}
-		return units, final, nil
 	case r.inactive:
 		e.log.Info("resync: the PDS says the repo is not active; withdrawing it", "did", d.did)
-		var units []unit
 		for _, t := range r.data {
-			units = append(units, unit{{Op: view.OpDelete, Tuple: t}})
+			w.units = append(w.units, unit{{Op: view.OpDelete, Tuple: t}})
 		}
 		if d.status == "" {
-			final = append(final, a.setStatus(d, "inactive", max(d.statusSeq, trigSeq))...)
+			w.final = append(w.final, a.setStatus(d, "inactive", max(d.statusSeq, trigSeq))...)
 			d.status = "inactive"
 		}
-		return units, final, nil
+	default:
+		if d.status != "" {
+			// getRepo answered: the PDS serves the repo, so it is active
+			// (its #account event may have been missed while no cursor
+			// was stored). Restore it with this resync.
+			e.log.Info("resync: the repo is served again; marking it active", "did", d.did, "was", d.status)
+			w.final = append(w.final, a.setStatus(d, statusActive, max(d.statusSeq, trigSeq))...)
+			d.status = ""
+		}
+		w.units, w.changes = a.resyncDiff(d, l, r, trigSeq, trigTime)
+		w.final = append(w.final, a.setRev(d, l, r.snap.Rev)...)
 	}
-	if d.status != "" {
-		// getRepo answered: the PDS serves the repo, so it is active (its
-		// #account event may have been missed while no cursor was
-		// stored). Restore it with this resync.
-		e.log.Info("resync: the repo is served again; marking it active", "did", d.did, "was", d.status)
-		final = append(final, a.setStatus(d, statusActive, max(d.statusSeq, trigSeq))...)
-		d.status = ""
+	if d.desync {
+		w.final = append(w.final, a.clearDesync(d)...)
+		w.cleared = true
 	}
-	units, changes := a.resyncDiff(d, l, r, trigSeq, trigTime)
-	return units, append(final, a.setRev(d, l, r.snap.Rev)...), changes
+	return w
+}
+
+// claimWrites takes over a repo another source owned (or that had no owner
+// recorded) because this source's PDS serves it as active: the migrated
+// account's new PDS. The repo's bookkeeping is replaced by this source's
+// (its revs and seqs are this stream's), its data is brought to the
+// snapshot, and the old owner's epoch moves, which fails the old owner's
+// writes in flight so that it reloads and leaves the repo alone. The write
+// is guarded by what was read: the same owner, epoch, rev and status, so a
+// change by the old owner in between fails it (spice.ErrOwnership) and the
+// run restarts to read again.
+func (a *applier) claimWrites(d *didState, l *lineage, job *resyncJob, r *resyncResult) resyncWrite {
+	e := a.e
+	self, st := e.self(), r.state
+	w := resyncWrite{}
+	trigSeq, trigTime := job.triggerSeqTime()
+	if st.Source == "" {
+		w.guards = append(w.guards, view.Guard{Tuple: view.SourceTuple(d.did, self), Absent: true})
+	} else if st.Source != self {
+		w.guards = append(w.guards, view.Guard{Tuple: view.SourceTuple(d.did, st.Source)})
+		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.SourceTuple(d.did, st.Source)})
+		if r.epoch != checkpoint.None {
+			w.guards = append(w.guards, view.Guard{Tuple: view.EpochTuple(st.Source, r.epoch)})
+			w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.EpochTuple(st.Source, r.epoch)},
+				view.Update{Op: view.OpTouch, Tuple: view.EpochTuple(st.Source, r.epoch+1)})
+		}
+	}
+	w.final = append(w.final, view.Update{Op: view.OpTouch, Tuple: view.SourceTuple(d.did, self)})
+	if st.Rev != "" {
+		w.guards = append(w.guards, view.Guard{Tuple: view.RevTuple(d.did, st.Rev)})
+	}
+	for _, rev := range append([]string{st.Rev}, st.StaleRevs...) {
+		if rev != "" {
+			w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.RevTuple(d.did, rev)})
+		}
+	}
+	if st.Status != "" {
+		w.guards = append(w.guards, view.Guard{Tuple: view.StatusTuple(d.did, st.Status, st.StatusSeq)})
+		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.StatusTuple(d.did, st.Status, st.StatusSeq)})
+	}
+	for _, old := range st.StaleStatuses {
+		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.Tuple{ResourceType: view.TypeRepo,
+			ResourceID: view.RepoID(d.did), Relation: view.RelStatus, SubjectType: view.TypeStatus, SubjectID: old}})
+	}
+	if st.Desync {
+		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.DesyncTuple(d.did, st.DesyncSeq)})
+	}
+	e.log.Info("taking a repo over: this source's PDS serves it now", "did", d.did, "previous_owner", st.Source,
+		"trigger", job.reason)
+	e.cfg.Metrics.claimed()
+	// From here on the repo is this source's, active, with no stored
+	// bookkeeping but what this write stores.
+	e.setOwner(d, self)
+	d.rev, d.status, d.statusSeq, d.hasStatus, d.desync = "", "", 0, false, false
+	var units []unit
+	units, w.changes = a.resyncDiff(d, l, r, trigSeq, trigTime)
+	w.units = units
+	w.final = append(w.final, a.setStatus(d, statusActive, trigSeq)...)
+	w.final = append(w.final, a.setRev(d, l, r.snap.Rev)...)
+	return w
+}
+
+func (j *resyncJob) triggerSeqTime() (int64, string) {
+	if j.trigger == nil {
+		return 0, ""
+	}
+	return j.trigger.Seq, j.trigger.Time
 }
 
 // completeResync places a resync's writes and completes, with the batch
 // holding the last of them, the events the resync stands for: its trigger
 // and the live events dropped while it ran (unless they need another
 // resync).
-func (a *applier) completeResync(d *didState, job *resyncJob, units []unit, final unit, changes []view.Change) {
+func (a *applier) completeResync(d *didState, job *resyncJob, w resyncWrite) {
 	e := a.e
-	written := unitsLen(units)+len(final) > 0
+	written := unitsLen(w.units)+len(w.final) > 0
 	b := a.pending
 	if written {
-		b = a.place(units, final, d)
+		b = a.place(w.units, w.final, w.guards, d)
 	}
-	b.changes = append(b.changes, changes...)
+	if w.cleared {
+		a.desyncCleared(d.did, b)
+	}
+	b.changes = append(b.changes, w.changes...)
 	if d.known {
 		b.noteRev(d.did, d.rev)
 	}

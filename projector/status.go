@@ -14,6 +14,15 @@ type engineStatus struct {
 	appliedTime time.Time
 	events      int64
 	batches     int64
+	desynced    int
+	desyncDIDs  []string
+	blocking    int
+}
+
+func (s *engineStatus) desync(n int, dids []string, blocking int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.desynced, s.desyncDIDs, s.blocking = n, dids, blocking
 }
 
 func (s *engineStatus) applied(b *batch) {
@@ -39,13 +48,21 @@ type Status struct {
 	Batches          int64
 	CachedRepos      int
 	Poisoned         int
+	// Desynchronized counts repos whose last resync failed (retried until
+	// one succeeds); DesyncDIDs lists some of them (at most 100).
+	Desynchronized int
+	DesyncDIDs     []string
+	// RebuildIncomplete counts the desynchronized repos a rebuild waits
+	// for: while it is not 0, the rebuild is not done.
+	RebuildIncomplete int
 }
 
 // Status returns the engine's progress.
 func (e *Engine) Status() Status {
 	e.status.mu.Lock()
 	st := Status{AppliedEventTime: e.status.appliedTime, LastCommit: e.status.lastCommit,
-		EventsWritten: e.status.events, Batches: e.status.batches, Poisoned: e.cfg.Poison.Len()}
+		EventsWritten: e.status.events, Batches: e.status.batches, Poisoned: e.cfg.Poison.Len(),
+		Desynchronized: e.status.desynced, DesyncDIDs: e.status.desyncDIDs, RebuildIncomplete: e.status.blocking}
 	e.status.mu.Unlock()
 	e.mu.Lock()
 	st.CachedRepos = e.lru.Len()

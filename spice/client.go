@@ -6,7 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
@@ -27,8 +30,14 @@ type Config struct {
 	// Token is the preshared key (required). The command line reads it
 	// from the environment or a file, never only from a flag.
 	Token string
-	// Insecure uses plaintext gRPC (loopback and development only).
+	// Insecure uses plaintext gRPC, preshared key included. Validate
+	// accepts it only for a loopback Endpoint (a literal loopback IP,
+	// "localhost" or a unix socket) unless InsecureRemote is set too.
 	Insecure bool
+	// InsecureRemote allows Insecure with an Endpoint that is not loopback
+	// (a private network the operator trusts, such as a compose network).
+	// Optional; false refuses it.
+	InsecureRemote bool
 	// CAPath is a PEM bundle to verify SpiceDB's certificate; empty uses
 	// the system roots. Ignored with Insecure.
 	CAPath string
@@ -44,7 +53,47 @@ func (c *Config) Validate() error {
 	if c.Token == "" {
 		return errors.New("spice: config: Token is required (set CONSUMER_SPICEDB_TOKEN or --spicedb-token-file)")
 	}
+	if c.Insecure && !c.InsecureRemote && !IsLoopback(c.Endpoint) {
+		return fmt.Errorf("spice: config: Insecure (--spicedb-insecure) would send the preshared key in plaintext "+
+			"to %s, which is not a loopback address: use TLS (--spicedb-ca), or set InsecureRemote "+
+			"(--spicedb-insecure-remote, CONSUMER_SPICEDB_INSECURE_REMOTE) if the network is private", c.Endpoint)
+	}
 	return nil
+}
+
+// IsLoopback reports whether a gRPC endpoint stays on this host: a unix
+// socket (unix:, unix-abstract:), "localhost", or a literal loopback IP
+// (127.0.0.0/8, ::1), with or without a port and a dns:/// or
+// passthrough:/// scheme. Other names are not resolved: a name that
+// resolves to loopback today may not tomorrow.
+func IsLoopback(endpoint string) bool {
+	if strings.HasPrefix(endpoint, "unix:") || strings.HasPrefix(endpoint, "unix-abstract:") {
+		return true
+	}
+	for _, scheme := range []string{"dns:", "passthrough:"} {
+		if rest, ok := strings.CutPrefix(endpoint, scheme); ok {
+			// dns:[//authority/]host[:port]
+			if after, ok := strings.CutPrefix(rest, "//"); ok {
+				_, rest, ok = strings.Cut(after, "/")
+				if !ok {
+					return false
+				}
+			}
+			endpoint = rest
+			break
+		}
+	}
+	host := endpoint
+	if h, _, err := net.SplitHostPort(endpoint); err == nil {
+		host = h
+	} else {
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // Client is a SpiceDB connection.

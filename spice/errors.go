@@ -24,6 +24,11 @@ var (
 	ErrLeaseLost = errors.New("spice: lease lost: the holder relationship is gone")
 	// ErrSchema: SpiceDB's schema doesn't have what the consumer writes.
 	ErrSchema = errors.New("spice: SpiceDB schema mismatch (run `consumer schema apply`)")
+	// ErrOwnership: a repo changed hands under the consumer: another source
+	// took one of this source's repos over (its epoch moved), or a repo this
+	// write claimed changed since it was read. Nothing was written; the
+	// consumer restarts from its stored cursor and reloads who owns what.
+	ErrOwnership = errors.New("spice: repo ownership changed under the consumer")
 	// ErrLeaseHeld is returned by Acquire without waiting when the lease is
 	// held and fresh.
 	ErrLeaseHeld = errors.New("spice: lease is held by another consumer")

@@ -32,6 +32,10 @@ type ProjectorState struct {
 	HeartbeatMs int64
 	// Progress is the cursor and markers (see package checkpoint).
 	Progress checkpoint.State
+	// Epoch is the source's ownership epoch (checkpoint.None when none is
+	// stored; AcquireLease stores 0). Every write carries it as a
+	// precondition; another source that takes a repo over moves it.
+	Epoch int64
 }
 
 // Empty reports a projector with no lease and no cursor: a first run, or a
@@ -41,7 +45,7 @@ func (s ProjectorState) Empty() bool { return s.Holder == "" && s.Progress.Curso
 // ReadProjector reads a projector's lease, cursor and markers, fully
 // consistent.
 func (c *Client) ReadProjector(ctx context.Context, name string) (ProjectorState, error) {
-	st := ProjectorState{Progress: checkpoint.Empty()}
+	st := ProjectorState{Progress: checkpoint.Empty(), Epoch: checkpoint.None}
 	filter := &v1.RelationshipFilter{ResourceType: view.TypeProjector, OptionalResourceId: name}
 	err := c.Read(ctx, filter, "", func(t view.Tuple) error {
 		if ok, err := st.Progress.Decode(t); ok || err != nil {
@@ -53,12 +57,16 @@ func (c *Client) ReadProjector(ctx context.Context, name string) (ProjectorState
 				return fmt.Errorf("spice: projector %s has two holders (%s, %s)", name, st.Holder, t.SubjectID)
 			}
 			st.Holder = t.SubjectID
-		case view.RelHeartbeat:
+		case view.RelHeartbeat, view.RelEpoch:
 			n, err := strconv.ParseInt(t.SubjectID, 10, 64)
-			if err != nil {
-				return fmt.Errorf("spice: projector %s: bad heartbeat %q", name, t.SubjectID)
+			if err != nil || n < 0 {
+				return fmt.Errorf("spice: projector %s: bad %s %q", name, t.Relation, t.SubjectID)
 			}
-			st.HeartbeatMs = max(st.HeartbeatMs, n)
+			if t.Relation == view.RelEpoch {
+				st.Epoch = max(st.Epoch, n)
+			} else {
+				st.HeartbeatMs = max(st.HeartbeatMs, n)
+			}
 		}
 		return nil
 	})
@@ -92,7 +100,7 @@ type LeaseConfig struct {
 // with a precondition on what it read, so two consumers racing can't both
 // win. It returns the state as of the acquisition.
 func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) {
-	if !ValidName(cfg.Name) || !ValidName(cfg.Holder) {
+	if !ValidName(cfg.Name) || !ValidName(cfg.Holder) || cfg.Holder == dryRunHolder {
 		return ProjectorState{}, fmt.Errorf("spice: lease: invalid projector name %q or holder %q", cfg.Name, cfg.Holder)
 	}
 	if cfg.Timeout <= 0 {
@@ -125,11 +133,18 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 			updates = append(updates, view.Update{Op: view.OpDelete, Tuple: view.HeartbeatTuple(cfg.Name, st.HeartbeatMs)})
 		}
 		updates = append(updates, view.Update{Op: view.OpTouch, Tuple: view.HeartbeatTuple(cfg.Name, hb)})
+		if st.Epoch == checkpoint.None {
+			// The first lease of this source (or one stored by a version
+			// without epochs): its writes will carry epoch 0.
+			updates = append(updates, view.Update{Op: view.OpTouch, Tuple: view.EpochTuple(cfg.Name, 0)})
+		}
 		var pre *v1.Precondition
 		switch {
-		case st.Holder == cfg.Holder:
+		case st.Holder == cfg.Holder && st.Epoch != checkpoint.None:
 			cfg.Metrics.SetLeaseState(LeaseHeld)
 			return st, nil
+		case st.Holder == cfg.Holder:
+			pre = mustMatch(view.HolderTuple(cfg.Name, cfg.Holder))
 		case st.Holder == "":
 			pre = &v1.Precondition{Operation: v1.Precondition_OPERATION_MUST_NOT_MATCH,
 				Filter: &v1.RelationshipFilter{ResourceType: view.TypeProjector, OptionalResourceId: cfg.Name,
@@ -157,6 +172,7 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 		switch {
 		case err == nil:
 			st.Holder, st.HeartbeatMs = cfg.Holder, hb
+			st.Epoch = max(st.Epoch, 0)
 			cfg.Metrics.SetLeaseState(LeaseHeld)
 			log.Info("lease acquired", "projector", cfg.Name, "holder", cfg.Holder, "cursor", st.Progress.Cursor)
 			return st, nil

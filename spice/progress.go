@@ -18,13 +18,14 @@ func MoveProgress(ctx context.Context, cfg LeaseConfig, plan func(checkpoint.Sta
 		return st.Progress, fmt.Errorf("spice: move progress: %w", err)
 	}
 	w := NewWriter(WriterConfig{Client: cfg.Client, Name: cfg.Name, Holder: cfg.Holder, HeartbeatMs: st.HeartbeatMs,
+		Epoch:  checkpoint.None,
 		Logger: cfg.Logger, Metrics: cfg.Metrics})
 	defer func() { _ = w.Release(context.WithoutCancel(ctx)) }()
 	step, err := plan(st.Progress)
 	if err != nil {
 		return st.Progress, err
 	}
-	if _, err := w.Write(ctx, nil, step.Updates()); err != nil {
+	if _, err := w.Write(ctx, nil, step.Updates(), nil); err != nil {
 		return st.Progress, fmt.Errorf("spice: move progress: %w", err)
 	}
 	return st.Progress, nil

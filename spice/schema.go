@@ -12,8 +12,14 @@ import (
 // any of them every write fails.
 var requiredDefinitions = []string{view.TypeProjector, view.TypeLineage, view.TypeRepo, view.TypeSpace}
 
+// requiredRelations are relations later versions added to bookkeeping
+// definitions: a schema written by an older version lacks them.
+var requiredRelations = [][2]string{
+	{view.TypeRepo, view.RelSource}, {view.TypeRepo, view.RelDesync}, {view.TypeProjector, view.RelEpoch},
+}
+
 // CheckSchema fails with ErrSchema when SpiceDB's schema lacks a definition
-// the projector writes (an empty schema lacks them all).
+// or relation the projector writes (an empty schema lacks them all).
 func (c *Client) CheckSchema(ctx context.Context) error {
 	s, err := c.ReadSchema(ctx)
 	if err != nil {
@@ -21,6 +27,11 @@ func (c *Client) CheckSchema(ctx context.Context) error {
 	}
 	if missing := missingDefinitions(s); len(missing) > 0 {
 		return fmt.Errorf("%w: definition %q is missing", ErrSchema, missing[0])
+	}
+	for _, dr := range requiredRelations {
+		if !strings.Contains(definitionBody(s, dr[0]), "relation "+dr[1]+":") {
+			return fmt.Errorf("%w: definition %q lacks relation %q (written by an older version)", ErrSchema, dr[0], dr[1])
+		}
 	}
 	return nil
 }
@@ -34,4 +45,15 @@ func missingDefinitions(schema string) []string {
 		}
 	}
 	return out
+}
+
+// definitionBody is the text between `definition name {` and its closing
+// brace ("" when absent). Bookkeeping definitions hold no nested braces.
+func definitionBody(schema, name string) string {
+	_, rest, ok := strings.Cut(schema, "definition "+name+" {")
+	if !ok {
+		return ""
+	}
+	body, _, _ := strings.Cut(rest, "}")
+	return body
 }

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/view"
 )
 
@@ -92,6 +94,40 @@ func (s *Store) LoadLineage(ctx context.Context, did, token string) ([]view.Line
 		return nil
 	})
 	return out, err
+}
+
+// LoadRepo reads one repo's bookkeeping, fully consistent when token is "".
+func (s *Store) LoadRepo(ctx context.Context, did, token string) (view.RepoState, error) {
+	var repos view.RepoStates
+	filter := &v1.RelationshipFilter{ResourceType: view.TypeRepo, OptionalResourceId: view.RepoID(did)}
+	if err := s.c.Read(ctx, filter, token, func(t view.Tuple) error {
+		if err := repos.Add(t); err != nil {
+			return fmt.Errorf("spice: %w", err)
+		}
+		return nil
+	}); err != nil {
+		return view.RepoState{}, err
+	}
+	if l := repos.List(); len(l) > 0 {
+		return l[0], nil
+	}
+	return view.RepoState{DID: did}, nil
+}
+
+// LoadEpoch reads a source's ownership epoch (checkpoint.None when none).
+func (s *Store) LoadEpoch(ctx context.Context, source, token string) (int64, error) {
+	epoch := checkpoint.None
+	filter := &v1.RelationshipFilter{ResourceType: view.TypeProjector, OptionalResourceId: source,
+		OptionalRelation: view.RelEpoch}
+	err := s.c.Read(ctx, filter, token, func(t view.Tuple) error {
+		n, err := strconv.ParseInt(t.SubjectID, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("spice: projector %s: bad epoch %q", source, t.SubjectID)
+		}
+		epoch = max(epoch, n)
+		return nil
+	})
+	return epoch, err
 }
 
 // LoadData reads the space and group tuples under a repo's prefix.

@@ -37,6 +37,9 @@ type WriterConfig struct {
 	// HeartbeatMs is the heartbeat AcquireLease stored (the writer
 	// rewrites it).
 	HeartbeatMs int64
+	// Epoch is the source's ownership epoch as AcquireLease read it
+	// (checkpoint.None: writes carry no epoch precondition, as tools do).
+	Epoch int64
 	// HeartbeatEvery (default 5s): writes refresh the heartbeat when it is
 	// older than half of this.
 	HeartbeatEvery time.Duration
@@ -83,11 +86,12 @@ func (w *Writer) Token() string {
 // Write commits updates, the progress updates that go with them (a
 // checkpoint.Step's), and the heartbeat when it is due, in one
 // WriteRelationships call guarded by a MUST_MATCH on this consumer's holder
-// tuple. Only updates count in the metrics. Transient errors are retried
-// with backoff until ctx ends. It returns the write's ZedToken, or a fatal
-// error: ErrFenced, ErrReset, ErrLeaseLost, ErrSchema, a *RefusedError, or
-// ctx's error (nothing was written).
-func (w *Writer) Write(ctx context.Context, updates, progress []view.Update) (string, error) {
+// tuple and on its source's epoch, and by guards. Only updates count in the
+// metrics. Transient errors are retried with backoff until ctx ends. It
+// returns the write's ZedToken, or a fatal error: ErrFenced, ErrReset,
+// ErrLeaseLost, ErrOwnership (the epoch moved or a guard failed), ErrSchema,
+// a *RefusedError, or ctx's error (nothing was written).
+func (w *Writer) Write(ctx context.Context, updates, progress []view.Update, guards []view.Guard) (string, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.dead != nil {
@@ -96,6 +100,10 @@ func (w *Writer) Write(ctx context.Context, updates, progress []view.Update) (st
 	if n := len(updates) + len(progress); n > MaxUpdatesPerCall-2 {
 		return "", fmt.Errorf("spice: write: %d updates is over the %d a call can carry", n, MaxUpdatesPerCall-2)
 	}
+	if len(guards) > MaxGuards {
+		return "", fmt.Errorf("spice: write: %d guards is over the %d a call may carry", len(guards), MaxGuards)
+	}
+	pre := w.preconditions(guards)
 	bo := backoff.Backoff{Min: w.cfg.BackoffMin, Max: w.cfg.BackoffMax}
 	preconditionRetries := 0
 	for {
@@ -105,7 +113,7 @@ func (w *Writer) Write(ctx context.Context, updates, progress []view.Update) (st
 		}
 		start := time.Now()
 		crashpoint.Hit(crashpoint.BeforeWrite)
-		tok, err := w.cfg.Client.write(ctx, all, []*v1.Precondition{mustMatch(view.HolderTuple(w.cfg.Name, w.cfg.Holder))})
+		tok, err := w.cfg.Client.write(ctx, all, pre)
 		if err == nil {
 			crashpoint.Hit(crashpoint.AfterWrite)
 			w.committed(updates, newHB, tok, time.Since(start))
@@ -114,11 +122,35 @@ func (w *Writer) Write(ctx context.Context, updates, progress []view.Update) (st
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
-		retry, ferr := w.failed(ctx, err, &bo, &preconditionRetries, len(all))
+		retry, ferr := w.failed(ctx, err, &bo, &preconditionRetries, len(all), len(guards) > 0)
 		if !retry {
 			return "", ferr
 		}
 	}
+}
+
+// MaxGuards bounds the guards of one write: SpiceDB takes 1,000
+// preconditions a call, and the writer adds two of its own.
+const MaxGuards = 512
+
+// preconditions are the call's: this consumer holds the lease, its source's
+// epoch has not moved, and the guards hold.
+func (w *Writer) preconditions(guards []view.Guard) []*v1.Precondition {
+	pre := make([]*v1.Precondition, 0, 2+len(guards))
+	pre = append(pre, mustMatch(view.HolderTuple(w.cfg.Name, w.cfg.Holder)))
+	if w.cfg.Epoch != checkpoint.None {
+		pre = append(pre, mustMatch(view.EpochTuple(w.cfg.Name, w.cfg.Epoch)))
+	}
+	for _, g := range guards {
+		if g.Absent {
+			pre = append(pre, &v1.Precondition{Operation: v1.Precondition_OPERATION_MUST_NOT_MATCH,
+				Filter: &v1.RelationshipFilter{ResourceType: g.Tuple.ResourceType, OptionalResourceId: g.Tuple.ResourceID,
+					OptionalRelation: g.Tuple.Relation}})
+			continue
+		}
+		pre = append(pre, mustMatch(g.Tuple))
+	}
+	return pre
 }
 
 // withHeartbeat is the call's updates: data, progress, and the heartbeat
@@ -156,7 +188,8 @@ func (w *Writer) committed(updates []view.Update, newHB int64, tok string, took 
 // (retry), a precondition failure re-reads the lease (retry a few times
 // while it still looks held), and anything else is returned, fatal ones
 // marking the writer dead.
-func (w *Writer) failed(ctx context.Context, err error, bo *backoff.Backoff, preconditionRetries *int, n int) (retry bool, _ error) {
+func (w *Writer) failed(ctx context.Context, err error, bo *backoff.Backoff, preconditionRetries *int, n int,
+	guarded bool) (retry bool, _ error) {
 	class := Classify(err)
 	w.cfg.Metrics.writeError(class)
 	switch class {
@@ -171,6 +204,11 @@ func (w *Writer) failed(ctx context.Context, err error, bo *backoff.Backoff, pre
 		}
 	case ClassPrecondition:
 		lerr := w.leaseError(ctx)
+		if lerr == nil && guarded {
+			// The lease and the epoch hold: a guard failed, so a repo this
+			// write claims changed hands or state since it was read.
+			return false, fmt.Errorf("%w: a guarded repo changed since it was read", ErrOwnership)
+		}
 		if lerr == nil && *preconditionRetries < 3 {
 			*preconditionRetries++
 			return true, nil
@@ -209,6 +247,9 @@ func (w *Writer) leaseError(ctx context.Context) error {
 		return fmt.Errorf("spice: re-read lease after a failed precondition: %w", err)
 	}
 	switch {
+	case st.Holder == w.cfg.Holder && w.cfg.Epoch != checkpoint.None && st.Epoch != w.cfg.Epoch:
+		return fmt.Errorf("%w: another source took a repo over (epoch %d, this writer has %d)", ErrOwnership,
+			st.Epoch, w.cfg.Epoch)
 	case st.Holder == w.cfg.Holder:
 		return nil
 	case st.Empty():

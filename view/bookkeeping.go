@@ -72,6 +72,25 @@ func RevTuple(did, rev string) Tuple {
 	return Tuple{ResourceType: TypeRepo, ResourceID: RepoID(did), Relation: RelRev, SubjectType: TypeRev, SubjectID: rev}
 }
 
+// SourceTuple records which source owns a repo:
+// repo:<did>#source@projector:<source>.
+func SourceTuple(did, source string) Tuple {
+	return Tuple{ResourceType: TypeRepo, ResourceID: RepoID(did), Relation: RelSource, SubjectType: TypeProjector,
+		SubjectID: source}
+}
+
+// DesyncTuple marks a repo whose resync failed: repo:<did>#desync@seq:<seq>.
+func DesyncTuple(did string, seq int64) Tuple {
+	return Tuple{ResourceType: TypeRepo, ResourceID: RepoID(did), Relation: RelDesync, SubjectType: TypeSeq,
+		SubjectID: strconv.FormatInt(seq, 10)}
+}
+
+// EpochTuple is a source's ownership epoch:
+// projector:<source>#epoch@seq:<n>.
+func EpochTuple(source string, n int64) Tuple {
+	return projectorTuple(source, RelEpoch, TypeSeq, strconv.FormatInt(n, 10))
+}
+
 // StatusTuple records a repo's account status and the seq of the event that
 // set it: `repo:<did>#status@status:<status>-<seq>`.
 func StatusTuple(did, status string, seq int64) Tuple {
@@ -100,6 +119,16 @@ type RepoState struct {
 	// StaleStatuses are the subject IDs of further status tuples (Status
 	// is the one with the highest seq); they should not exist.
 	StaleStatuses []string
+	// StaleRevs are further rev tuples (Rev is the highest); they should
+	// not exist either.
+	StaleRevs []string
+	// Source is the source that owns the repo ("" when none is recorded:
+	// a repo written before ownership existed).
+	Source string
+	// Desync: the repo's last resync failed (at DesyncSeq): what SpiceDB
+	// holds for it may be wrong until a resync succeeds.
+	Desync    bool
+	DesyncSeq int64
 }
 
 // LineageEntry is one stored lineage relationship, parsed: record Path
@@ -135,7 +164,26 @@ func (r *RepoStates) Add(t Tuple) error {
 	}
 	switch t.Relation {
 	case RelRev:
-		st.Rev = t.SubjectID
+		switch {
+		case st.Rev == "":
+			st.Rev = t.SubjectID
+		case t.SubjectID > st.Rev:
+			st.StaleRevs = append(st.StaleRevs, st.Rev)
+			st.Rev = t.SubjectID
+		default:
+			st.StaleRevs = append(st.StaleRevs, t.SubjectID)
+		}
+	case RelSource:
+		if st.Source != "" && st.Source != t.SubjectID {
+			return fmt.Errorf("stored repo state %s: two sources (%s, %s)", t, st.Source, t.SubjectID)
+		}
+		st.Source = t.SubjectID
+	case RelDesync:
+		n, err := strconv.ParseInt(t.SubjectID, 10, 64)
+		if err != nil {
+			return fmt.Errorf("stored repo state %s: %w", t, err)
+		}
+		st.Desync, st.DesyncSeq = true, max(st.DesyncSeq, n)
 	case RelStatus:
 		status, seq, err := ParseStatusID(t.SubjectID)
 		if err != nil {

@@ -22,6 +22,11 @@ const (
 	TypeRev    = "rev"
 	RelStatus  = "status"
 	TypeStatus = "status"
+	// RelSource names the source that owns a repo:
+	// repo:<did>#source@projector:<source>.
+	RelSource = "source"
+	// RelDesync marks a repo whose resync failed: repo:<did>#desync@seq:<seq>.
+	RelDesync = "desync"
 
 	TypeProjector = "projector"
 	RelHolder     = "holder"
@@ -32,7 +37,11 @@ const (
 	TypeCursor    = "cursor"
 	RelRewind     = "rewind"
 	RelRebuild    = "rebuild"
-	TypeSeq       = "seq"
+	// RelEpoch is a source's ownership epoch: projector:<source>#epoch@seq:<n>.
+	// It moves when another source takes a repo over, which fails every
+	// write of the old owner in flight (they carry it as a precondition).
+	RelEpoch = "epoch"
+	TypeSeq  = "seq"
 )
 
 // Tuple is one SpiceDB relationship:
@@ -59,6 +68,21 @@ func (t Tuple) String() string {
 // Valid reports whether both object IDs match SpiceDB's pattern.
 func (t Tuple) Valid() bool {
 	return ValidObjectID(t.ResourceID) && t.ResourceID != Wildcard && ValidObjectID(t.SubjectID)
+}
+
+// Guard is a condition a write needs SpiceDB to meet when it commits (a
+// precondition of the call): Tuple exists, or, with Absent, no
+// relationship has Tuple's resource and relation, whatever its subject.
+type Guard struct {
+	Tuple  Tuple
+	Absent bool
+}
+
+func (g Guard) String() string {
+	if g.Absent {
+		return "no " + g.Tuple.ResourceType + ":" + g.Tuple.ResourceID + "#" + g.Tuple.Relation
+	}
+	return g.Tuple.String()
 }
 
 // Op is the operation of an Update.

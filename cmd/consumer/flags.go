@@ -65,18 +65,23 @@ type common struct {
 	spiceEndpoint  string
 	spiceTokenFile string
 	spiceInsecure  bool
-	spiceCA        string
-	name           string
-	rulesPath      string
-	logLevel       string
-	logFormat      string
+	// spiceInsecureRemote allows --spicedb-insecure to a non-loopback host.
+	spiceInsecureRemote bool
+	spiceCA             string
+	name                string
+	rulesPath           string
+	logLevel            string
+	logFormat           string
 }
 
 func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
 	fs.StringVar(&c.pdsURL, "pds-url", "", "PDS base URL, http(s):// or ws(s):// (required)")
 	fs.StringVar(&c.spiceEndpoint, "spicedb-endpoint", "127.0.0.1:50051", "SpiceDB gRPC host:port")
 	fs.StringVar(&c.spiceTokenFile, "spicedb-token-file", "", "file holding the SpiceDB preshared key (or set CONSUMER_SPICEDB_TOKEN)")
-	fs.BoolVar(&c.spiceInsecure, "spicedb-insecure", false, "plaintext gRPC to SpiceDB (loopback/dev only)")
+	fs.BoolVar(&c.spiceInsecure, "spicedb-insecure", false,
+		"plaintext gRPC to SpiceDB, key included: refused unless the endpoint is loopback (127.0.0.1, ::1, localhost, unix:)")
+	fs.BoolVar(&c.spiceInsecureRemote, "spicedb-insecure-remote", false,
+		"allow --spicedb-insecure to a non-loopback endpoint (a private network you trust, e.g. compose)")
 	fs.StringVar(&c.spiceCA, "spicedb-ca", "", "PEM CA bundle to verify SpiceDB's TLS certificate (default: system roots)")
 	fs.StringVar(&c.name, "name", pipeline.DefaultName, "projector name in SpiceDB: one per PDS stream")
 	fs.StringVar(&c.rulesPath, "rules", "", "rules file (default: the built-in rules of DESIGN §2)")
@@ -100,17 +105,30 @@ func (c *common) logger() (*slog.Logger, error) {
 	return nil, &exitError{code: 2, err: fmt.Errorf("--log-format %q: want json or text", c.logFormat)}
 }
 
+// secret reads a secret from the file a --*-file flag names (its name is
+// fileFlag) or, when no file is given, from the environment variable env.
+// It returns "" when neither is set; a named file that can't be read or
+// is empty is an error.
+func secret(fileFlag, file, env string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", &exitError{code: 2, err: fmt.Errorf("read --%s: %w", fileFlag, err)}
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return "", &exitError{code: 2, err: fmt.Errorf("--%s %s is empty", fileFlag, file)}
+		}
+		return t, nil
+	}
+	return os.Getenv(env), nil
+}
+
 // token reads the SpiceDB key from CONSUMER_SPICEDB_TOKEN or the file.
 func (c *common) token() (string, error) {
-	if c.spiceTokenFile != "" {
-		b, err := os.ReadFile(c.spiceTokenFile)
-		if err != nil {
-			return "", fmt.Errorf("read --spicedb-token-file: %w", err)
-		}
-		return strings.TrimSpace(string(b)), nil
-	}
-	if t := os.Getenv(EnvPrefix + "SPICEDB_TOKEN"); t != "" {
-		return t, nil
+	t, err := secret("spicedb-token-file", c.spiceTokenFile, EnvPrefix+"SPICEDB_TOKEN")
+	if err != nil || t != "" {
+		return t, err
 	}
 	return "", &exitError{code: 2, err: errors.New("no SpiceDB key: set CONSUMER_SPICEDB_TOKEN or --spicedb-token-file")}
 }
@@ -120,7 +138,12 @@ func (c *common) spiceConfig() (spice.Config, error) {
 	if err != nil {
 		return spice.Config{}, err
 	}
-	return spice.Config{Endpoint: c.spiceEndpoint, Token: tok, Insecure: c.spiceInsecure, CAPath: c.spiceCA}, nil
+	cfg := spice.Config{Endpoint: c.spiceEndpoint, Token: tok, Insecure: c.spiceInsecure,
+		InsecureRemote: c.spiceInsecureRemote, CAPath: c.spiceCA}
+	if err := cfg.Validate(); err != nil {
+		return spice.Config{}, &exitError{code: 2, err: err}
+	}
+	return cfg, nil
 }
 
 func (c *common) rules() (*view.Rules, error) {

@@ -17,10 +17,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"sort"
 	"syscall"
+
+	"github.com/spaces-authz/spaces-authz/internal/redact"
 )
 
 // exitError carries a process exit code.
@@ -81,8 +84,13 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := cmd.run(ctx, os.Args[2:])
 	stop()
+	os.Exit(report(os.Stderr, name, err))
+}
+
+// report prints a command's error to w and returns the exit code.
+func report(w io.Writer, name string, err error) int {
 	if err == nil {
-		return
+		return 0
 	}
 	code := 1
 	var ee *exitError
@@ -90,7 +98,9 @@ func main() {
 		code = ee.code
 	}
 	if ee == nil || ee.err != nil {
-		fmt.Fprintf(os.Stderr, "consumer %s: %v\n", name, err)
+		// Errors may quote a URL given with its credentials (a NATS or
+		// PDS URL with user:password@): print it without them.
+		fmt.Fprintf(w, "consumer %s: %s\n", name, redact.String(err.Error()))
 	}
-	os.Exit(code)
+	return code
 }

@@ -6,12 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
-	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
@@ -24,6 +20,7 @@ const exitDrift = 3
 
 func cmdReconcile(ctx context.Context, args []string) error {
 	var c common
+	var admin adminFlags
 	var did, httpAddr string
 	var fix bool
 	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
@@ -31,8 +28,12 @@ func cmdReconcile(ctx context.Context, args []string) error {
 	fs.StringVar(&did, "did", "", "reconcile one repo (default: every repo the PDS lists and the view knows)")
 	fs.BoolVar(&fix, "fix", false, "repair the drift: resync the drifting repos (through the running daemon, or under the lease)")
 	fs.StringVar(&httpAddr, "http-addr", "127.0.0.1:9464", "the running daemon's HTTP address (used by --fix)")
+	admin.register(fs, "the running daemon's admin API address, when it has its own (used by --fix; default: --http-addr)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if admin.addr == "" {
+		admin.addr = httpAddr
 	}
 	if err := c.needPDS(); err != nil {
 		return err
@@ -50,7 +51,7 @@ func cmdReconcile(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	r := &projector.Reconciler{Rules: rules, Store: spice.NewStore(client), Fetcher: fetcher}
+	r := &projector.Reconciler{Rules: rules, Store: spice.NewStore(client), Fetcher: fetcher, Source: c.name}
 	dids := []string{did}
 	if did == "" {
 		if dids, err = r.Repos(ctx); err != nil {
@@ -68,7 +69,7 @@ func cmdReconcile(ctx context.Context, args []string) error {
 	if !fix {
 		return &exitError{code: exitDrift}
 	}
-	if err := repair(ctx, c, httpAddr, drifting); err != nil {
+	if err := repair(ctx, c, admin, drifting); err != nil {
 		return err
 	}
 	fmt.Printf("\nresynced %d repos; checking again\n", len(drifting))
@@ -123,24 +124,19 @@ func printDrift(w io.Writer, reports []projector.Report, checked int) {
 	}
 }
 
-// repair resyncs repos through the running daemon's admin endpoint, or,
-// when no daemon answers, by taking the lease for a one-shot resync.
-func repair(ctx context.Context, c common, httpAddr string, dids []string) error {
-	q := url.Values{"did": dids}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+httpAddr+"/v1/admin/resync?"+q.Encode(), nil)
+// repair resyncs repos through the running daemon's admin API (with the
+// admin token), or, when no daemon answers, by taking the lease for a
+// one-shot resync.
+func repair(ctx context.Context, c common, admin adminFlags, dids []string) error {
+	token, err := admin.token()
 	if err != nil {
 		return err
 	}
-	resp, err := (&http.Client{Timeout: 3 * time.Minute}).Do(req)
-	if err == nil {
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("the daemon refused the resync: HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
-		}
-		return nil
+	err = resyncThroughDaemon(ctx, admin.addr, token, dids)
+	if !errors.Is(err, errNoDaemon) {
+		return err
 	}
-	fmt.Printf("no daemon at %s (%v): resyncing under the lease\n", httpAddr, err)
+	fmt.Printf("%v: resyncing under the lease\n", err)
 	log, err := c.logger()
 	if err != nil {
 		return err
@@ -162,7 +158,8 @@ func repair(ctx context.Context, c common, httpAddr string, dids []string) error
 	defer cons.Close()
 	if err := cons.Run(ctx); err != nil {
 		if errors.Is(err, spice.ErrLeaseHeld) {
-			return fmt.Errorf("%w: a daemon holds the lease but doesn't answer on --http-addr %s", err, httpAddr)
+			return fmt.Errorf("%w: a daemon holds the lease but doesn't answer on %s (--http-addr or --admin-addr)",
+				err, admin.addr)
 		}
 		return err
 	}

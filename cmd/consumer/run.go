@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,6 +14,7 @@ import (
 	"github.com/spaces-authz/spaces-authz/fanout"
 	"github.com/spaces-authz/spaces-authz/internal/httpapi"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	"github.com/spaces-authz/spaces-authz/internal/redact"
 	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
 )
@@ -22,6 +25,8 @@ var version = "dev"
 type runFlags struct {
 	common
 	httpAddr                                   string
+	admin                                      adminFlags
+	maxConsistencyWaiters                      int
 	holder                                     string
 	leaseTimeout, heartbeatEvery, flushEvery   time.Duration
 	takeover, noAutoRebuild                    bool
@@ -37,7 +42,12 @@ type runFlags struct {
 
 func (f *runFlags) register(fs *flag.FlagSet) {
 	f.common.register(fs, "json")
-	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464", "address of /metrics, /healthz, /readyz, /v1/status and /v1/consistency")
+	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464",
+		"address of /metrics, /healthz, /readyz, /v1/status, /v1/consistency (and /v1/admin/* unless --admin-addr)")
+	f.admin.register(fs, "serve the admin API (/v1/admin/*, bearer token) on this address alone, e.g. 127.0.0.1:9465 "+
+		"(default: on --http-addr)")
+	fs.IntVar(&f.maxConsistencyWaiters, "max-consistency-waiters", httpapi.DefaultMaxConsistencyWaiters,
+		"/v1/consistency requests waiting at once, at most; more get 429")
 	fs.StringVar(&f.holder, "holder", "", "lease holder ID of this process (default: random per process)")
 	durationFlag(fs, &f.leaseTimeout, "lease-timeout", spice.DefaultLeaseTimeout, "a holder silent this long loses the lease")
 	durationFlag(fs, &f.heartbeatEvery, "heartbeat-every", spice.DefaultHeartbeatEvery, "how often the lease heartbeat is written")
@@ -138,22 +148,68 @@ func (f *runFlags) runDaemon(ctx context.Context, fs *flag.FlagSet, args []strin
 	return serve(ctx, *f, cfg, reg)
 }
 
+// listeners binds the HTTP API: one listener, or two with --admin-addr
+// (the main one then doesn't serve /v1/admin/*).
+func (f *runFlags) listeners(src httpapi.Source, reg *prometheus.Registry, log *slog.Logger) ([]*httpapi.Server, string, error) {
+	token, err := f.admin.token()
+	if err != nil {
+		return nil, "", err
+	}
+	api, err := httpapi.New(httpapi.Config{Source: src, Gatherer: reg, AdminToken: token,
+		MaxConsistencyWaiters: f.maxConsistencyWaiters, Metrics: httpapi.NewMetrics(reg)})
+	if err != nil {
+		return nil, "", &exitError{code: 2, err: fmt.Errorf("--admin-token-file/%s, --max-consistency-waiters: %w",
+			adminTokenEnv, err)}
+	}
+	if f.admin.addr == "" {
+		srv, err := httpapi.Listen(f.httpAddr, api.Handler(), log)
+		if err != nil {
+			return nil, "", err
+		}
+		where := "disabled (set " + adminTokenEnv + " or --admin-token-file)"
+		if api.AdminEnabled() {
+			where = "on " + srv.Addr()
+			if !spice.IsLoopback(srv.Addr()) {
+				log.Warn("the admin API shares a non-loopback listener; consider --admin-addr 127.0.0.1:9465",
+					"http", srv.Addr())
+			}
+		}
+		return []*httpapi.Server{srv}, where, nil
+	}
+	srv, err := httpapi.Listen(f.httpAddr, api.PublicHandler(), log)
+	if err != nil {
+		return nil, "", err
+	}
+	adm, err := httpapi.Listen(f.admin.addr, api.AdminHandler(), log)
+	if err != nil {
+		_ = srv.Close()
+		return nil, "", err
+	}
+	where := "on " + adm.Addr()
+	if !api.AdminEnabled() {
+		where += ", disabled (set " + adminTokenEnv + " or --admin-token-file)"
+	}
+	return []*httpapi.Server{srv, adm}, where, nil
+}
+
 func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus.Registry) error {
 	consumer, err := pipeline.New(cfg)
 	if err != nil {
 		return err
 	}
 	defer consumer.Close()
-	srv, err := httpapi.Listen(f.httpAddr, httpapi.Handler(consumer, reg), cfg.Logger)
+	servers, admin, err := f.listeners(consumer, reg, cfg.Logger)
 	if err != nil {
 		return err
 	}
-	cfg.Logger.Info("consumer starting", "version", version, "pds", f.pdsURL, "spicedb", f.spiceEndpoint,
-		"projector", f.name, "http", srv.Addr())
+	cfg.Logger.Info("consumer starting", "version", version, "pds", redact.URL(f.pdsURL), "spicedb", f.spiceEndpoint,
+		"projector", f.name, "http", servers[0].Addr(), "admin_api", admin)
 	g, gctx := errgroup.WithContext(ctx)
 	runCtx, stopHTTP := context.WithCancel(context.Background())
 	defer stopHTTP()
-	g.Go(func() error { return srv.Run(runCtx) })
+	for _, srv := range servers {
+		g.Go(func() error { return srv.Run(runCtx) })
+	}
 	g.Go(func() error {
 		defer stopHTTP()
 		return consumer.Run(gctx)

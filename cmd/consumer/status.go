@@ -18,6 +18,7 @@ import (
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/httpapi"
+	"github.com/spaces-authz/spaces-authz/internal/redact"
 )
 
 // statusReport is what `consumer status` prints.
@@ -71,7 +72,7 @@ func cmdStatus(ctx context.Context, args []string) error {
 	if d, err := daemonStatus(ctx, httpAddr); err == nil {
 		rep.Daemon = d
 	} else {
-		rep.DaemonError = err.Error()
+		rep.DaemonError = redact.String(err.Error())
 	}
 	if asJSON {
 		enc := json.NewEncoder(os.Stdout)
@@ -117,7 +118,7 @@ func printStatus(w io.Writer, r statusReport) {
 		fmt.Fprintf(tw, "counts\t%d events written in %d batches, %d repos cached, %d refused tuples, %d restarts\n",
 			d.EventsWritten, d.Batches, d.CachedRepos, d.RefusedTuples, d.PipelineRestarts)
 		if d.LastError != "" {
-			fmt.Fprintf(tw, "last error\t%s\n", d.LastError)
+			fmt.Fprintf(tw, "last error\t%s\n", redact.String(d.LastError))
 		}
 	} else {
 		fmt.Fprintf(tw, "daemon\tnot reachable (%s)\n", r.DaemonError)

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/spaces-authz/spaces-authz/fanout"
+	"github.com/spaces-authz/spaces-authz/internal/redact"
 )
 
 // cmdTail is the example downstream: a durable pull consumer that prints
@@ -42,7 +43,7 @@ func cmdTail(ctx context.Context, args []string) error {
 		fanout.AuthOptions(os.Getenv(EnvPrefix+"NATS_USER"), os.Getenv(EnvPrefix+"NATS_PASSWORD"), n.creds, n.ca, n.cert, n.key)...)
 	nc, err := nats.Connect(n.url, opts...)
 	if err != nil {
-		return fmt.Errorf("connect %s: %w", n.url, err)
+		return fmt.Errorf("connect %s: %w", redact.URL(n.url), redact.Error(err))
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)

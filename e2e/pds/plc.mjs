@@ -10,9 +10,13 @@
 // The URL uses the hostname "localhost" on purpose: the PDS's DID resolver refuses
 // IP hosts ("Invalid hostname" for http://127.0.0.1:Q).
 //
+// Several PDSs may share it (start.mjs with the same PLC_URL): each has its own public URL
+// and service DID, so an account can migrate between them.
+//
 // Env: PLC_PORT (default: a free port); PLC_CLEANUP_DIR, a directory to delete when
-// this process exits (the Go harness passes its temporary PDS data dir, so that the dir
-// does not leak when the test process is killed: this process outlives PDS restarts).
+// this process exits (the Go harness passes the temporary directory that holds the data
+// dirs of every PDS on this PLC, so that they do not leak when the test process is killed:
+// this process outlives PDS restarts).
 // Stops on SIGTERM/SIGINT, or when its parent process dies (so it cannot outlive a
 // killed test run; LOCAL_PDS_PARENT_PID: the parent's pid, see start.mjs).
 import fs from 'node:fs'

@@ -4,9 +4,21 @@
 // Binds 127.0.0.1 only and makes no outbound calls except to its PLC on localhost.
 //
 // Prints ONE JSON line on stdout when ready:
-//   {"pds":"http://127.0.0.1:P","plc":"http://localhost:Q","adminPassword":"...",
+//   {"pds":"http://127.0.0.1:P","publicUrl":"http://localhost:P",
+//    "serviceDid":"did:web:localhost%3AP","plc":"http://localhost:Q","adminPassword":"...",
 //    "dataDir":"...","pid":N,"restarted":bool,"subscription":{...},"startupMs":N}
 // restarted is true when the data dir was used before; startupMs counts from process start.
+//
+// Several PDSs can share one PLC (PLC_URL): each has its own public URL (http://localhost:PORT,
+// what DID documents point at) and its own service DID, did:web:localhost%3APORT (the "aud" of
+// service-auth JWTs, e.g. the createAccount token of an account migration). The service DID is
+// chosen when the data dir is created and kept in local-pds.json, because access tokens carry it
+// as their audience; a data dir from before this scheme keeps "did:web:localhost".
+//
+// Mail outbox: the PDS has no SMTP server, so every email it would send (email tokens for
+// requestPlcOperationSignature, requestAccountDelete, requestEmailUpdate, ...) is appended as
+// one JSON line to <dataDir>/mail.jsonl before the request that sent it returns:
+//   {"time":"...","template":"plcOperation","to":"alice@example.com","subject":"...","token":"abcde-12345"}
 //
 // Env knobs:
 //   PDS_PORT      port to listen on. Default: the port recorded in the data dir by an
@@ -80,6 +92,7 @@ if (restarted) {
     adminPassword: process.env.PDS_ADMIN_PASSWORD || 'admin-pass',
   }
 }
+const MAIL_FILE = path.join(dataDir, 'mail.jsonl')
 
 // --- PLC directory: external (PLC_URL) or in-memory in this process ---
 let plcServer
@@ -114,6 +127,8 @@ if (state.port && state.port !== pdsPort) {
 }
 state.port = pdsPort
 state.plcUrl = plcUrl
+// Per data dir, fixed at creation: access tokens carry it as their audience.
+state.serviceDid ??= restarted ? 'did:web:localhost' : `did:web:localhost%3A${pdsPort}`
 fs.writeFileSync(statePath + '.tmp', JSON.stringify(state, null, 2) + '\n', { mode: 0o600 })
 fs.renameSync(statePath + '.tmp', statePath)
 
@@ -121,7 +136,9 @@ const env = {
   devMode: true,
   port: pdsPort,
   hostname: 'localhost', // => publicUrl http://localhost:PORT (https for anything else)
-  serviceDid: 'did:web:localhost', // not used for anything network-facing here
+  // Only compared as a string (the aud of access and service-auth tokens), never resolved,
+  // but it must differ between PDSs that share a PLC for service auth to mean anything.
+  serviceDid: state.serviceDid,
   dataDirectory: dataDir,
   blobstoreDiskLocation: path.join(dataDir, 'blobs'),
   didPlcUrl: plcUrl,
@@ -144,6 +161,21 @@ const env = {
 const cfg = pds.envToCfg(env)
 const secrets = pds.envToSecrets(env)
 const server = await pds.PDS.create(cfg, secrets)
+// The mail outbox (see the header). sendPlcOperation, sendAccountDelete, ... all go through
+// sendTemplate, which would hand the mail to nodemailer's jsonTransport and drop it.
+const mailer = server.ctx.mailer
+const sendTemplate = mailer.sendTemplate.bind(mailer)
+mailer.sendTemplate = async (template, params, mailOpts) => {
+  const line = {
+    time: new Date().toISOString(),
+    template,
+    to: mailOpts?.to,
+    subject: mailOpts?.subject,
+    ...(params?.token ? { token: params.token } : {}),
+  }
+  fs.appendFileSync(MAIL_FILE, JSON.stringify(line) + '\n', { mode: 0o600 })
+  return sendTemplate(template, params, mailOpts)
+}
 // PDS.start() listens on all interfaces; replicate it but bind 127.0.0.1.
 await server.ctx.sequencer.start()
 server.server = server.app.listen(pdsPort, '127.0.0.1')
@@ -154,6 +186,8 @@ await once(server.server, 'listening')
 console.log(
   JSON.stringify({
     pds: `http://127.0.0.1:${pdsPort}`,
+    publicUrl: cfg.service.publicUrl,
+    serviceDid: cfg.service.did,
     plc: plcUrl,
     adminPassword: state.adminPassword,
     dataDir,

@@ -27,6 +27,16 @@ func registry() *prometheus.Registry {
 	return reg
 }
 
+// handler is the single-listener handler of cfg.
+func handler(t *testing.T, cfg httpapi.Config) http.Handler {
+	t.Helper()
+	a, err := httpapi.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.Handler()
+}
+
 func get(t *testing.T, u string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(u)
@@ -46,7 +56,7 @@ func TestMetricsAfterAScriptedRun(t *testing.T) {
 	bob := testenv.Must(e.PDS.CreateAccount("bob")).DID()
 	reg := registry()
 	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
-	srv := httptest.NewServer(httpapi.Handler(r.Consumer, reg))
+	srv := httptest.NewServer(handler(t, httpapi.Config{Source: r.Consumer, Gatherer: reg, Metrics: httpapi.NewMetrics(reg)}))
 	defer srv.Close()
 	// 3 commits: 2 + 1 + 1 records, one of them rejected; then a
 	// deactivation. One step at a time, so that each is its own write.
@@ -83,8 +93,9 @@ func TestMetricsAfterAScriptedRun(t *testing.T) {
 		`consumer_lag_events`:    0,
 		// space: owner+inherits and their lineage (4); relation: 1 + 1
 		// lineage; alice's rev twice (bob produced nothing: no rev); the
-		// status once.
-		`consumer_relationship_updates_total{op="touch"}`: 4 + 2 + 2 + 1,
+		// status once; alice's source (the projector that owns her repo)
+		// once, with her first bookkeeping.
+		`consumer_relationship_updates_total{op="touch"}`: 4 + 2 + 2 + 1 + 1,
 		// the delete: tuple + lineage + old rev; the deactivation: the 2
 		// space tuples (the viewer grant is gone already).
 		`consumer_relationship_updates_total{op="delete"}`: 3 + 2,
@@ -141,7 +152,7 @@ func TestConsistencyEndpoint(t *testing.T) {
 	bob := testenv.Must(e.PDS.CreateAccount("bob")).DID()
 	reg := prometheus.NewRegistry()
 	r := e.Start(func(c *pipeline.Config) { c.Registry = reg })
-	srv := httptest.NewServer(httpapi.Handler(r.Consumer, reg))
+	srv := httptest.NewServer(handler(t, httpapi.Config{Source: r.Consumer, Gatherer: reg}))
 	defer srv.Close()
 	ask := func(did, rev, timeout string) (int, httpapi.ConsistencyResponse) {
 		q := url.Values{"did": {did}, "rev": {rev}}
@@ -177,7 +188,7 @@ func TestConsistencyEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	r2 := e.Start(func(c *pipeline.Config) { c.Registry = prometheus.NewRegistry() })
-	srv2 := httptest.NewServer(httpapi.Handler(r2.Consumer, prometheus.NewRegistry()))
+	srv2 := httptest.NewServer(handler(t, httpapi.Config{Source: r2.Consumer, Gatherer: prometheus.NewRegistry()}))
 	defer srv2.Close()
 	start := time.Now()
 	code, body := get(t, srv2.URL+"/v1/consistency?"+url.Values{"did": {alice}, "rev": {c.Rev}, "timeout": {"3s"}}.Encode())

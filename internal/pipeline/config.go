@@ -58,7 +58,9 @@ type Config struct {
 type LeaseConfig struct {
 	// Name of the projector in SpiceDB (default "default"): one per PDS.
 	Name string
-	// Holder is this process's lease ID (default random).
+	// Holder names this process in the lease (default "c"). A random
+	// suffix is always added: two processes never share a holder ID, even
+	// when given the same name.
 	Holder string
 	// Timeout after which a silent holder loses the lease (default
 	// spice.DefaultLeaseTimeout).
@@ -86,6 +88,9 @@ type EngineConfig struct {
 	BatchUpdates, CacheRepos, HeldPerRepo, ResyncConcurrency int
 	// ResyncRate bounds getRepo calls per second (0: unlimited).
 	ResyncRate float64
+	// ResyncAttempts: getRepo tries before a resync fails and its repo is
+	// marked desynchronized (retried with backoff from then on).
+	ResyncAttempts int
 	FlushEvery time.Duration
 	// PublishAllCollections publishes every record op of every collection
 	// (raw mode); the rules file can turn it on too.
@@ -112,10 +117,18 @@ type Hooks struct {
 }
 
 // NewHolderID returns a random lease holder ID.
-func NewHolderID() string {
+func NewHolderID() string { return uniqueHolder("") }
+
+// uniqueHolder is name (default "c") with a random suffix, so that each
+// process holds the lease under its own ID: AcquireLease treats a stored
+// holder equal to its own as "already mine".
+func uniqueHolder(name string) string {
+	if name == "" {
+		name = "c"
+	}
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
-	return "c-" + hex.EncodeToString(b)
+	return name + "-" + hex.EncodeToString(b)
 }
 
 func (c *Config) defaults() error {
@@ -128,8 +141,9 @@ func (c *Config) defaults() error {
 	if !spice.ValidName(c.Lease.Name) {
 		return fmt.Errorf("pipeline: projector name %q: use letters, digits, _ and -", c.Lease.Name)
 	}
-	if c.Lease.Holder == "" {
-		c.Lease.Holder = NewHolderID()
+	c.Lease.Holder = uniqueHolder(c.Lease.Holder)
+	if !spice.ValidName(c.Lease.Holder) {
+		return fmt.Errorf("pipeline: holder %q: use letters, digits, _ and -", c.Lease.Holder)
 	}
 	if c.Engine.Rules == nil {
 		c.Engine.Rules = view.DefaultRules()

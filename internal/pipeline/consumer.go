@@ -15,6 +15,7 @@ import (
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/fanout"
 	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/redact"
 	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
 )
@@ -130,7 +131,7 @@ func (c *Consumer) connectNATS(ctx context.Context) error {
 		return err
 	}
 	c.pub = pub
-	c.log.Info("fan-out to NATS JetStream on", "url", nc.URL, "stream", pub.Stream(), "source", nc.Source)
+	c.log.Info("fan-out to NATS JetStream on", "url", redact.URL(nc.URL), "stream", pub.Stream(), "source", nc.Source)
 	return nil
 }
 
@@ -204,12 +205,16 @@ func (c *Consumer) next(ctx context.Context, err error, poison *projector.Poison
 	case errors.Is(err, spice.ErrReset):
 		return spice.ProjectorState{}, false,
 			c.fail(fmt.Errorf("%w; not rebuilding (--no-auto-rebuild): check SpiceDB, then run `consumer rebuild`", err))
-	case errors.Is(err, projector.ErrRestart):
+	case errors.Is(err, projector.ErrRestart), errors.Is(err, spice.ErrOwnership):
+		// A refused relationship is poisoned now; a repo changed hands
+		// (another source took one over, or one this run claimed moved
+		// first). Either way, nothing of the failed write was applied:
+		// start again from the stored cursor with a fresh repo index.
 		c.pm.Restarted()
 		c.mu.Lock()
 		c.restarts++
 		c.mu.Unlock()
-		c.log.Warn("restarting the pipeline from the stored cursor", "poisoned", poison.Len())
+		c.log.Warn("restarting the pipeline from the stored cursor", "poisoned", poison.Len(), "why", err)
 		lease, err := c.client.ReadProjector(ctx, c.cfg.Lease.Name)
 		if err != nil {
 			return lease, false, err
@@ -275,7 +280,7 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 	c.setState(StateRunning, nil)
 	stored := r.progress.Stored()
 	c.log.Info("consumer running", "projector", c.cfg.Lease.Name, "holder", c.cfg.Lease.Holder, "cursor", stored.Cursor,
-		"pds", c.cfg.PDSURL)
+		"pds", redact.URL(c.cfg.PDSURL))
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.engine.Run(gctx) })
@@ -285,7 +290,7 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 	}
 	if c.cfg.ReconcileEvery > 0 {
 		rec := &projector.Reconciler{Rules: c.cfg.Engine.Rules, Store: spice.NewStore(c.client), Fetcher: r.sync,
-			Logger: c.log, Metrics: c.pm}
+			Source: c.cfg.Lease.Name, Logger: c.log, Metrics: c.pm}
 		g.Go(func() error {
 			return rec.Run(gctx, c.cfg.ReconcileEvery, func(ctx context.Context, did string) error {
 				_, err := r.engine.Rebuild(ctx, "reconcile", []string{did})
@@ -322,7 +327,8 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison) 
 	}
 	r := &run{progress: progress}
 	r.writer = spice.NewWriter(spice.WriterConfig{Client: c.client, Name: c.cfg.Lease.Name, Holder: c.cfg.Lease.Holder,
-		HeartbeatMs: lease.HeartbeatMs, HeartbeatEvery: c.cfg.Lease.HeartbeatEvery, Logger: c.log, Metrics: c.sm})
+		HeartbeatMs: lease.HeartbeatMs, Epoch: lease.Epoch, HeartbeatEvery: c.cfg.Lease.HeartbeatEvery, Logger: c.log,
+		Metrics: c.sm})
 	if r.sync, err = firehose.NewSyncClient(firehose.SyncConfig{URL: c.cfg.PDSURL, Metrics: c.fhm}); err != nil {
 		return nil, err
 	}
@@ -334,7 +340,7 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison) 
 	r.engine, err = projector.New(projector.Config{Rules: ec.Rules, Store: spice.NewStore(c.client), Writer: r.writer,
 		Fetcher: r.sync, Progress: progress, Publisher: publisher, Poison: poison, BatchUpdates: ec.BatchUpdates,
 		CacheRepos: ec.CacheRepos, HeldPerRepo: ec.HeldPerRepo, ResyncConcurrency: ec.ResyncConcurrency,
-		ResyncRate: ec.ResyncRate, FlushEvery: ec.FlushEvery, Logger: c.log, Metrics: c.pm, OnRebuilt: func() {
+		ResyncRate: ec.ResyncRate, ResyncAttempts: ec.ResyncAttempts, FlushEvery: ec.FlushEvery, Logger: c.log, Metrics: c.pm, OnRebuilt: func() {
 			c.mu.Lock()
 			c.rebuilt++
 			c.mu.Unlock()

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/spaces-authz/spaces-authz/projector"
@@ -81,6 +82,8 @@ func (s Snapshot) NotReadyReason() string {
 		return s.State.String()
 	case !s.Connected:
 		return "not connected to the PDS stream"
+	case s.Engine.RebuildIncomplete > 0:
+		return fmt.Sprintf("rebuild incomplete: %d repos could not be read (retried with backoff)", s.Engine.RebuildIncomplete)
 	}
 	return ""
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,6 +36,7 @@ type Server struct {
 	cursors  []string
 	cutNext  bool
 	repoHook func(did string) error
+	listHook func(dids []string)
 	now      func() time.Time
 }
 
@@ -121,6 +123,15 @@ func (s *Server) DIDs() []string {
 	return out
 }
 
+// SetListHook makes listRepos call fn with the DIDs of the page it has
+// computed, before it answers (fn may block: a listing taken now and
+// delivered later).
+func (s *Server) SetListHook(fn func(dids []string)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.listHook = fn
+}
+
 // SetRepoHook makes getRepo call fn first; a non-nil error is answered as
 // HTTP 500 (to test retries).
 func (s *Server) SetRepoHook(fn func(did string) error) {
@@ -182,6 +193,50 @@ func (s *Server) CreateAccount(name string) (*Repo, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// Import takes in an account that moves here from another PDS, the way
+// the reference PDS does in a migration: createAccount with the existing
+// DID makes it deactivated (#identity, #account inactive), importRepo
+// brings its records (one commit here, not on the stream); Activate then
+// makes it active.
+func (s *Server) Import(did string, records map[string]map[string]any) (*Repo, error) {
+	r, err := NewRepo(did)
+	if err != nil {
+		return nil, err
+	}
+	var writes []Write
+	for path, v := range records {
+		coll, rkey, _ := strings.Cut(path, "/")
+		writes = append(writes, Write{Action: "create", Collection: coll, RKey: rkey, Value: v})
+	}
+	sort.Slice(writes, func(i, j int) bool { return writes[i].Path() < writes[j].Path() })
+	if _, err := r.Apply(writes...); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if _, dup := s.repos[did]; dup {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("fakepds: account %s exists", did)
+	}
+	s.repos[did] = r
+	s.mu.Unlock()
+	if _, err := s.Identity(did, did+".test"); err != nil {
+		return nil, err
+	}
+	if _, err := s.Account(did, false, "deactivated"); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Activate makes an imported account active: #account active, then #sync.
+func (s *Server) Activate(did string) error {
+	if _, err := s.Account(did, true, ""); err != nil {
+		return err
+	}
+	_, err := s.Sync(did)
+	return err
 }
 
 // Commit applies writes to did's repo as one signed commit and emits it.
@@ -336,6 +391,12 @@ var upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 512}
 
 func (s *Server) handleSubscribe(w http.ResponseWriter, r *http.Request) {
 	cursorParam := r.URL.Query().Get("cursor")
+	// A live connection starts at the log's end as of the request, taken
+	// before the handshake completes: the client may write the moment it
+	// sees the connection up, and that event must reach it.
+	s.mu.Lock()
+	liveStart := len(s.log)
+	s.mu.Unlock()
 	conn, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return
@@ -355,8 +416,9 @@ func (s *Server) handleSubscribe(w http.ResponseWriter, r *http.Request) {
 	s.dials++
 	s.cursors = append(s.cursors, cursorParam)
 	s.conns[conn] = struct{}{}
-	liveFrom := len(s.log)
-	start := len(s.log)
+	liveStart = min(liveStart, len(s.log)) // a Trim in between shortened the log
+	liveFrom := liveStart
+	start := liveStart
 	var pre [][]byte
 	if cursorParam != "" {
 		cursor, err := strconv.ParseInt(cursorParam, 10, 64)
@@ -528,6 +590,16 @@ func (s *Server) handleListRepos(w http.ResponseWriter, r *http.Request) {
 			out.Cursor = did
 			break
 		}
+	}
+	s.mu.Lock()
+	hook := s.listHook
+	s.mu.Unlock()
+	if hook != nil {
+		dids := make([]string, len(out.Repos))
+		for i, r := range out.Repos {
+			dids[i] = r.DID
+		}
+		hook(dids)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)

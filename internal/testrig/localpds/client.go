@@ -355,24 +355,53 @@ func basicAdmin(password string) string {
 // out (JSON-decoded if non-nil) are optional. A non-2xx response becomes an
 // *XRPCError.
 func (c *Client) call(ctx context.Context, method, nsid string, q url.Values, auth string, in, out any) error {
+	var body []byte
+	contentType := ""
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("%s: encode request: %w", nsid, err)
+		}
+		contentType = "application/json"
+	}
+	resp, err := c.callRaw(ctx, method, nsid, q, auth, contentType, body)
+	if err != nil {
+		return err
+	}
+	if out == nil || len(bytes.TrimSpace(resp.body)) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(resp.body, out); err != nil {
+		return fmt.Errorf("%s: decode response (HTTP %d, %s): %w", nsid, resp.status, strconv.Quote(tail(string(resp.body), 200)), err)
+	}
+	return nil
+}
+
+// rawResponse is a successful XRPC response.
+type rawResponse struct {
+	body        []byte
+	status      int
+	contentType string
+}
+
+// callRaw performs one XRPC request with a raw body (none if contentType is
+// empty) and returns the raw response. A non-2xx response becomes an
+// *XRPCError.
+func (c *Client) callRaw(ctx context.Context, method, nsid string, q url.Values, auth, contentType string, in []byte) (rawResponse, error) {
 	u := strings.TrimSuffix(c.BaseURL, "/") + "/xrpc/" + nsid
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
 	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("%s: encode request: %w", nsid, err)
-		}
-		body = bytes.NewReader(b)
+	if contentType != "" {
+		body = bytes.NewReader(in)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
-		return fmt.Errorf("%s: %w", nsid, err)
+		return rawResponse{}, fmt.Errorf("%s: %w", nsid, err)
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
@@ -383,12 +412,12 @@ func (c *Client) call(ctx context.Context, method, nsid string, q url.Values, au
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s: %w", nsid, err)
+		return rawResponse{}, fmt.Errorf("%s: %w", nsid, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return fmt.Errorf("%s: read response (HTTP %d): %w", nsid, resp.StatusCode, err)
+		return rawResponse{}, fmt.Errorf("%s: read response (HTTP %d): %w", nsid, resp.StatusCode, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		xe := &XRPCError{NSID: nsid, Status: resp.StatusCode}
@@ -401,13 +430,7 @@ func (c *Client) call(ctx context.Context, method, nsid string, q url.Values, au
 		} else {
 			xe.Name, xe.Message = http.StatusText(resp.StatusCode), tail(strings.TrimSpace(string(b)), 500)
 		}
-		return xe
+		return rawResponse{}, xe
 	}
-	if out == nil || len(bytes.TrimSpace(b)) == 0 {
-		return nil
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("%s: decode response (HTTP %d, %s): %w", nsid, resp.StatusCode, strconv.Quote(tail(string(b), 200)), err)
-	}
-	return nil
+	return rawResponse{body: b, status: resp.StatusCode, contentType: resp.Header.Get("Content-Type")}, nil
 }

@@ -26,12 +26,20 @@ const stopGrace = 10 * time.Second
 
 // Options configures Start.
 type Options struct {
-	// DataDir is the PDS data directory (sqlite databases, blobs and the
-	// PDS secrets in local-pds.json). It is kept by Stop, and a later Start on
-	// the same directory reuses it (but the PLC is new, see PDS.Restart).
-	// Empty: a fresh temporary directory (under /dev/shm when available),
-	// removed by Stop.
+	// DataDir is the PDS data directory (sqlite databases, blobs, the mail
+	// outbox and the PDS secrets in local-pds.json). It is kept by Stop, and a
+	// later Start on the same directory reuses it (but DIDs resolve only if
+	// that Start shares the PLC that created them, see SharePLC and
+	// PDS.Restart). Empty: a fresh temporary directory (under /dev/shm when
+	// available), removed by Stop.
 	DataDir string
+	// SharePLC, if set, is a running PDS whose PLC directory the new PDS
+	// uses instead of starting its own, so that both resolve the same DIDs:
+	// an account can move from one to the other (Migrate). Each PDS still has
+	// its own port, public URL, service DID, data dir and firehose. The PLC
+	// keeps running until every PDS that uses it has been stopped, in any
+	// order. Nil: start a new PLC.
+	SharePLC *PDS
 	// BackfillLimit is the firehose replay window (repoBackfillLimitMs): a
 	// subscribeRepos cursor older than this gets #info OutdatedCursor.
 	// Zero: the PDS default (1 day).
@@ -50,10 +58,20 @@ type Options struct {
 // PDS is a running local PDS and its PLC directory, started by Start.
 type PDS struct {
 	// URL is the PDS base URL, http://127.0.0.1:PORT. (The PDS's own public
-	// URL, in DID documents, is http://localhost:PORT.)
+	// URL, in DID documents, is PublicURL.)
 	URL string
+	// PublicURL is the URL the PDS calls itself and writes into the DID
+	// documents of its accounts (the atproto_pds service endpoint):
+	// http://localhost:PORT.
+	PublicURL string
+	// ServiceDID is the PDS's own DID, did:web:localhost%3APORT: the audience
+	// of its access tokens and of the service-auth tokens other PDSs mint for
+	// it (com.atproto.server.getServiceAuth aud). It is fixed when the data
+	// dir is created. Nothing resolves it.
+	ServiceDID string
 	// PLCURL is the PLC directory URL, http://localhost:PORT (a hostname, not
-	// an IP: the PDS refuses to resolve DIDs through an IP host).
+	// an IP: the PDS refuses to resolve DIDs through an IP host). PDSs
+	// started with Options.SharePLC have the same PLCURL.
 	PLCURL string
 	// AdminPassword is the password for admin endpoints (basic auth as user
 	// "admin").
@@ -65,9 +83,9 @@ type PDS struct {
 	dir     string // e2e/pds
 	port    int
 	ownData bool
+	plc     *plcDir
 
 	mu      sync.Mutex
-	plc     *proc
 	pds     *proc
 	stopped bool
 }
@@ -75,6 +93,8 @@ type PDS struct {
 // ready is the JSON line plc.mjs and start.mjs print on stdout when ready.
 type ready struct {
 	PDS           string `json:"pds"`
+	PublicURL     string `json:"publicUrl"`
+	ServiceDID    string `json:"serviceDid"`
 	PLC           string `json:"plc"`
 	AdminPassword string `json:"adminPassword"`
 	DataDir       string `json:"dataDir"`
@@ -87,10 +107,11 @@ type ready struct {
 	} `json:"subscription"`
 }
 
-// Start runs Setup, then starts an in-memory PLC directory and the PDS, both
-// bound to 127.0.0.1, and returns once both are serving. ctx bounds the
-// startup only (DefaultStartTimeout when it has no deadline); call Stop to
-// end the processes. They also exit on their own when this process dies.
+// Start runs Setup, then starts an in-memory PLC directory (unless
+// opts.SharePLC names a PDS whose PLC to use) and the PDS, all bound to
+// 127.0.0.1, and returns once they are serving. ctx bounds the startup only
+// (DefaultStartTimeout when it has no deadline); call Stop to end the
+// processes. They also exit on their own when this process dies.
 func Start(ctx context.Context, opts Options) (*PDS, error) {
 	if err := Setup(ctx); err != nil {
 		return nil, err
@@ -100,65 +121,58 @@ func Start(ctx context.Context, opts Options) (*PDS, error) {
 		return nil, err
 	}
 	p := &PDS{opts: opts, dir: dir, DataDir: opts.DataDir}
-	if p.DataDir == "" {
-		base := ""
-		if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
-			base = "/dev/shm" // tmpfs: no fsync stalls on a busy machine
+	newPLC := opts.SharePLC == nil
+	if newPLC {
+		if p.plc, err = newPLCDir(); err != nil {
+			return nil, fmt.Errorf("localpds: start plc: %w", err)
 		}
-		d, err := os.MkdirTemp(base, "localpds-")
-		if err != nil {
-			return nil, fmt.Errorf("localpds: start: data dir: %w", err)
+	} else {
+		p.plc = opts.SharePLC.plc
+		if err := p.plc.join(); err != nil {
+			return nil, fmt.Errorf("localpds: start: share the PLC of %s: %w", opts.SharePLC.URL, err)
 		}
-		p.DataDir, p.ownData = d, true
-	} else if err := os.MkdirAll(p.DataDir, 0o755); err != nil {
-		return nil, fmt.Errorf("localpds: start: data dir: %w", err)
 	}
-
-	// Start the PLC and the PDS side by side: the PDS only talks to the PLC
-	// when accounts are created or resolved, and node startup (module
-	// loading, about 1.5 s for the PDS) dominates.
-	plcPort, err := freePort()
-	if err != nil {
-		_ = p.cleanup()
-		return nil, fmt.Errorf("localpds: start: %w", err)
-	}
-	p.PLCURL = "http://localhost:" + strconv.Itoa(plcPort)
-	ctx, cancel := startContext(ctx)
-	defer cancel()
-	type plcResult struct {
-		proc *proc
-		r    ready
-		err  error
-	}
-	plcc := make(chan plcResult, 1)
-	go func() {
-		env := []string{"PLC_PORT=" + strconv.Itoa(plcPort)}
-		if p.ownData {
-			// The PLC outlives PDS restarts: it removes the temporary data
-			// dir when it exits, even if this process is killed.
-			env = append(env, "PLC_CLEANUP_DIR="+p.DataDir)
-		}
-		proc, r, err := startNode(ctx, dir, "plc.mjs", "plc", env, opts.Stderr)
-		plcc <- plcResult{proc, r, err}
-	}()
-	pdsErr := p.startPDS(ctx, 0)
-	plcRes := <-plcc
-	p.plc = plcRes.proc
-	if plcRes.err == nil && plcRes.r.PLC != p.PLCURL {
-		plcRes.err = fmt.Errorf("PLC listens on %s, want %s", plcRes.r.PLC, p.PLCURL)
-	}
-	if pdsErr != nil || plcRes.err != nil {
+	p.PLCURL = p.plc.url
+	// fail undoes what Start did so far.
+	fail := func(what string, err error) (*PDS, error) {
 		if p.pds != nil {
 			_ = p.pds.stop(stopGrace)
 		}
-		if p.plc != nil {
-			_ = p.plc.stop(stopGrace)
-		}
 		_ = p.cleanup()
-		if plcRes.err != nil {
-			return nil, fmt.Errorf("localpds: start plc: %w", plcRes.err)
+		_ = p.plc.leave()
+		return nil, fmt.Errorf("localpds: %s: %w", what, err)
+	}
+	if p.DataDir == "" {
+		// Inside the PLC's root, which plc.mjs removes when it exits, even
+		// if this process is killed.
+		d, err := os.MkdirTemp(p.plc.root, "pds-")
+		if err != nil {
+			return fail("start: data dir", err)
 		}
-		return nil, fmt.Errorf("localpds: start pds: %w", pdsErr)
+		p.DataDir, p.ownData = d, true
+	} else if err := os.MkdirAll(p.DataDir, 0o755); err != nil {
+		return fail("start: data dir", err)
+	}
+
+	ctx, cancel := startContext(ctx)
+	defer cancel()
+	if !newPLC {
+		if err := p.startPDS(ctx, 0); err != nil {
+			return fail("start pds", err)
+		}
+		return p, nil
+	}
+	// Start the PLC and the PDS side by side: the PDS only talks to the PLC
+	// when accounts are created or resolved, and node startup (module
+	// loading, about 1.5 s for the PDS) dominates.
+	plcErr := make(chan error, 1)
+	go func() { plcErr <- p.plc.start(ctx, dir, opts.Stderr) }()
+	pdsErr := p.startPDS(ctx, 0)
+	if err := <-plcErr; err != nil {
+		return fail("start plc", err)
+	}
+	if pdsErr != nil {
+		return fail("start pds", pdsErr)
 	}
 	return p, nil
 }
@@ -215,10 +229,14 @@ func (p *PDS) startPDS(ctx context.Context, port int) error {
 		}
 		p.pds = proc
 		if p.URL == "" { // first start; a restart must come back unchanged
-			p.URL, p.AdminPassword = r.PDS, r.AdminPassword
+			p.URL, p.PublicURL, p.ServiceDID, p.AdminPassword = r.PDS, r.PublicURL, r.ServiceDID, r.AdminPassword
 			p.port, err = portOf(r.PDS)
-		} else if r.PDS != p.URL || r.AdminPassword != p.AdminPassword {
-			err = fmt.Errorf("restarted PDS is %s (admin password %q), want %s (%q)", r.PDS, r.AdminPassword, p.URL, p.AdminPassword)
+			if err == nil && (r.PublicURL == "" || r.ServiceDID == "") {
+				err = fmt.Errorf("ready line without publicUrl or serviceDid (old start.mjs?)")
+			}
+		} else if r.PDS != p.URL || r.AdminPassword != p.AdminPassword || r.ServiceDID != p.ServiceDID {
+			err = fmt.Errorf("restarted PDS is %s (admin password %q, service DID %s), want %s (%q, %s)",
+				r.PDS, r.AdminPassword, r.ServiceDID, p.URL, p.AdminPassword, p.ServiceDID)
 		}
 		if err == nil {
 			err = p.checkConfig(r)
@@ -268,9 +286,10 @@ func (p *PDS) SubscribeReposURL(cursor int64) string {
 	return u
 }
 
-// Stop stops the PDS and the PLC (SIGTERM, then SIGKILL after 10 s) and
-// removes the data directory if Start created it. It is safe to call more
-// than once.
+// Stop stops the PDS (SIGTERM, then SIGKILL after 10 s), removes the data
+// directory if Start created it, and stops the PLC if no other PDS shares it
+// (Options.SharePLC): the last PDS on a PLC to stop takes the PLC down. It is
+// safe to call more than once.
 func (p *PDS) Stop() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -282,10 +301,7 @@ func (p *PDS) Stop() error {
 	if p.pds != nil {
 		errs = append(errs, p.pds.stop(stopGrace))
 	}
-	if p.plc != nil {
-		errs = append(errs, p.plc.stop(stopGrace))
-	}
-	errs = append(errs, p.cleanup())
+	errs = append(errs, p.cleanup(), p.plc.leave())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("localpds: stop: %w", err)
 	}

@@ -35,8 +35,28 @@ type Env struct {
 	Token  string
 	Client *spice.Client
 	Rules  *view.Rules
+	// Name is the projector (source) name the env's consumers use
+	// (default pipeline.DefaultName).
+	Name string
 	// inactive and deleted accounts, as the oracle needs them
 	status map[string]string
+}
+
+// OtherPDS returns an Env with a second fake PDS, followed by projector
+// name, over the same SpiceDB datastore: several PDSes sharing one
+// SpiceDB.
+func (e *Env) OtherPDS(name string) *Env {
+	e.T.Helper()
+	return &Env{T: e.T, PDS: fakepds.New(e.T), SDB: e.SDB, Token: e.Token, Client: e.Client, Rules: e.Rules,
+		Name: name, status: map[string]string{}}
+}
+
+// name is the projector name of the env's consumers.
+func (e *Env) name() string {
+	if e.Name == "" {
+		return pipeline.DefaultName
+	}
+	return e.Name
 }
 
 // New builds an Env with the shipped schema applied.
@@ -122,9 +142,9 @@ func (r *Running) Err() error { return r.err }
 // rebuilding from snapshots (which is what a first run does).
 func (e *Env) StoreCursor(seq int64) {
 	e.T.Helper()
-	lease := spice.LeaseConfig{Client: e.Client, Name: pipeline.DefaultName, Holder: "testenv"}
+	lease := spice.LeaseConfig{Client: e.Client, Name: e.name(), Holder: "testenv"}
 	if _, err := spice.MoveProgress(context.Background(), lease, func(st checkpoint.State) (checkpoint.Step, error) {
-		return checkpoint.MoveTo(pipeline.DefaultName, st, seq), nil
+		return checkpoint.MoveTo(e.name(), st, seq), nil
 	}); err != nil {
 		e.T.Fatal(err)
 	}
@@ -135,7 +155,7 @@ func (e *Env) StoreCursor(seq int64) {
 // replays the whole stream (StartFirstRun tests the rebuild instead).
 func (e *Env) Start(mutate ...func(*pipeline.Config)) *Running {
 	e.T.Helper()
-	if st, err := e.Client.ReadProjector(context.Background(), pipeline.DefaultName); err == nil && st.Progress.Cursor == checkpoint.None {
+	if st, err := e.Client.ReadProjector(context.Background(), e.name()); err == nil && st.Progress.Cursor == checkpoint.None {
 		e.StoreCursor(0)
 	}
 	return e.StartFirstRun(mutate...)
@@ -145,7 +165,7 @@ func (e *Env) Start(mutate ...func(*pipeline.Config)) *Running {
 func (e *Env) StartFirstRun(mutate ...func(*pipeline.Config)) *Running {
 	e.T.Helper()
 	cfg := pipeline.Config{PDSURL: e.PDS.URL(), SpiceDB: e.SpiceConfig(), Logger: Logger(),
-		Lease:  pipeline.LeaseConfig{HeartbeatEvery: time.Second, Timeout: 3 * time.Second},
+		Lease:  pipeline.LeaseConfig{Name: e.name(), HeartbeatEvery: time.Second, Timeout: 3 * time.Second},
 		Engine: pipeline.EngineConfig{FlushEvery: 50 * time.Millisecond, Rules: e.Rules}}
 	for _, m := range mutate {
 		m(&cfg)
@@ -245,8 +265,16 @@ func (e *Env) SetStatus(did, status string) {
 // Expected computes, from the fake PDS's current records and the oracle's
 // account statuses, the data and lineage relationships SpiceDB must hold.
 func (e *Env) Expected() (data, lineage []string) {
+	return e.expected(func(string) bool { return true })
+}
+
+// expected is Expected over the accounts for which keep holds.
+func (e *Env) expected(keep func(did string) bool) (data, lineage []string) {
 	dataSet := map[string]bool{}
 	for _, did := range e.PDS.DIDs() {
+		if !keep(did) {
+			continue
+		}
 		st := e.status[did]
 		if st == "deleted" {
 			continue
@@ -271,6 +299,49 @@ func (e *Env) Expected() (data, lineage []string) {
 	sort.Strings(data)
 	sort.Strings(lineage)
 	return data, lineage
+}
+
+// AssertMatchesOracles compares SpiceDB's data and lineage with what the
+// envs' PDSes hold together (several PDSes sharing one SpiceDB). An
+// account several PDSes know (a migration) counts where it is active; if
+// it is active nowhere, on the last env that knows it.
+func AssertMatchesOracles(envs ...*Env) {
+	e := envs[0]
+	e.T.Helper()
+	owner := map[string]*Env{}
+	for _, o := range envs {
+		for _, did := range o.PDS.DIDs() {
+			if cur, ok := owner[did]; !ok || cur.status[did] != "" {
+				owner[did] = o
+			}
+		}
+	}
+	var wantData, wantLin []string
+	for _, o := range envs {
+		d, l := o.expected(func(did string) bool { return owner[did] == o })
+		wantData, wantLin = append(wantData, d...), append(wantLin, l...)
+	}
+	if d := Diff(e.Data(), wantData); d != "" {
+		e.T.Fatalf("data relationships differ from the oracles:\n%s", d)
+	}
+	if d := Diff(e.Lineage(), wantLin); d != "" {
+		e.T.Fatalf("lineage differs from the oracles:\n%s", d)
+	}
+}
+
+// Under lists every relationship of the definitions the projector writes
+// whose resource belongs to did (data, lineage, the repo's state): what a
+// projector that does not own did must leave byte-identical.
+func (e *Env) Under(did string) []string {
+	e.T.Helper()
+	var out []string
+	for _, rel := range e.Relationships(view.TypeSpace, view.TypeGroup, view.TypeLineage, view.TypeRepo) {
+		_, rest, _ := strings.Cut(rel, ":")
+		if strings.HasPrefix(rest, view.DIDPrefix(did)) || strings.HasPrefix(rest, view.RepoID(did)+"#") {
+			out = append(out, rel)
+		}
+	}
+	return out
 }
 
 // AssertMatchesOracle compares SpiceDB's data and lineage with Expected.

@@ -1,0 +1,50 @@
+package httpapi
+
+import (
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	"github.com/spaces-authz/spaces-authz/internal/redact"
+)
+
+// Status is the JSON of /v1/status and `consumer status --json`.
+type Status struct {
+	Name             string  `json:"name"`
+	Holder           string  `json:"holder"`
+	State            string  `json:"state"`
+	Ready            bool    `json:"ready"`
+	Fenced           bool    `json:"fenced"`
+	Connected        bool    `json:"connected"`
+	Cursor           int64   `json:"cursor"`
+	Watermark        int64   `json:"watermark"`
+	HeadSeq          int64   `json:"head_seq"`
+	LagEvents        int64   `json:"lag_events"`
+	LagSeconds       float64 `json:"lag_seconds"`
+	InFlight         int     `json:"in_flight"`
+	AppliedEventTime string  `json:"applied_event_time,omitempty"`
+	EventsWritten    int64   `json:"events_written"`
+	Batches          int64   `json:"batches"`
+	CachedRepos      int     `json:"cached_repos"`
+	RefusedTuples    int     `json:"refused_tuples"`
+	PipelineRestarts int     `json:"pipeline_restarts"`
+	// LastError has the credentials of any URL it quotes redacted.
+	LastError     string  `json:"last_error,omitempty"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+}
+
+// StatusOf turns a snapshot into the status document.
+func StatusOf(s pipeline.Snapshot) Status {
+	st := Status{Name: s.Name, Holder: s.Holder, State: s.State.String(), Ready: s.Ready(), Fenced: s.Fenced,
+		Connected: s.Connected, Cursor: s.Cursor, Watermark: s.Watermark, HeadSeq: s.Highest, InFlight: s.InFlight,
+		EventsWritten: s.Engine.EventsWritten, Batches: s.Engine.Batches, CachedRepos: s.Engine.CachedRepos,
+		RefusedTuples: s.Engine.Poisoned, PipelineRestarts: s.Restarts, LastError: redact.String(s.LastError),
+		UptimeSeconds: time.Since(s.Started).Seconds()}
+	if s.Highest > s.Watermark && s.Watermark >= 0 {
+		st.LagEvents = s.Highest - s.Watermark
+	}
+	st.LagSeconds = s.LagSeconds
+	if !s.Engine.AppliedEventTime.IsZero() {
+		st.AppliedEventTime = s.Engine.AppliedEventTime.UTC().Format(time.RFC3339Nano)
+	}
+	return st
+}

@@ -1,0 +1,120 @@
+package projector
+
+import (
+	"sort"
+	"time"
+
+	"github.com/spaces-authz/spaces-authz/internal/backoff"
+	"github.com/spaces-authz/spaces-authz/view"
+)
+
+// Retry delays of a desynchronized repo: capped, jittered, for as long as
+// it takes.
+const (
+	retryMin = time.Second
+	retryMax = 5 * time.Minute
+)
+
+// retry is a desynchronized repo waiting for its next resync.
+type retry struct {
+	due time.Time
+	bo  backoff.Backoff
+}
+
+// markDesync records that d's resync failed: what the view holds for it
+// may be wrong. The marker is stored with the decision's bookkeeping (a
+// restart retries it too), and a retry is scheduled.
+func (a *applier) markDesync(d *didState, seq int64) unit {
+	a.desynced(d)
+	if d.desync {
+		return nil
+	}
+	d.desync, d.desyncSeq = true, seq
+	a.e.markKnown(d)
+	return unit{{Op: view.OpTouch, Tuple: view.DesyncTuple(d.did, seq)}}
+}
+
+// clearDesync removes d's desync marker (a resync of it succeeded).
+func (a *applier) clearDesync(d *didState) unit {
+	u := unit{{Op: view.OpDelete, Tuple: view.DesyncTuple(d.did, d.desyncSeq)}}
+	d.desync, d.desyncSeq = false, 0
+	return u
+}
+
+// desynced schedules d's next retry, further away each time.
+func (a *applier) desynced(d *didState) {
+	r := a.retries[d.did]
+	if r == nil {
+		r = &retry{bo: backoff.Backoff{Min: retryMin, Max: retryMax}}
+		a.retries[d.did] = r
+	}
+	r.due = time.Now().Add(r.bo.Next())
+	a.publishDesync()
+}
+
+// desyncCleared notes that d's desync ends with batch b: once b commits,
+// rebuilds that waited for it may be done.
+func (a *applier) desyncCleared(did string, b *batch) {
+	delete(a.retries, did)
+	if a.rb != nil {
+		delete(a.rb.desynced, did)
+	}
+	kept := a.incomplete[:0]
+	for _, ir := range a.incomplete {
+		delete(ir.dids, did)
+		if len(ir.dids) == 0 {
+			a.finished = append(a.finished, finishedRebuild{batch: b.id, waiters: ir.waiters})
+			continue
+		}
+		kept = append(kept, ir)
+	}
+	a.incomplete = kept
+	a.publishDesync()
+}
+
+// retryDue starts the resyncs of desynchronized repos whose time has come.
+func (a *applier) retryDue(now time.Time) {
+	for did, r := range a.retries {
+		if now.Before(r.due) {
+			continue
+		}
+		d := a.e.state(did)
+		if d.resync != nil || a.e.isForeign(d) {
+			continue
+		}
+		r.due = now.Add(retryMax) // pushed back by the next failure, or cleared
+		a.startResync(d, nil, TriggerRetry)
+	}
+}
+
+// incompleteRebuild is a rebuild whose every resync ran but some failed:
+// its waiters are told only when those repos are resynced.
+type incompleteRebuild struct {
+	dids    map[string]bool
+	waiters []chan struct{}
+}
+
+// publishDesync refreshes what status and metrics show of desynchronized
+// repos.
+func (a *applier) publishDesync() {
+	dids := make([]string, 0, min(len(a.retries), maxListedDesync))
+	for did := range a.retries {
+		dids = append(dids, did)
+	}
+	sort.Strings(dids)
+	if len(dids) > maxListedDesync {
+		dids = dids[:maxListedDesync]
+	}
+	blocking := 0
+	for _, ir := range a.incomplete {
+		blocking += len(ir.dids)
+	}
+	if a.rb != nil {
+		blocking += len(a.rb.desynced)
+	}
+	a.e.status.desync(len(a.retries), dids, blocking)
+	a.e.cfg.Metrics.setDesync(len(a.retries))
+}
+
+// maxListedDesync bounds the desynchronized repos /v1/status lists.
+const maxListedDesync = 100
