@@ -117,6 +117,10 @@ func printStatus(w io.Writer, r statusReport) {
 			d.InFlight, d.LagSeconds)
 		fmt.Fprintf(tw, "counts\t%d events written in %d batches, %d repos cached, %d refused tuples, %d restarts\n",
 			d.EventsWritten, d.Batches, d.CachedRepos, d.RefusedTuples, d.PipelineRestarts)
+		if d.Desynchronized > 0 {
+			fmt.Fprintf(tw, "desynchronized\t%d repos could not be read and are retried with backoff (%s)\n",
+				d.Desynchronized, strings.Join(d.DesyncDIDs, ", "))
+		}
 		if d.LastError != "" {
 			fmt.Fprintf(tw, "last error\t%s\n", redact.String(d.LastError))
 		}

@@ -27,6 +27,12 @@ type Status struct {
 	CachedRepos      int     `json:"cached_repos"`
 	RefusedTuples    int     `json:"refused_tuples"`
 	PipelineRestarts int     `json:"pipeline_restarts"`
+	// Desynchronized counts repos whose last resync failed (retried with
+	// backoff); DesyncDIDs lists some of them (at most 100), and
+	// RebuildIncomplete those a rebuild still waits for.
+	Desynchronized    int      `json:"desynchronized_repos"`
+	DesyncDIDs        []string `json:"desynchronized,omitempty"`
+	RebuildIncomplete int      `json:"rebuild_incomplete_repos,omitempty"`
 	// LastError has the credentials of any URL it quotes redacted.
 	LastError     string  `json:"last_error,omitempty"`
 	UptimeSeconds float64 `json:"uptime_seconds"`
@@ -38,7 +44,9 @@ func StatusOf(s pipeline.Snapshot) Status {
 		Connected: s.Connected, Cursor: s.Cursor, Watermark: s.Watermark, HeadSeq: s.Highest, InFlight: s.InFlight,
 		EventsWritten: s.Engine.EventsWritten, Batches: s.Engine.Batches, CachedRepos: s.Engine.CachedRepos,
 		RefusedTuples: s.Engine.Poisoned, PipelineRestarts: s.Restarts, LastError: redact.String(s.LastError),
-		UptimeSeconds: time.Since(s.Started).Seconds()}
+		Desynchronized: s.Engine.Desynchronized, DesyncDIDs: s.Engine.DesyncDIDs,
+		RebuildIncomplete: s.Engine.RebuildIncomplete,
+		UptimeSeconds:     time.Since(s.Started).Seconds()}
 	if s.Highest > s.Watermark && s.Watermark >= 0 {
 		st.LagEvents = s.Highest - s.Watermark
 	}
