@@ -75,6 +75,12 @@ type Config struct {
 	// ResyncRate bounds getRepo calls per second, to be polite to the PDS
 	// during a rebuild (0: unlimited).
 	ResyncRate float64
+	// AdoptUnowned: a repo with no owner recorded (stored before ownership
+	// existed) is this source's in every respect, removal included. Set it
+	// when this source is the only one that ever stored a cursor in this
+	// SpiceDB; otherwise such a repo may be another PDS's, and an answer of
+	// "no such repo" from this source's PDS removes nothing of it.
+	AdoptUnowned bool
 	// OnRebuilt is called (on the applier goroutine) each time a rebuild's
 	// writes are all committed. Optional.
 	OnRebuilt func()
@@ -242,6 +248,13 @@ func (e *Engine) Load(ctx context.Context) error {
 
 // self is the source this engine projects.
 func (e *Engine) self() string { return e.cfg.Progress.Source() }
+
+// mayRemove reports whether an answer of "no such repo" from this source's
+// PDS may remove d: d is this source's, or has no owner recorded and this
+// source adopts those.
+func (e *Engine) mayRemove(d *didState) bool {
+	return d.owner == e.self() || (d.owner == "" && e.cfg.AdoptUnowned)
+}
 
 // isForeign reports a repo another source owns: this engine only ever
 // takes it over (a claim), never changes it otherwise. The lanes call it

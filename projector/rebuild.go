@@ -133,7 +133,7 @@ func (a *applier) list() {
 	known := map[string]bool{}
 	e.mu.Lock()
 	for did, d := range e.states {
-		if d.known && !e.isForeign(d) && d.status != statusDeleted {
+		if d.known && e.mayRemove(d) && d.status != statusDeleted {
 			known[did] = true
 		}
 	}

@@ -261,6 +261,12 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 		// is hosted: its status is kept so that its activation restores it).
 		e.log.Info("resync: the PDS has no such repo and the view holds nothing of it", "did", d.did)
 		return w
+	case r.notFound && !e.mayRemove(d):
+		// Stored before ownership existed, in a SpiceDB other sources
+		// share: it may be another PDS's repo. This PDS's "no such repo"
+		// is not its owner's word.
+		e.log.Info("resync: the PDS has no such repo, and the view's copy has no owner recorded; leaving it", "did", d.did)
+		return w
 	case r.notFound:
 		e.log.Info("resync: the PDS has no such repo; removing everything it produced", "did", d.did)
 		w.units = a.removeAll(d, l, r.data)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
@@ -311,4 +312,76 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// stripOwners deletes every repo's source tuple: the state a SpiceDB
+// written before ownership existed is in.
+func stripOwners(t *testing.T, e *testenv.Env) {
+	t.Helper()
+	for _, rel := range e.Relationships(view.TypeRepo) {
+		if !strings.Contains(rel, "#source@") {
+			continue
+		}
+		if _, err := e.Client.API().DeleteRelationships(t.Context(), &v1.DeleteRelationshipsRequest{
+			RelationshipFilter: &v1.RelationshipFilter{ResourceType: view.TypeRepo,
+				OptionalResourceId: strings.TrimPrefix(strings.Split(rel, "#")[0], "repo:"),
+				OptionalRelation:   view.RelSource}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReposWithoutOwnerAfterAnUpgrade: repos stored before ownership have
+// no owner. With two projectors on the SpiceDB, one's rebuild does not take
+// the other's "no such repo here" as a deletion; with one projector, its
+// repos are its own and one deleted meanwhile is removed.
+func TestReposWithoutOwnerAfterAnUpgrade(t *testing.T) {
+	t.Run("two projectors", func(t *testing.T) {
+		a, b, alice, _ := sharedWorld(t)
+		ra, rb := a.Start(), b.Start()
+		a.WaitCaughtUp(ra)
+		b.WaitCaughtUp(rb)
+		if err := rb.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		stripOwners(t, a)
+		aliceBefore := a.Under(alice)
+		rb = b.Start()
+		b.WaitCaughtUp(rb)
+		done, err := rb.Engine().Rebuild(t.Context(), "test", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-done
+		if got := a.Under(alice); !slices.Equal(got, aliceBefore) {
+			t.Fatalf("pds-b's rebuild changed alice's unowned repo:\n%s", testenv.Diff(got, aliceBefore))
+		}
+		testenv.AssertMatchesOracles(a, b)
+	})
+	t.Run("one projector", func(t *testing.T) {
+		e := testenv.New(t)
+		alice, bob := account(t, e, "alice"), account(t, e, "bob")
+		commit(t, e, alice, testenv.Space("create", "s", false))
+		commit(t, e, bob, testenv.Space("create", "b", false))
+		r := e.Start()
+		e.WaitCaughtUp(r)
+		if err := r.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		stripOwners(t, e)
+		e.PDS.Forget(bob) // deleted while the consumer was down, its events gone
+		r = e.Start()
+		e.WaitCaughtUp(r)
+		done, err := r.Engine().Rebuild(t.Context(), "test", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-done
+		e.AssertMatchesOracle()
+		if got := e.Under(bob); slices.ContainsFunc(got, func(s string) bool {
+			return !strings.Contains(s, "#status@status:deleted") && !strings.Contains(s, "#source@")
+		}) {
+			t.Fatalf("bob's repo, gone from the only PDS, stays: %v", got)
+		}
+	})
 }

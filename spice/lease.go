@@ -76,6 +76,24 @@ func (c *Client) ReadProjector(ctx context.Context, name string) (ProjectorState
 	return st, nil
 }
 
+// Sources lists the projectors (sources) that store a cursor in SpiceDB.
+func (c *Client) Sources(ctx context.Context) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	filter := &v1.RelationshipFilter{ResourceType: view.TypeProjector, OptionalRelation: view.RelCursor}
+	err := c.Read(ctx, filter, "", func(t view.Tuple) error {
+		if !seen[t.ResourceID] {
+			seen[t.ResourceID] = true
+			out = append(out, t.ResourceID)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spice: list sources: %w", err)
+	}
+	return out, nil
+}
+
 // LeaseConfig configures AcquireLease.
 type LeaseConfig struct {
 	Client *Client

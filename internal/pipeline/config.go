@@ -91,7 +91,7 @@ type EngineConfig struct {
 	// ResyncAttempts: getRepo tries before a resync fails and its repo is
 	// marked desynchronized (retried with backoff from then on).
 	ResyncAttempts int
-	FlushEvery time.Duration
+	FlushEvery     time.Duration
 	// PublishAllCollections publishes every record op of every collection
 	// (raw mode); the rules file can turn it on too.
 	PublishAllCollections bool

@@ -267,7 +267,11 @@ func (c *Consumer) release() {
 
 // runOnce runs the pipeline from the stored cursor until it stops.
 func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, poison *projector.Poison, rebuild bool) error {
-	r, err := c.newRun(lease, poison)
+	adopt, err := c.onlySource(ctx)
+	if err != nil {
+		return err
+	}
+	r, err := c.newRun(lease, poison, adopt)
 	if err != nil {
 		return err
 	}
@@ -319,7 +323,7 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 }
 
 // newRun builds a run's parts from the lease state.
-func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison) (*run, error) {
+func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, adopt bool) (*run, error) {
 	progress, err := checkpoint.New(checkpoint.Config{Source: c.cfg.Lease.Name, Stored: lease.Progress,
 		MaxInFlight: c.cfg.Stream.MaxInFlight, Metrics: c.cm})
 	if err != nil {
@@ -338,7 +342,7 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison) 
 	}
 	ec := c.cfg.Engine
 	r.engine, err = projector.New(projector.Config{Rules: ec.Rules, Store: spice.NewStore(c.client), Writer: r.writer,
-		Fetcher: r.sync, Progress: progress, Publisher: publisher, Poison: poison, BatchUpdates: ec.BatchUpdates,
+		Fetcher: r.sync, Progress: progress, Publisher: publisher, Poison: poison, AdoptUnowned: adopt, BatchUpdates: ec.BatchUpdates,
 		CacheRepos: ec.CacheRepos, HeldPerRepo: ec.HeldPerRepo, ResyncConcurrency: ec.ResyncConcurrency,
 		ResyncRate: ec.ResyncRate, ResyncAttempts: ec.ResyncAttempts, FlushEvery: ec.FlushEvery, Logger: c.log, Metrics: c.pm, OnRebuilt: func() {
 			c.mu.Lock()
@@ -360,6 +364,22 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison) 
 		return nil, err
 	}
 	return r, nil
+}
+
+// onlySource reports whether this projector is the only source that ever
+// stored a cursor in this SpiceDB: then repos stored before ownership
+// existed are its own (projector.Config.AdoptUnowned).
+func (c *Consumer) onlySource(ctx context.Context) (bool, error) {
+	sources, err := c.client.Sources(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, s := range sources {
+		if s != c.cfg.Lease.Name {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // requestRebuild asks the engine for a rebuild and, in g, follows it to
