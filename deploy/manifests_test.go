@@ -455,3 +455,39 @@ func TestNetworkPolicy(t *testing.T) {
 		}
 	}
 }
+
+// TestConsumerHasADiskForSnapshots: getRepo CARs are spooled to $TMPDIR
+// (/tmp); with a read-only root filesystem the pod needs a writable,
+// disk-backed volume there (medium Memory would count against the memory
+// limit the spooling exists to protect).
+func TestConsumerHasADiskForSnapshots(t *testing.T) {
+	tmpl, c := consumerContainer(t, k8sObjects(t))
+	tmpVolume := ""
+	for _, m := range c["volumeMounts"].([]any) {
+		vm := m.(map[string]any)
+		if vm["mountPath"] == "/tmp" && vm["readOnly"] != true {
+			tmpVolume = vm["name"].(string)
+		}
+	}
+	if env := envOf(c); env["TMPDIR"] != "" && env["TMPDIR"] != "/tmp" {
+		t.Fatalf("TMPDIR=%s: the test expects snapshots in /tmp", env["TMPDIR"])
+	}
+	if tmpVolume == "" {
+		t.Fatal("no writable volume at /tmp: every getRepo fails on a read-only root filesystem")
+	}
+	for _, v := range tmpl["spec"].(map[string]any)["volumes"].([]any) {
+		vol := v.(map[string]any)
+		if vol["name"] != tmpVolume {
+			continue
+		}
+		ed, ok := vol["emptyDir"].(map[string]any)
+		if !ok {
+			t.Fatalf("volume %s at /tmp is not an emptyDir", tmpVolume)
+		}
+		if ed["medium"] == "Memory" {
+			t.Fatal("/tmp is in memory: spooled CARs would count against the memory limit")
+		}
+		return
+	}
+	t.Fatalf("volume %s is mounted but not declared", tmpVolume)
+}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/spaces-authz/spaces-authz/fanout"
+	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/httpapi"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	"github.com/spaces-authz/spaces-authz/internal/redact"
@@ -31,6 +32,7 @@ type runFlags struct {
 	leaseTimeout, heartbeatEvery, flushEvery   time.Duration
 	takeover, noAutoRebuild                    bool
 	workers, queueDepth, maxInFlight, maxFrame int
+	maxRepoBytes                               int64
 	batchUpdates, cacheRepos, heldPerRepo      int
 	resyncConcurrency                          int
 	resyncRate                                 float64
@@ -58,6 +60,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.queueDepth, "queue-depth", 64, "events queued per lane")
 	fs.IntVar(&f.maxInFlight, "max-in-flight", 20000, "events read but not yet applied, at most")
 	fs.IntVar(&f.maxFrame, "max-frame-bytes", 8<<20, "frames larger than this are counted and skipped")
+	fs.Int64Var(&f.maxRepoBytes, "max-repo-bytes", firehose.DefaultMaxRepoBytes,
+		"getRepo CARs larger than this are refused (the repo is desynchronized and retried); spooled to $TMPDIR")
 	fs.IntVar(&f.batchUpdates, "batch-updates", projector.DefaultBatchUpdates, "relationship updates per SpiceDB write, at most")
 	fs.IntVar(&f.cacheRepos, "cache-repos", 10000, "repos whose lineage is cached in memory")
 	fs.IntVar(&f.heldPerRepo, "held-per-repo", 1000, "live events held per repo while it resyncs")
@@ -89,7 +93,7 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 		Lease: pipeline.LeaseConfig{Name: f.name, Holder: f.holder, Timeout: f.leaseTimeout,
 			HeartbeatEvery: f.heartbeatEvery, Takeover: f.takeover},
 		Stream: pipeline.StreamConfig{Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
-			MaxInFlight: f.maxInFlight},
+			MaxInFlight: f.maxInFlight, MaxRepoBytes: f.maxRepoBytes},
 		Engine: pipeline.EngineConfig{Rules: rules, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
 			HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, ResyncRate: f.resyncRate,
 			FlushEvery: f.flushEvery, PublishAllCollections: f.publishAll},

@@ -79,6 +79,9 @@ type StreamConfig struct {
 	// MaxInFlight bounds events read and not yet applied (see
 	// checkpoint.Config).
 	MaxInFlight int
+	// MaxRepoBytes bounds one getRepo CAR; a larger repo is refused and
+	// desynchronized (see firehose.SyncConfig).
+	MaxRepoBytes int64
 }
 
 // EngineConfig tunes the projector (see projector.Config).

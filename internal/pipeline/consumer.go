@@ -333,7 +333,8 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 	r.writer = spice.NewWriter(spice.WriterConfig{Client: c.client, Name: c.cfg.Lease.Name, Holder: c.cfg.Lease.Holder,
 		HeartbeatMs: lease.HeartbeatMs, Epoch: lease.Epoch, HeartbeatEvery: c.cfg.Lease.HeartbeatEvery, Logger: c.log,
 		Metrics: c.sm})
-	if r.sync, err = firehose.NewSyncClient(firehose.SyncConfig{URL: c.cfg.PDSURL, Metrics: c.fhm}); err != nil {
+	if r.sync, err = firehose.NewSyncClient(firehose.SyncConfig{URL: c.cfg.PDSURL, Metrics: c.fhm,
+		MaxRepoBytes: c.cfg.Stream.MaxRepoBytes}); err != nil {
 		return nil, err
 	}
 	var publisher projector.Publisher
