@@ -117,7 +117,12 @@ func (s *stack) dial() {
 	s.client = c
 }
 
-func (s *stack) env() []string { return []string{"CONSUMER_SPICEDB_TOKEN=" + s.sdb.Key} }
+// e2eAdminToken is the daemons' admin API token (reconcile --fix sends it).
+const e2eAdminToken = "e2e-admin-token-0123456789"
+
+func (s *stack) env() []string {
+	return []string{"CONSUMER_SPICEDB_TOKEN=" + s.sdb.Key, "CONSUMER_ADMIN_TOKEN=" + e2eAdminToken}
+}
 
 func (s *stack) commonArgs() []string {
 	return []string{"--pds-url", s.pds.URL, "--spicedb-endpoint", s.sdb.Addr, "--spicedb-insecure", "--log-format", "text"}

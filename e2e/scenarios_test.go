@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +79,7 @@ func TestForeignGrantIsDenied(t *testing.T) {
 	s := newStack(t, stackOpts{})
 	alice, mallory := s.account("alice"), s.account("mallory")
 	s.startConsumer()
+	s.waitRebuildDone() // the records below then travel on the stream only: each rejection counts once
 	s.apply(alice, create(spaceC, "vault", space(true)))
 	s.apply(mallory, create(relC, "h1", rel("space", alice.DID+"/vault", "admin", "acct", mallory.DID, "")),
 		create(spaceC, "m", space(false)),
@@ -240,5 +243,29 @@ func TestIdenticalRecordsInSeparateCommits(t *testing.T) {
 		if line != "" && !strings.HasSuffix(line, " 0") {
 			t.Fatalf("a record was unreadable: %s", line)
 		}
+	}
+}
+
+// waitRebuildDone waits until the consumer's first-run rebuild is
+// committed (its state is "running", no longer "running (rebuilding)").
+func (s *stack) waitRebuildDone() {
+	s.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var st struct {
+			State string `json:"state"`
+		}
+		resp, err := http.Get("http://" + s.httpAddr + "/v1/status")
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+		}
+		if err == nil && st.State == "running" {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("the first-run rebuild did not finish: state %q, %v", st.State, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -205,7 +205,10 @@ func timeOurs(b *testing.B, srv *replay.Server, rules *view.Rules) time.Duration
 
 func timeIndigo(b *testing.B, srv *replay.Server) time.Duration {
 	u := "ws" + srv.URL()[len("http"):] + "/xrpc/com.atproto.sync.subscribeRepos?cursor=0"
-	conn, _, err := websocket.DefaultDialer.Dial(u, nil)
+	conn, resp, err := websocket.DefaultDialer.Dial(u, nil)
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
+	}
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -273,6 +273,11 @@ func (c *Client) deliver(ctx context.Context, lane <-chan *Frame) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		for _, d := range f.droppedOps() {
+			c.cfg.Metrics.badOp(d.Reason)
+			c.log.Warn("op unreadable, dropped", "reason", d.Reason, "did", f.Event.DID, "seq", f.Event.Seq,
+				"detail", view.Clip(d.Detail), "malformed", f.Event.Malformed != "")
+		}
 		f.DecodeRecords()
 		for i := range f.Event.Ops {
 			if e := f.Event.Ops[i].Err; e != nil {

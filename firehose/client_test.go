@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -302,7 +303,8 @@ func TestBadFramesAreCountedAndSkipped(t *testing.T) {
 	pds.Inject(mustFrame(t, "#bogus", &fakepds.Write{}))                                       // unknown type (body irrelevant)
 	pds.Inject(bytes.Repeat([]byte{0xa2}, 200<<10))                                            // oversized
 	_, _ = pds.InjectSequenced(func(int64) ([]byte, error) { return []byte{0xa2, 0x61}, nil }) // truncated
-	// A commit whose path is not collection/rkey.
+	// A commit whose path is not collection/rkey: delivered without the
+	// op, Malformed (TestMalformedOpsAreDeliveredNotSkipped has more).
 	_, _ = pds.InjectSequenced(func(seq int64) ([]byte, error) {
 		c, err := a.Apply(postWrite("zz"))
 		if err != nil {
@@ -316,9 +318,12 @@ func TestBadFramesAreCountedAndSkipped(t *testing.T) {
 	_, _ = pds.InjectSequenced(func(seq int64) ([]byte, error) { return badOpsFrame(t, a, seq) })
 	_, _, _ = pds.Commit(a.DID(), spaceWrite("create", "after", false))
 
-	waitFor(t, "events after the garbage", func() bool { return rec.count() == 6 })
+	waitFor(t, "events after the garbage", func() bool { return rec.count() == 7 })
 	evs := rec.snapshot()
-	bad := evs[4]
+	if noSlash := evs[4]; noSlash.Malformed != firehose.ReasonBadPath || len(noSlash.Ops) != 0 || noSlash.OpCount != 1 {
+		t.Fatalf("commit with a bad path: Malformed %q, %d of %d ops kept", noSlash.Malformed, len(noSlash.Ops), noSlash.OpCount)
+	}
+	bad := evs[5]
 	if len(bad.Ops) != 3 {
 		t.Fatalf("bad-ops commit kept %d ops", len(bad.Ops))
 	}
@@ -328,21 +333,144 @@ func TestBadFramesAreCountedAndSkipped(t *testing.T) {
 			t.Fatalf("op %d: err %v, want %s", i, op.Err, wantReasons[i])
 		}
 	}
-	if evs[5].Ops[0].Path() != "com.atproto.space.space/after" {
-		t.Fatalf("stream did not go on: %+v", evs[5])
+	if evs[6].Ops[0].Path() != "com.atproto.space.space/after" {
+		t.Fatalf("stream did not go on: %+v", evs[6])
 	}
 	for reason, want := range map[string]float64{firehose.ReasonMalformedFrame: 2, firehose.ReasonUnknownType: 1,
-		firehose.ReasonOversized: 1, firehose.ReasonBadPath: 1} {
+		firehose.ReasonOversized: 1} {
 		got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total", "reason", reason)
 		if got != want {
 			t.Errorf("bad frames %s = %v, want %v", reason, got, want)
 		}
+	}
+	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total"); got != 4 {
+		t.Errorf("%v bad frames in all, want 4", got)
+	}
+	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_ops_total", "reason", firehose.ReasonBadPath); got != 1 {
+		t.Errorf("bad ops bad_path = %v, want 1", got)
 	}
 	if pds.Dials() != 1 {
 		t.Fatalf("bad frames caused %d dials", pds.Dials())
 	}
 	if tr.Watermark() != pds.Head() {
 		t.Fatalf("watermark %d, head %d", tr.Watermark(), pds.Head())
+	}
+}
+
+// craftedCommit sends a commit of a's writes as a PDS would, after edit
+// has changed what the frame says (paths, actions, the DID).
+func craftedCommit(t *testing.T, pds *fakepds.Server, a *fakepds.Repo, edit func(c *fakepds.Commit), writes ...fakepds.Write) {
+	t.Helper()
+	if _, err := pds.InjectSequenced(func(seq int64) ([]byte, error) {
+		c, err := a.Apply(writes...)
+		if err != nil {
+			return nil, err
+		}
+		edit(c)
+		return fakepds.CommitFrame(c, seq, "2026-01-01T00:00:00Z")
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A commit with an op that can't be read is delivered, without that op;
+// Malformed says so when the op may touch a projected collection (the
+// consumer then reads the repo), and stays empty when its collection
+// clearly is not projected. Only commit-level problems skip the frame.
+func TestMalformedOpsAreDeliveredNotSkipped(t *testing.T) {
+	pds := fakepds.New(t)
+	a, _ := pds.CreateAccount("alice")
+	tr := checkpoint.NewTracker(0, 0, nil)
+	rec := newRecorder(tr)
+	r := start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec, Filter: onlySpaces})
+	waitFor(t, "account events", func() bool { return rec.count() == 4 })
+
+	setPath := func(i int, p string) func(*fakepds.Commit) { return func(c *fakepds.Commit) { c.Ops[i].Path = p } }
+	// 5: a projected op with a bad record key, between two good ops.
+	craftedCommit(t, pds, a, setPath(1, "com.atproto.space.space/bad key"),
+		spaceWrite("create", "s1", false), spaceWrite("create", "s2", false), spaceWrite("create", "s3", true))
+	// 6: a projected op with a bad action.
+	craftedCommit(t, pds, a, func(c *fakepds.Commit) { c.Ops[0].Action = "upsert" },
+		spaceWrite("create", "s4", false), postWrite("p0"))
+	// 7: a path that can't be split: it may name any collection.
+	craftedCommit(t, pds, a, setPath(1, "no-slash"), spaceWrite("create", "s5", false), postWrite("p1"))
+	// 8 and 9: a bad record key and a bad action on a collection that is
+	// not projected.
+	craftedCommit(t, pds, a, setPath(1, "app.bsky.feed.post/bad key"), spaceWrite("create", "s6", false), postWrite("p2"))
+	craftedCommit(t, pds, a, func(c *fakepds.Commit) { c.Ops[0].Action = "upsert" }, postWrite("p3"), spaceWrite("create", "s7", false))
+	// 10: an invalid DID still skips the whole frame.
+	craftedCommit(t, pds, a, func(c *fakepds.Commit) { c.DID = "did:bogus" }, spaceWrite("create", "s8", false))
+	// 11: the stream goes on.
+	if _, _, err := pds.Commit(a.DID(), spaceWrite("create", "after", false)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the last commit", func() bool { return tr.Watermark() == pds.Head() })
+
+	bySeq := map[int64]*firehose.Event{}
+	for _, ev := range rec.snapshot() {
+		bySeq[ev.Seq] = ev
+	}
+	for _, tc := range []struct {
+		seq       int64
+		malformed string
+		kept      []string
+		opCount   int
+	}{
+		{5, firehose.ReasonBadPath, []string{"s1", "s3"}, 3},
+		{6, firehose.ReasonBadAction, nil, 2},
+		{7, firehose.ReasonBadPath, []string{"s5"}, 2},
+		{8, "", []string{"s6"}, 2},
+		{9, "", []string{"s7"}, 2},
+		{11, "", []string{"after"}, 1},
+	} {
+		ev := bySeq[tc.seq]
+		if ev == nil {
+			t.Errorf("seq %d was not delivered", tc.seq)
+			continue
+		}
+		var kept []string
+		for _, op := range ev.Ops {
+			if op.Collection != "com.atproto.space.space" || op.Err != nil || op.Record["displayName"] != "S "+op.RKey {
+				t.Errorf("seq %d: op %s: %+v", tc.seq, op.Path(), op)
+			}
+			kept = append(kept, op.RKey)
+		}
+		if ev.Malformed != tc.malformed || strings.Join(kept, ",") != strings.Join(tc.kept, ",") || ev.OpCount != tc.opCount {
+			t.Errorf("seq %d: Malformed %q, ops %v of %d; want %q, %v of %d", tc.seq, ev.Malformed, kept, ev.OpCount,
+				tc.malformed, tc.kept, tc.opCount)
+		}
+	}
+	if ev := bySeq[10]; ev != nil {
+		t.Errorf("the commit with an invalid DID was delivered: %+v", ev)
+	}
+	for reason, want := range map[string]float64{firehose.ReasonBadPath: 3, firehose.ReasonBadAction: 2} {
+		if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_ops_total", "reason", reason); got != want {
+			t.Errorf("bad ops %s = %v, want %v", reason, got, want)
+		}
+	}
+	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total"); got != 1 {
+		t.Errorf("%v bad frames, want 1 (the invalid DID)", got)
+	}
+	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total", "reason", firehose.ReasonInvalidDID); got != 1 {
+		t.Errorf("bad frames invalid_did = %v, want 1", got)
+	}
+}
+
+// Without a filter (raw mode) every op is kept, so any unreadable op may
+// matter: Malformed is set whatever its collection.
+func TestMalformedOpWithoutFilter(t *testing.T) {
+	pds := fakepds.New(t)
+	a, _ := pds.CreateAccount("alice")
+	tr := checkpoint.NewTracker(0, 0, nil)
+	rec := newRecorder(tr)
+	start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec})
+	waitFor(t, "account events", func() bool { return rec.count() == 4 })
+	craftedCommit(t, pds, a, func(c *fakepds.Commit) { c.Ops[1].Path = "app.bsky.feed.post/bad key" },
+		postWrite("p0"), postWrite("p1"))
+	waitFor(t, "the commit", func() bool { return rec.count() == 5 })
+	ev := rec.snapshot()[4]
+	if ev.Malformed != firehose.ReasonBadPath || len(ev.Ops) != 1 || ev.Ops[0].RKey != "p0" || ev.Ops[0].Record == nil {
+		t.Fatalf("Malformed %q, ops %+v", ev.Malformed, ev.Ops)
 	}
 }
 

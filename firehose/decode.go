@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"strings"
 
 	comatproto "github.com/bluesky-social/indigo/api/atproto"
 	"github.com/bluesky-social/indigo/atproto/repo"
@@ -27,6 +26,19 @@ type Frame struct {
 	// blocks is the raw CAR slice of a #commit with matching ops, decoded
 	// later by DecodeRecords (off the reader goroutine).
 	blocks []byte
+	// dropped are the ops of a #commit removed from Ops because their path
+	// or action could not be read, for the client to count and log
+	// (Event.Malformed says whether any may be projected). Nil for nearly
+	// every frame; a pointer keeps Frame in a smaller size class.
+	dropped *[]OpError
+}
+
+// droppedOps returns the ops DecodeFrame dropped as unreadable.
+func (f *Frame) droppedOps() []OpError {
+	if f.dropped == nil {
+		return nil
+	}
+	return *f.dropped
 }
 
 // BadFrameError is returned by DecodeFrame for input that can't be used.
@@ -49,14 +61,21 @@ func bad(reason string, format string, args ...any) *BadFrameError {
 // counted in OpCount and dropped, and the CAR is kept aside for
 // DecodeRecords only when some op matched. It never panics on hostile input
 // (see the fuzz tests) and returns a *BadFrameError for anything unusable.
+//
+// A frame is refused whole when indigo's generated decoders refuse it (the
+// zero-copy #commit reader is held to them), and for what is wrong with the
+// event itself: no valid DID, no positive seq, a #commit without a rev. An
+// op whose path or action can't be read only loses that op: the event is
+// delivered without it, and with Malformed set when the op may touch a
+// projected collection.
 func DecodeFrame(b []byte, filter Filter) (*Frame, error) {
-	fast := &cborReader{b: b}
+	fast := &genReader{b: b}
 	op, typ, err := fast.readHeader()
 	if err != nil {
 		return nil, bad(ReasonMalformedFrame, "header: %w", err)
 	}
 	if op == events.EvtKindMessage && unsafeString(typ) == "#commit" {
-		ev, blocks, err := decodeCommit(b[fast.i:], filter)
+		ev, blocks, dropped, err := decodeCommit(b[fast.i:], filter)
 		if err != nil {
 			return nil, err
 		}
@@ -69,7 +88,12 @@ func DecodeFrame(b []byte, filter Filter) (*Frame, error) {
 		ev.FrameBytes = len(b)
 		// The CAR is copied only when some op matched: the frame buffer is
 		// reused for the next frame.
-		return &Frame{Event: ev, blocks: cloneBytes(blocks)}, nil
+		f := &Frame{Event: ev, blocks: cloneBytes(blocks)}
+		if len(dropped) > 0 {
+			d := dropped // allocated here, on the rare path only
+			f.dropped = &d
+		}
+		return f, nil
 	}
 	r := bytes.NewReader(b)
 	cr := cbg.NewCborReader(r)
@@ -154,20 +178,6 @@ func checkDID(did string) error {
 		return bad(ReasonInvalidDID, "%q: %w", view.Clip(did), err)
 	}
 	return nil
-}
-
-func splitOpPath(path string) (coll, rkey string, err error) {
-	coll, rkey, ok := strings.Cut(path, "/")
-	if !ok || strings.Contains(rkey, "/") {
-		return "", "", bad(ReasonBadPath, "op path %q", view.Clip(path))
-	}
-	if !validNSID(coll) {
-		return "", "", bad(ReasonBadPath, "op path %q: the collection is not an NSID", view.Clip(path))
-	}
-	if !validRecordKey(rkey) {
-		return "", "", bad(ReasonBadPath, "op path %q: not a valid record key", view.Clip(path))
-	}
-	return coll, rkey, nil
 }
 
 func cloneBytes(b []byte) []byte {

@@ -2,9 +2,10 @@
 // and reads repos through com.atproto.sync.getRepo and listRepos.
 //
 // It owns the connection (URL handling, reconnects with capped jittered
-// backoff, pings, a frame size limit), the decoding of frames with indigo's
-// generated CBOR types, and the per-DID ordered delivery of events to a
-// Handler, parallel across DIDs through bounded queues.
+// backoff, pings, a frame size limit), the decoding of frames (#commit with
+// a zero-copy reader, the others with indigo's generated CBOR types), and
+// the per-DID ordered delivery of events to a Handler, parallel across DIDs
+// through bounded queues.
 //
 // Invariants it keeps:
 //   - The cursor is exclusive (?cursor=N replays seq > N) and the client
@@ -19,7 +20,17 @@
 //   - Op paths are filtered before any CAR is decoded; records are decoded
 //     into generic maps (unknown lexicons are fine) and each block's CID is
 //     checked against the op's CID.
-//   - Bad input (malformed frames, unknown types, bad paths, CID mismatches,
-//     oversized frames) is counted under a bounded reason, logged, and
-//     skipped; the stream goes on. FutureCursor is fatal.
+//   - The zero-copy #commit reader refuses exactly what indigo's generated
+//     decoder refuses and reads what it accepts the same way (duplicate
+//     keys, non-minimal CBOR, the 8,192-op cap); differential tests and a
+//     fuzz target against indigo hold it there.
+//   - Bad input (malformed frames, unknown types, invalid DIDs, oversized
+//     frames) is counted under a bounded reason, logged, and skipped; the
+//     stream goes on. FutureCursor is fatal.
+//   - An op whose path or action can't be read costs that op, not its
+//     commit: it is dropped and counted, and the event is delivered with
+//     Malformed set when the op may touch a projected collection (its
+//     path passes the filter or can't be split; any op without a filter).
+//     Unreadable records (CID mismatches, missing blocks) are per op too
+//     (Op.Err).
 package firehose

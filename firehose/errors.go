@@ -8,20 +8,24 @@ import (
 // Bad-input reasons: the bounded label values of the bad frame and bad op
 // counters. Op reasons match the projector's rejection reasons.
 const (
+	// Frame reasons: the frame is skipped.
 	ReasonMalformedFrame = "malformed_frame"
 	ReasonUnknownType    = "unknown_type"
 	ReasonOversized      = "oversized"
 	ReasonTextFrame      = "text_frame"
 	ReasonInvalidDID     = "invalid_did"
-	ReasonBadPath        = "bad_path"
-	ReasonBadAction      = "bad_action"
-	ReasonBadCAR         = "bad_car"
-	ReasonMissingBlock   = "missing_block"
-	ReasonCIDMismatch    = "cid_mismatch"
-	ReasonMalformedRec   = "malformed_record"
+	// Op reasons: the op is dropped (bad_path, bad_action: see
+	// Event.Malformed) or its record is not read (the others: see Op.Err).
+	ReasonBadPath      = "bad_path"
+	ReasonBadAction    = "bad_action"
+	ReasonBadCAR       = "bad_car"
+	ReasonMissingBlock = "missing_block"
+	ReasonCIDMismatch  = "cid_mismatch"
+	ReasonMalformedRec = "malformed_record"
 )
 
-// OpError says why the record of an op could not be read.
+// OpError says why an op could not be read: its path or action (a dropped
+// op), or its record (Op.Err).
 type OpError struct {
 	Reason string
 	Detail string

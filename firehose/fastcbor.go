@@ -6,13 +6,11 @@ import (
 	"unsafe"
 
 	"github.com/ipfs/go-cid"
-	"github.com/spaces-authz/spaces-authz/view"
 )
 
-// A minimal CBOR reader over a byte slice, for the hot path: #commit frames
-// are decoded without copying the CAR and without allocating for ops whose
-// path the filter rejects. Other frames go through indigo's generated
-// decoders. The fuzz tests cover both.
+// A minimal, lenient CBOR reader over a byte slice, for CAR headers (held
+// to go-car's header decode by TestCARHeaderMatchesGoCAR and FuzzReadCAR).
+// Frames are read by genReader, which is held to indigo's decoders.
 
 var errCBOR = errors.New("malformed CBOR")
 
@@ -101,31 +99,6 @@ func (r *cborReader) uint() (uint64, error) {
 	return n, nil
 }
 
-// optText reads a text string or null.
-func (r *cborReader) optText() ([]byte, bool, error) {
-	if r.i < len(r.b) && r.b[r.i] == 0xf6 {
-		r.i++
-		return nil, false, nil
-	}
-	t, err := r.text()
-	return t, true, err
-}
-
-func (r *cborReader) bool() (bool, error) {
-	if r.i >= len(r.b) {
-		return false, errCBOR
-	}
-	switch r.b[r.i] {
-	case 0xf4:
-		r.i++
-		return false, nil
-	case 0xf5:
-		r.i++
-		return true, nil
-	}
-	return false, errCBOR
-}
-
 // link reads a DAG-CBOR CID (tag 42 around 0x00 + binary CID) or null.
 func (r *cborReader) link() ([]byte, error) {
 	if r.i < len(r.b) && r.b[r.i] == 0xf6 {
@@ -197,210 +170,6 @@ func (r *cborReader) mapLen() (uint64, error) {
 // unsafeString views b as a string without copying, for lookups and filter
 // calls that don't keep it.
 func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
-
-// readHeader decodes the frame header {op, t}.
-func (r *cborReader) readHeader() (op int64, typ []byte, err error) {
-	n, err := r.mapLen()
-	if err != nil {
-		return 0, nil, err
-	}
-	for range n {
-		k, err := r.text()
-		if err != nil {
-			return 0, nil, err
-		}
-		switch unsafeString(k) {
-		case "op":
-			m, v, err := r.head()
-			if err != nil {
-				return 0, nil, err
-			}
-			switch m {
-			case majUint:
-				op = int64(v)
-			case majNegint:
-				op = -1 - int64(v)
-			default:
-				return 0, nil, errCBOR
-			}
-		case "t":
-			if typ, err = r.text(); err != nil {
-				return 0, nil, err
-			}
-		default:
-			if err := r.skip(0); err != nil {
-				return 0, nil, err
-			}
-		}
-	}
-	return op, typ, nil
-}
-
-// decodeCommit reads a #commit body. Ops whose path fails filter are only
-// counted; the CAR slice aliases b and is returned only when an op matched.
-func decodeCommit(b []byte, filter Filter) (*Event, []byte, error) {
-	r := &cborReader{b: b}
-	n, err := r.mapLen()
-	if err != nil {
-		return nil, nil, bad(ReasonMalformedFrame, "#commit: %w", err)
-	}
-	ev := &Event{Kind: KindCommit, FrameBytes: len(b)}
-	var blocks []byte
-	var haveRepo, haveRev, haveSeq bool
-	var did, rev, since, tm []byte // views into b, copied once at the end
-	for range n {
-		k, err := r.text()
-		if err != nil {
-			return nil, nil, bad(ReasonMalformedFrame, "#commit key: %w", err)
-		}
-		switch unsafeString(k) {
-		case "repo":
-			t, err := r.text()
-			if err != nil {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit repo: %w", err)
-			}
-			did, haveRepo = t, true
-		case "rev":
-			t, err := r.text()
-			if err != nil {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit rev: %w", err)
-			}
-			rev, haveRev = t, true
-		case "since":
-			t, ok, err := r.optText()
-			if err != nil {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit since: %w", err)
-			}
-			if ok {
-				since = t
-			}
-		case "time":
-			t, err := r.text()
-			if err != nil {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit time: %w", err)
-			}
-			tm = t
-		case "seq":
-			v, err := r.uint()
-			if err != nil || v > 1<<62 {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit seq")
-			}
-			ev.Seq, haveSeq = int64(v), true
-		case "tooBig":
-			if ev.TooBig, err = r.bool(); err != nil {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit tooBig")
-			}
-		case "blocks":
-			m, l, err := r.head()
-			if err != nil || m != majBytes {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit blocks")
-			}
-			if blocks, err = r.span(l); err != nil {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit blocks")
-			}
-		case "ops":
-			m, l, err := r.head()
-			if err != nil || m != majArray || l > uint64(len(b)) {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit ops")
-			}
-			ev.OpCount = int(l)
-			for range l {
-				op, keep, err := r.readOp(filter)
-				if err != nil {
-					return nil, nil, err
-				}
-				if keep {
-					ev.Ops = append(ev.Ops, op)
-				}
-			}
-		default:
-			if err := r.skip(0); err != nil {
-				return nil, nil, bad(ReasonMalformedFrame, "#commit %q: %w", view.Clip(string(k)), err)
-			}
-		}
-	}
-	if !haveRepo || !haveRev || !haveSeq {
-		return nil, nil, bad(ReasonMalformedFrame, "#commit without repo, rev or seq")
-	}
-	ev.DID, ev.Rev, ev.Since, ev.Time = copyStrings(did, rev, since, tm)
-	if len(ev.Ops) == 0 {
-		blocks = nil
-	}
-	return ev, blocks, nil
-}
-
-// copyStrings copies four byte views into strings with one allocation
-// (they share a backing array): the per-frame allocations are most of a
-// no-match frame's cost.
-func copyStrings(a, b, c, d []byte) (string, string, string, string) {
-	var buf [256]byte
-	all := string(append(append(append(append(buf[:0], a...), b...), c...), d...))
-	i, j, k := len(a), len(a)+len(b), len(a)+len(b)+len(c)
-	return all[:i], all[i:j], all[j:k], all[k:]
-}
-
-// readOp reads one repoOp; it allocates only when the path passes filter.
-func (r *cborReader) readOp(filter Filter) (Op, bool, error) {
-	n, err := r.mapLen()
-	if err != nil {
-		return Op{}, false, bad(ReasonMalformedFrame, "op: %w", err)
-	}
-	var action, path, cidBytes []byte
-	for range n {
-		k, err := r.text()
-		if err != nil {
-			return Op{}, false, bad(ReasonMalformedFrame, "op key: %w", err)
-		}
-		switch unsafeString(k) {
-		case "action":
-			action, err = r.text()
-		case "path":
-			path, err = r.text()
-		case "cid":
-			cidBytes, err = r.link()
-		default:
-			err = r.skip(0)
-		}
-		if err != nil {
-			return Op{}, false, bad(ReasonMalformedFrame, "op %q: %w", view.Clip(string(k)), err)
-		}
-	}
-	if filter != nil && !filter(unsafeString(path)) {
-		return Op{}, false, nil
-	}
-	p := string(path)
-	a := string(action)
-	var c *cid.Cid
-	if cidBytes != nil {
-		parsed, err := cid.Cast(cidBytes)
-		if err != nil {
-			return Op{}, false, bad(ReasonBadAction, "op %q: cid: %w", view.Clip(p), err)
-		}
-		c = &parsed
-	}
-	op, err := parseOpFields(a, p, c)
-	return op, true, err
-}
-
-// parseOpFields validates a kept op.
-func parseOpFields(action, path string, c *cid.Cid) (Op, error) {
-	coll, rkey, err := splitOpPath(path)
-	if err != nil {
-		return Op{}, err
-	}
-	o := Op{Action: Action(action), Collection: coll, RKey: rkey}
-	switch o.Action {
-	case ActionCreate, ActionUpdate:
-		if c == nil {
-			return Op{}, bad(ReasonBadAction, "%s of %q without a cid", action, view.Clip(path))
-		}
-		o.CID = *c
-	case ActionDelete:
-	default:
-		return Op{}, bad(ReasonBadAction, "action %q", view.Clip(action))
-	}
-	return o, nil
-}
 
 // readCARHeader reads a CARv1 header ({roots: [links], version}) and
 // returns its version, accepting what go-car's header decode accepts (a

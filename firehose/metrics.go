@@ -33,7 +33,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
 			Name: "bad_frames_total", Help: "Frames skipped as unusable, by reason."}, []string{"reason"}),
 		badOps: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
-			Name: "bad_ops_total", Help: "Record operations whose record could not be read, by reason."}, []string{"reason"}),
+			Name: "bad_ops_total", Help: "Record operations that could not be read (path, action or record), by reason."}, []string{"reason"}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
 			Name: "duplicate_events_total", Help: "Events dropped because their seq was already delivered (replay after a reconnect)."}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
@@ -62,8 +62,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.eventsByKind[k] = m.events.WithLabelValues(k.String())
 	}
 	for _, r := range []string{ReasonMalformedFrame, ReasonUnknownType, ReasonOversized, ReasonTextFrame,
-		ReasonInvalidDID, ReasonBadPath, ReasonBadAction} {
+		ReasonInvalidDID} {
 		m.badFrames.WithLabelValues(r)
+	}
+	for _, r := range []string{ReasonBadPath, ReasonBadAction, ReasonBadCAR, ReasonMissingBlock, ReasonCIDMismatch,
+		ReasonMalformedRec} {
+		m.badOps.WithLabelValues(r)
 	}
 	return m
 }

@@ -1,33 +1,46 @@
 package firehose
 
 import (
-	"bytes"
+	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"sort"
-	"strings"
+	"os"
 	"time"
 
-	"github.com/bluesky-social/indigo/atproto/repo"
 	"github.com/bluesky-social/indigo/atproto/syntax"
 	"github.com/ipfs/go-cid"
 	"github.com/spaces-authz/spaces-authz/view"
 )
 
-// DefaultMaxRepoBytes bounds a getRepo CAR read into memory.
-const DefaultMaxRepoBytes = 512 << 20
+// Defaults of SyncConfig.
+const (
+	// DefaultMaxRepoBytes bounds a getRepo CAR (and the temp file it is
+	// spooled to while it is read).
+	DefaultMaxRepoBytes = 512 << 20
+	// DefaultMaxListRepos bounds the repos one ListAllRepos reads.
+	DefaultMaxListRepos = 1_000_000
+)
+
+// listReposPageSize is the page size ListAllRepos asks for (the most the
+// reference PDS serves).
+const listReposPageSize = 1000
 
 // SyncClient reads repos from a PDS (com.atproto.sync.getRepo, listRepos).
 type SyncClient struct {
-	base     string
-	http     *http.Client
-	maxBytes int64
-	metrics  *Metrics
+	base      string
+	http      *http.Client
+	maxBytes  int64
+	tempDir   string
+	maxRepos  int
+	maxPages  int
+	metrics   *Metrics
+	snapshots snapshotLimits
 }
 
 // SyncConfig configures a SyncClient.
@@ -36,8 +49,24 @@ type SyncConfig struct {
 	URL string
 	// HTTP client (optional; default one with a 5 minute timeout).
 	HTTP *http.Client
-	// MaxRepoBytes bounds one CAR (default 512 MiB).
+	// MaxRepoBytes bounds one repo CAR (optional; zero means
+	// DefaultMaxRepoBytes, 512 MiB). A larger repo is refused with
+	// ErrRepoTooLarge as soon as the limit is crossed. It also bounds the
+	// temp file a read spools the CAR to.
 	MaxRepoBytes int64
+	// TempDir is where GetRepo spools a CAR while reading it (optional; ""
+	// means os.TempDir(), that is $TMPDIR or /tmp). It must be writable and
+	// on disk, not tmpfs (that would be memory again), with room for
+	// MaxRepoBytes per concurrent GetRepo. The file is unlinked as soon as
+	// it is created, so nothing is left behind even after a crash.
+	TempDir string
+	// MaxListRepos bounds the repos one ListAllRepos reads (optional; zero
+	// means DefaultMaxListRepos).
+	MaxListRepos int
+	// MaxListPages bounds the listRepos pages one ListAllRepos reads
+	// (optional; zero means ten times the pages MaxListRepos fills at 1,000
+	// a page: 10,000 by default).
+	MaxListPages int
 	// Metrics (optional).
 	Metrics *Metrics
 }
@@ -48,15 +77,33 @@ func NewSyncClient(cfg SyncConfig) (*SyncClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("firehose: sync client: %w", err)
 	}
+	switch {
+	case cfg.MaxRepoBytes < 0:
+		return nil, fmt.Errorf("firehose: sync client: MaxRepoBytes %d is negative", cfg.MaxRepoBytes)
+	case cfg.MaxRepoBytes > maxSpool:
+		return nil, fmt.Errorf("firehose: sync client: MaxRepoBytes %d is above %d", cfg.MaxRepoBytes, int64(maxSpool))
+	case cfg.MaxListRepos < 0:
+		return nil, fmt.Errorf("firehose: sync client: MaxListRepos %d is negative", cfg.MaxListRepos)
+	case cfg.MaxListPages < 0:
+		return nil, fmt.Errorf("firehose: sync client: MaxListPages %d is negative", cfg.MaxListPages)
+	}
 	hc := cfg.HTTP
 	if hc == nil {
 		hc = &http.Client{Timeout: 5 * time.Minute}
 	}
-	maxBytes := cfg.MaxRepoBytes
-	if maxBytes <= 0 {
-		maxBytes = DefaultMaxRepoBytes
+	c := &SyncClient{base: u.Scheme + "://" + u.Host, http: hc, maxBytes: cfg.MaxRepoBytes, tempDir: cfg.TempDir,
+		maxRepos: cfg.MaxListRepos, maxPages: cfg.MaxListPages, metrics: cfg.Metrics, snapshots: defaultSnapshotLimits}
+	if c.maxBytes == 0 {
+		c.maxBytes = DefaultMaxRepoBytes
 	}
-	return &SyncClient{base: u.Scheme + "://" + u.Host, http: hc, maxBytes: maxBytes, metrics: cfg.Metrics}, nil
+	if c.maxRepos == 0 {
+		c.maxRepos = DefaultMaxListRepos
+	}
+	if c.maxPages == 0 {
+		c.maxPages = 10 * ((c.maxRepos + listReposPageSize - 1) / listReposPageSize)
+	}
+	c.metrics.repoFetchResults()
+	return c, nil
 }
 
 // Record is one record of a repo snapshot.
@@ -88,10 +135,42 @@ var (
 	errNotXRPCAnswer = errors.New("not an XRPC error body")
 )
 
+// ErrRepoTooLarge is returned (wrapped, with the DID and the limit) by
+// GetRepo for a repo whose CAR is larger than SyncConfig.MaxRepoBytes. It
+// is permanent for that repo until the limit is raised: retrying reads the
+// same bytes again.
+var ErrRepoTooLarge = errors.New("repo CAR is larger than the limit (SyncConfig.MaxRepoBytes)")
+
+// Paging errors of ListAllRepos: the PDS's listRepos cursors don't lead to
+// an end.
+var (
+	// ErrListReposLoop: the PDS returned a cursor it had returned before.
+	ErrListReposLoop = errors.New("listRepos returned a cursor it had already returned (its paging loops)")
+	// ErrListReposLimit: more repos or pages than SyncConfig allows.
+	ErrListReposLimit = errors.New("listRepos goes on past the limit (SyncConfig.MaxListRepos, MaxListPages)")
+)
+
+// repoFetchResults are the label values of the repo fetch counter.
+var repoFetchResults = []string{"ok", "not_found", "inactive", "too_large", "error"}
+
+// repoFetchResults creates every result's series, so that they exist at
+// zero before the first fetch.
+func (m *Metrics) repoFetchResults() {
+	if m == nil {
+		return
+	}
+	for _, r := range repoFetchResults {
+		m.repoFetches.WithLabelValues(r)
+	}
+}
+
 // GetRepo fetches did's repo CAR and reads the records of collections that
-// pass keep (nil keeps all). Each record block is checked against its CID.
+// pass keep (nil keeps all). The CAR is streamed to a temp file (see
+// SyncConfig.TempDir) and read from there, so memory does not grow with
+// the repo (snapshot.go). Every block is checked against its CID.
 // A repo the PDS doesn't have wraps ErrRepoNotFound; a deactivated, taken
-// down or suspended one wraps ErrRepoInactive (the *XRPCError says which).
+// down or suspended one wraps ErrRepoInactive (the *XRPCError says which);
+// one over SyncConfig.MaxRepoBytes wraps ErrRepoTooLarge.
 func (c *SyncClient) GetRepo(ctx context.Context, did string, keep func(collection string) bool) (*Snapshot, error) {
 	start := time.Now()
 	snap, err := c.getRepo(ctx, did, keep)
@@ -102,6 +181,8 @@ func (c *SyncClient) GetRepo(ctx context.Context, did string, keep func(collecti
 		result = "not_found"
 	case errors.Is(err, ErrRepoInactive):
 		result = "inactive"
+	case errors.Is(err, ErrRepoTooLarge):
+		result = "too_large"
 	default:
 		result = "error"
 	}
@@ -113,66 +194,93 @@ func (c *SyncClient) getRepo(ctx context.Context, did string, keep func(string) 
 	if _, err := syntax.ParseDID(did); err != nil {
 		return nil, fmt.Errorf("firehose: get repo: %w", err)
 	}
-	body, err := c.get(ctx, "com.atproto.sync.getRepo", url.Values{"did": {did}})
+	resp, err := c.get(ctx, "com.atproto.sync.getRepo", url.Values{"did": {did}})
 	if err != nil {
 		return nil, fmt.Errorf("firehose: get repo %s: %w", did, err)
 	}
-	defer body.Close()
-	data, err := io.ReadAll(io.LimitReader(body, c.maxBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("firehose: get repo %s: read body: %w", did, err)
+	defer resp.Body.Close()
+	tooLarge := fmt.Errorf("firehose: get repo %s: %w: more than %d bytes", did, ErrRepoTooLarge, c.maxBytes)
+	if resp.ContentLength > c.maxBytes {
+		return nil, tooLarge
 	}
-	if int64(len(data)) > c.maxBytes {
-		return nil, fmt.Errorf("firehose: get repo %s: CAR larger than %d bytes", did, c.maxBytes)
-	}
-	snap, err := ReadRepoCAR(ctx, data, keep)
+	spool, err := newFileSpool(c.tempDir)
 	if err != nil {
 		return nil, fmt.Errorf("firehose: get repo %s: %w", did, err)
 	}
-	if snap.DID != did {
+	defer spool.Close()
+	body := &capReader{r: resp.Body, max: c.maxBytes}
+	snap, err := readSnapshot(ctx, io.TeeReader(body, spool), spool, keep, c.snapshots)
+	switch {
+	case errors.Is(err, ErrRepoTooLarge):
+		return nil, tooLarge
+	case err != nil:
+		return nil, fmt.Errorf("firehose: get repo %s: %w", did, err)
+	case snap.DID != did:
 		return nil, fmt.Errorf("firehose: get repo %s: CAR is for %s", did, snap.DID)
 	}
 	return snap, nil
 }
 
-// ReadRepoCAR reads a full repo export with indigo and returns its records
-// whose collection passes keep (nil keeps all), sorted by path.
-func ReadRepoCAR(ctx context.Context, car []byte, keep func(string) bool) (*Snapshot, error) {
-	commit, r, err := repo.LoadRepoFromCAR(ctx, bytes.NewReader(car))
-	if err != nil {
-		return nil, fmt.Errorf("read CAR: %w", err)
+// capReader fails with ErrRepoTooLarge as soon as more than max bytes
+// have arrived.
+type capReader struct {
+	r      io.Reader
+	n, max int64
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.n > c.max {
+		return 0, ErrRepoTooLarge
 	}
-	snap := &Snapshot{DID: commit.DID, Rev: commit.Rev, Commit: commit.Data}
-	err = r.MST.Walk(func(key []byte, val cid.Cid) error {
-		path := string(key)
-		coll, rkey, ok := strings.Cut(path, "/")
-		if !ok {
-			return nil
-		}
-		if keep != nil && !keep(coll) {
-			return nil
-		}
-		rec := Record{Collection: coll, RKey: rkey, CID: val}
-		blk, err := r.RecordStore.Get(ctx, val)
-		switch {
-		case err != nil:
-			rec.Err = &OpError{Reason: ReasonMissingBlock, Detail: "record block " + val.String() + " is not in the CAR"}
-		default:
-			sum, herr := val.Prefix().Sum(blk.RawData())
-			if herr != nil || !sum.Equals(val) {
-				rec.Err = &OpError{Reason: ReasonCIDMismatch, Detail: "block does not hash to " + val.String()}
-				break
-			}
-			rec.Value, rec.Err = DecodeRecord(blk.RawData())
-		}
-		snap.Records = append(snap.Records, rec)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("walk MST: %w", err)
+	if rest := c.max + 1 - c.n; int64(len(p)) > rest {
+		p = p[:rest]
 	}
-	sort.Slice(snap.Records, func(i, j int) bool { return snap.Records[i].Path() < snap.Records[j].Path() })
-	return snap, nil
+	k, err := c.r.Read(p)
+	c.n += int64(k)
+	if c.n > c.max {
+		return k, ErrRepoTooLarge
+	}
+	return k, err
+}
+
+// fileSpool is the temp file a CAR is written to as it is read (buffered)
+// and read back from by offset.
+type fileSpool struct {
+	f       *os.File
+	w       *bufio.Writer
+	removed bool
+}
+
+func newFileSpool(dir string) (*fileSpool, error) {
+	f, err := os.CreateTemp(dir, "getrepo-*.car")
+	if err != nil {
+		return nil, fmt.Errorf("spool CAR: %w (TMPDIR or SyncConfig.TempDir must name a writable directory on disk)", err)
+	}
+	// Unlinked at once where the OS allows it (not Windows): the file then
+	// lives as long as the descriptor, and a crash leaves nothing behind.
+	removed := os.Remove(f.Name()) == nil
+	return &fileSpool{f: f, w: bufio.NewWriterSize(f, scanBufBytes), removed: removed}, nil
+}
+
+func (s *fileSpool) Write(p []byte) (int, error) { return s.w.Write(p) }
+
+func (s *fileSpool) ReadAt(p []byte, off int64) (int, error) {
+	if s.w.Buffered() > 0 {
+		if err := s.w.Flush(); err != nil {
+			return 0, fmt.Errorf("spool CAR: %w", err)
+		}
+	}
+	return s.f.ReadAt(p, off)
+}
+
+func (s *fileSpool) Close() error {
+	err := s.f.Close()
+	if !s.removed {
+		if rerr := os.Remove(s.f.Name()); err == nil {
+			err = rerr
+		}
+	}
+	return err
 }
 
 // RepoInfo is one entry of listRepos.
@@ -194,16 +302,16 @@ func (c *SyncClient) ListRepos(ctx context.Context, cursor string, limit int) ([
 	if cursor != "" {
 		q.Set("cursor", cursor)
 	}
-	body, err := c.get(ctx, "com.atproto.sync.listRepos", q)
+	resp, err := c.get(ctx, "com.atproto.sync.listRepos", q)
 	if err != nil {
 		return nil, "", fmt.Errorf("firehose: list repos: %w", err)
 	}
-	defer body.Close()
+	defer resp.Body.Close()
 	var out struct {
 		Cursor string     `json:"cursor"`
 		Repos  []RepoInfo `json:"repos"`
 	}
-	if err := json.NewDecoder(io.LimitReader(body, 64<<20)).Decode(&out); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&out); err != nil {
 		return nil, "", fmt.Errorf("firehose: list repos: decode: %w", err)
 	}
 	if len(out.Repos) == 0 {
@@ -212,27 +320,44 @@ func (c *SyncClient) ListRepos(ctx context.Context, cursor string, limit int) ([
 	return out.Repos, out.Cursor, nil
 }
 
-// ListAllRepos pages through listRepos, calling fn for each repo.
+// ListAllRepos pages through listRepos, calling fn for each repo. A PDS
+// whose paging does not end is refused: a cursor returned twice wraps
+// ErrListReposLoop; more repos or pages than SyncConfig allows wraps
+// ErrListReposLimit (fn has then been called for the repos before).
 func (c *SyncClient) ListAllRepos(ctx context.Context, fn func(RepoInfo) error) error {
+	// Cursors seen, by digest: a hostile PDS's cursors can be long.
+	seen := map[[sha256.Size]byte]struct{}{}
 	cursor := ""
-	for {
-		repos, next, err := c.ListRepos(ctx, cursor, 1000)
+	total := 0
+	for page := 1; ; page++ {
+		if page > c.maxPages {
+			return fmt.Errorf("firehose: list repos: %w: more than %d pages", ErrListReposLimit, c.maxPages)
+		}
+		repos, next, err := c.ListRepos(ctx, cursor, listReposPageSize)
 		if err != nil {
 			return err
+		}
+		if total += len(repos); total > c.maxRepos {
+			return fmt.Errorf("firehose: list repos: %w: more than %d repos", ErrListReposLimit, c.maxRepos)
 		}
 		for _, r := range repos {
 			if err := fn(r); err != nil {
 				return err
 			}
 		}
-		if next == "" || next == cursor {
+		if next == "" {
 			return nil
 		}
+		key := sha256.Sum256([]byte(next))
+		if _, dup := seen[key]; dup {
+			return fmt.Errorf("firehose: list repos: %w: cursor %q again after %d pages", ErrListReposLoop, view.Clip(next), page)
+		}
+		seen[key] = struct{}{}
 		cursor = next
 	}
 }
 
-func (c *SyncClient) get(ctx context.Context, method string, q url.Values) (io.ReadCloser, error) {
+func (c *SyncClient) get(ctx context.Context, method string, q url.Values) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/xrpc/"+method+"?"+q.Encode(), nil)
 	if err != nil {
 		return nil, err
@@ -242,7 +367,7 @@ func (c *SyncClient) get(ctx context.Context, method string, q url.Values) (io.R
 		return nil, err
 	}
 	if resp.StatusCode/100 == 2 {
-		return resp.Body, nil
+		return resp, nil
 	}
 	defer resp.Body.Close()
 	xe := &XRPCError{Status: resp.StatusCode}

@@ -1,55 +1,63 @@
 package firehose
 
 // Hand-written equivalents of indigo's syntax.ParseNSID and
-// syntax.ParseRecordKey for op paths, which are checked on every matched
-// op: indigo's versions run a backtracking regexp and took a third of a
-// matched frame's decode. FuzzSyntaxMatchesIndigo holds them equal.
+// syntax.ParseRecordKey for op paths, which are checked on every op of a
+// commit: indigo's versions run a backtracking regexp and took a third of
+// a matched frame's decode. FuzzSyntaxMatchesIndigo holds them equal.
 
-func isAlpha(c byte) bool    { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
-func isAlphaNum(c byte) bool { return isAlpha(c) || c >= '0' && c <= '9' }
+// Character classes of NSIDs and record keys.
+const (
+	chAlpha    = 1 << iota // a-z A-Z
+	chDigit                // 0-9
+	chHyphen               // -
+	chRKey                 // letters, digits and _~.:-
+	chAlphaNum = chAlpha | chDigit
+)
+
+var charClass = func() (t [256]uint8) {
+	for c := range 256 {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+			t[c] = chAlpha | chRKey
+		case c >= '0' && c <= '9':
+			t[c] = chDigit | chRKey
+		case c == '-':
+			t[c] = chHyphen | chRKey
+		case c == '_', c == '~', c == '.', c == ':':
+			t[c] = chRKey
+		}
+	}
+	return t
+}()
 
 // validNSID reports whether s is an NSID: at most 317 characters, three or
 // more dot-separated segments of 1–63 characters; the first starts with a
 // letter, every segment but the last is letters, digits and inner hyphens,
-// and the last is a letter followed by letters and digits.
+// and the last is a letter followed by letters and digits. One pass.
 func validNSID(s string) bool {
 	if len(s) == 0 || len(s) > 317 {
 		return false
 	}
-	segments, start := 0, 0
-	for i := 0; i <= len(s); i++ {
-		if i < len(s) && s[i] != '.' {
+	dots, start, hyphen := 0, 0, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '.' {
+			if n := i - start; n == 0 || n > 63 || s[start] == '-' || s[i-1] == '-' ||
+				dots == 0 && charClass[s[start]]&chAlpha == 0 {
+				return false
+			}
+			dots, start, hyphen = dots+1, i+1, false
 			continue
 		}
-		seg := s[start:i]
-		last := i == len(s)
-		if len(seg) == 0 || len(seg) > 63 {
+		switch charClass[c] & (chAlphaNum | chHyphen) {
+		case 0:
 			return false
+		case chHyphen:
+			hyphen = true
 		}
-		switch {
-		case last:
-			if !isAlpha(seg[0]) {
-				return false
-			}
-			for j := 1; j < len(seg); j++ {
-				if !isAlphaNum(seg[j]) {
-					return false
-				}
-			}
-		default:
-			if segments == 0 && !isAlpha(seg[0]) || !isAlphaNum(seg[0]) || !isAlphaNum(seg[len(seg)-1]) {
-				return false
-			}
-			for j := 1; j < len(seg)-1; j++ {
-				if c := seg[j]; !isAlphaNum(c) && c != '-' {
-					return false
-				}
-			}
-		}
-		segments++
-		start = i + 1
 	}
-	return segments >= 3
+	n := len(s) - start
+	return dots >= 2 && n > 0 && n <= 63 && !hyphen && charClass[s[start]]&chAlpha != 0
 }
 
 // validRecordKey reports whether s is a record key: 1–512 characters from
@@ -59,9 +67,7 @@ func validRecordKey(s string) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case isAlphaNum(c), c == '_', c == '~', c == '.', c == ':', c == '-':
-		default:
+		if charClass[s[i]]&chRKey == 0 {
 			return false
 		}
 	}

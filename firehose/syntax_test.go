@@ -9,6 +9,7 @@ import (
 var syntaxSeeds = []string{
 	"com.atproto.space.space", "app.bsky.feed.post", "a.b.c", "a.b", "a-b.c.d", "a.b-.c", "a.-b.c",
 	"a.b.c1", "a.b.1c", "1a.b.c", "a..b.c", ".a.b.c", "a.b.c.", "a.b.c-d", "com.example.fooBar",
+	"a-.b.c", "-a.b.c", "a.b.-c", "a.b.c-", "a.b-c.d", "A.B.C", "a1.b.c", "a.b.c.d.e", "a.b.C9", "a.b._", "a.b.c:",
 	"self", "3k2a.b~c", "a:b", ".", "..", "...", "-_~.:", "a/b", "a b", "é.b.c", "",
 	"a.b.cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc",
 	"a.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.c",

@@ -111,6 +111,11 @@ func (e *Engine) fetch(ctx context.Context, did string, job *resyncJob) *resyncR
 		case ctx.Err() != nil:
 			r.err = ctx.Err()
 			return r
+		case errors.Is(err, firehose.ErrRepoTooLarge):
+			// Refused until the repo shrinks or the limit grows: no quick
+			// retries; the repo is desynchronized and retried with backoff.
+			r.err = err
+			return r
 		case attempt >= e.cfg.ResyncAttempts:
 			r.err = err
 			return r
