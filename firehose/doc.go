@@ -17,6 +17,8 @@
 //     worker queues are fixed-size, and a full queue blocks the socket reader
 //     (backpressure reaches the PDS, which drops a consumer that is too slow
 //     and is then resumed from the watermark).
+//   - A repo snapshot is read from a spooled, unlinked temp file: memory holds
+//     a bounded block index and the projected records, never the CAR.
 //   - Op paths are filtered before any CAR is decoded; records are decoded
 //     into generic maps (unknown lexicons are fine) and each block's CID is
 //     checked against the op's CID.

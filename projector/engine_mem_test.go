@@ -169,11 +169,16 @@ type memRepo struct {
 type memPDS struct {
 	mu    sync.Mutex
 	repos map[string]*memRepo
+	// fail, when set, answers getRepo for a DID with an error.
+	fail map[string]error
 }
 
 func (p *memPDS) GetRepo(_ context.Context, did string, keep func(string) bool) (*firehose.Snapshot, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err := p.fail[did]; err != nil {
+		return nil, err
+	}
 	r := p.repos[did]
 	switch {
 	case r == nil || r.status == statusDeleted:
@@ -548,4 +553,57 @@ func TestMemRewindResyncsEachRepoOnce(t *testing.T) {
 	if st := h.view.progress(t); st.Rewind != checkpoint.None {
 		t.Fatalf("the cursor passed the marker and it stays: %+v", st)
 	}
+}
+
+// TestMemMalformedCommitResyncs: a commit whose ops the stream could not all
+// read is not applied in part; the repo is read instead (item 10).
+func TestMemMalformedCommitResyncs(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false)})
+	h.assertView("before")
+	ev := h.write(memAlice, map[string]map[string]any{relCol + "g": grant(memAlice, "root", "viewer", memBob),
+		spaceCol + "kid": space(false)})
+	ev.Ops = ev.Ops[:1] // the stream lost one op it could not read
+	ev.Malformed = firehose.ReasonBadPath
+	h.send(ev)
+	h.assertView("after a malformed commit")
+	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerMalformed); got != 1 {
+		t.Fatalf("malformed resyncs %v, want 1", got)
+	}
+}
+
+// TestMemTooLargeRepoIsDesynchronized: a repo over the size limit is
+// refused without quick retries, marked desynchronized, and the stream
+// goes on (item 4).
+func TestMemTooLargeRepoIsDesynchronized(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false)})
+	h.assertView("before")
+	h.pds.mu.Lock()
+	h.pds.fail = map[string]error{memAlice: fmt.Errorf("too big: %w", firehose.ErrRepoTooLarge)}
+	h.pds.mu.Unlock()
+	h.seq++
+	h.send(&firehose.Event{Seq: h.seq, Kind: firehose.KindSync, DID: memAlice, Rev: syntax.NewTID(h.clock+10, 0).String()})
+	h.commit(memBob, map[string]map[string]any{spaceCol + "b": space(false)})
+	h.settle()
+	if st := h.engine.Status(); st.Desynchronized != 1 || st.DesyncDIDs[0] != memAlice {
+		t.Fatalf("status %+v, want alice desynchronized", st)
+	}
+	if got := metrictest.Value(t, h.reg, "consumer_resync_failures_total"); got != 1 {
+		t.Fatalf("resync failures %v, want 1 (no quick retries)", got)
+	}
+	if len(h.view.matching(func(t view.Tuple) bool { return t.Relation == view.RelDesync })) != 1 {
+		t.Fatal("no desync marker stored")
+	}
+	h.pds.mu.Lock()
+	h.pds.fail = nil
+	h.pds.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for h.engine.Status().Desynchronized != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the retry did not resync alice")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	h.assertView("after the retry")
 }
