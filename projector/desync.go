@@ -19,6 +19,10 @@ const (
 type retry struct {
 	due time.Time
 	bo  backoff.Backoff
+	// soft: the repo's last snapshot lacked some record blocks. It is
+	// read again with the same backoff, but it is not desynchronized:
+	// what it produced is kept, it is not counted, and no rebuild waits.
+	soft bool
 }
 
 // markDesync records that d's resync failed: what the view holds for it
@@ -48,14 +52,37 @@ func (a *applier) desynced(d *didState) {
 		r = &retry{bo: backoff.Backoff{Min: retryMin, Max: retryMax}}
 		a.retries[d.did] = r
 	}
+	r.soft = false
 	r.due = time.Now().Add(r.bo.Next())
 	a.publishDesync()
+}
+
+// incompleteSnapshot schedules (incomplete) or drops (complete) a soft
+// retry of d after a successful resync whose snapshot lacked, or no longer
+// lacks, record blocks.
+func (a *applier) incompleteSnapshot(d *didState, incomplete bool) {
+	r := a.retries[d.did]
+	switch {
+	case incomplete && r == nil:
+		r = &retry{bo: backoff.Backoff{Min: retryMin, Max: retryMax}, soft: true}
+		a.retries[d.did] = r
+		fallthrough
+	case incomplete:
+		// Soft, or a desynchronized repo whose resync just worked (its
+		// marker goes with this write): read it again later either way.
+		r.soft = true
+		r.due = time.Now().Add(r.bo.Next())
+	case !incomplete && r != nil && r.soft:
+		delete(a.retries, d.did)
+	}
 }
 
 // desyncCleared notes that d's desync ends with batch b: once b commits,
 // rebuilds that waited for it may be done.
 func (a *applier) desyncCleared(did string, b *batch) {
-	delete(a.retries, did)
+	if r := a.retries[did]; r != nil && !r.soft {
+		delete(a.retries, did)
+	}
 	if a.rb != nil {
 		delete(a.rb.desynced, did)
 	}
@@ -98,8 +125,12 @@ type incompleteRebuild struct {
 // repos.
 func (a *applier) publishDesync() {
 	dids := make([]string, 0, min(len(a.retries), maxListedDesync))
-	for did := range a.retries {
-		dids = append(dids, did)
+	hard := 0
+	for did, r := range a.retries {
+		if !r.soft {
+			dids = append(dids, did)
+			hard++
+		}
 	}
 	sort.Strings(dids)
 	if len(dids) > maxListedDesync {
@@ -112,8 +143,8 @@ func (a *applier) publishDesync() {
 	if a.rb != nil {
 		blocking += len(a.rb.desynced)
 	}
-	a.e.status.desync(len(a.retries), dids, blocking)
-	a.e.cfg.Metrics.setDesync(len(a.retries))
+	a.e.status.desync(hard, dids, blocking)
+	a.e.cfg.Metrics.setDesync(hard)
 }
 
 // maxListedDesync bounds the desynchronized repos /v1/status lists.

@@ -37,6 +37,8 @@ type resyncResult struct {
 	notFound bool
 	inactive bool
 	err      error
+	// unreadable counts records the snapshot names without their block.
+	unreadable int
 	// A claim's fresh reads: the repo's stored bookkeeping and its owner's
 	// epoch (checkpoint.None when none), both fully consistent.
 	state view.RepoState
@@ -303,6 +305,10 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 		}
 		w.units, w.changes = a.resyncDiff(d, l, r, trigSeq, trigTime)
 		w.final = append(w.final, a.setRev(d, l, r.snap.Rev)...)
+		// A record the export names without its block is read again later:
+		// the reference PDS can lose a block and write it back when an
+		// identical record is written, which no event of this repo says.
+		a.incompleteSnapshot(d, r.unreadable > 0)
 	}
 	if d.desync {
 		w.final = append(w.final, a.clearDesync(d)...)
@@ -366,6 +372,7 @@ func (a *applier) claimWrites(d *didState, l *lineage, job *resyncJob, r *resync
 	var units []unit
 	units, w.changes = a.resyncDiff(d, l, r, trigSeq, trigTime)
 	w.units = units
+	a.incompleteSnapshot(d, r.unreadable > 0)
 	w.final = append(w.final, a.setStatus(d, statusActive, trigSeq)...)
 	w.final = append(w.final, a.setRev(d, l, r.snap.Rev)...)
 	return w
@@ -454,6 +461,7 @@ func (a *applier) resyncDiff(d *didState, l *lineage, r *resyncResult, seq int64
 			// identical records when one of them is deleted, until an
 			// identical record brings it back.)
 			a.e.cfg.Metrics.unreadableRecord()
+			r.unreadable++
 			a.e.log.Warn("resync: a record's block is missing from the snapshot; keeping what it produced",
 				"uri", "at://"+d.did+"/"+path, "reason", rec.Err.Reason, "detail", view.Clip(rec.Err.Detail))
 			want[path] = tupleList(l.byRecord[path])
