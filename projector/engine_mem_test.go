@@ -229,6 +229,34 @@ type memHarness struct {
 	clock   int64
 	stopped chan error
 	stop    func()
+	pub     *memPublisher // nil: no fan-out
+}
+
+// memPublisher records what the engine fans out, accepting it at once.
+type memPublisher struct {
+	mu      sync.Mutex
+	changes []view.Change
+}
+
+func (p *memPublisher) Publish(_ context.Context, changes []view.Change, _ string, done func()) error {
+	p.mu.Lock()
+	p.changes = append(p.changes, changes...)
+	p.mu.Unlock()
+	done()
+	return nil
+}
+
+// published lists the changes published so far for which keep holds.
+func (p *memPublisher) published(keep func(view.Change) bool) []view.Change {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []view.Change
+	for _, c := range p.changes {
+		if keep(c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func newMemHarness(t *testing.T, stored checkpoint.State) *memHarness {
@@ -250,9 +278,13 @@ func (h *memHarness) start(stored checkpoint.State) {
 		h.t.Fatal(err)
 	}
 	h.reg = prometheus.NewRegistry()
-	h.engine, err = New(Config{Rules: view.DefaultRules(), Store: h.view, Writer: h.view, Fetcher: h.pds,
+	cfg := Config{Rules: view.DefaultRules(), Store: h.view, Writer: h.view, Fetcher: h.pds,
 		Progress: h.prog, FlushEvery: 5 * time.Millisecond, Metrics: NewMetrics(h.reg),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if h.pub != nil {
+		cfg.Publisher = h.pub
+	}
+	h.engine, err = New(cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -569,6 +601,54 @@ func TestMemMalformedCommitResyncs(t *testing.T) {
 	h.assertView("after a malformed commit")
 	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerMalformed); got != 1 {
 		t.Fatalf("malformed resyncs %v, want 1", got)
+	}
+}
+
+// TestMemResyncingCommitPublishesItsOps: a commit that is applied by a
+// resync (here: one of its records arrived without its block) still fans
+// out each of its ops once, as that event's changes, and the resync's diff
+// follows as resync changes. Before, only the diff was published, so a
+// downstream consumer never saw the commit's ops as the commit's (seen in
+// the e2e NATS test when the reference PDS lost a block).
+func TestMemResyncingCommitPublishesItsOps(t *testing.T) {
+	h := &memHarness{t: t, view: &memView{rels: map[view.Tuple]bool{}}, pds: &memPDS{repos: map[string]*memRepo{}},
+		reg: prometheus.NewRegistry(), clock: 1_700_000_000_000_000, pub: &memPublisher{}}
+	h.start(checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false)})
+	h.settle()
+	ev := h.write(memAlice, map[string]map[string]any{relCol + "g": grant(memAlice, "root", "viewer", memBob),
+		spaceCol + "kid": space(false)})
+	lost := -1
+	for i := range ev.Ops {
+		if ev.Ops[i].Collection+"/"+ev.Ops[i].RKey == spaceCol+"kid" {
+			lost = i
+			ev.Ops[i].Record = nil
+			ev.Ops[i].Err = &firehose.OpError{Reason: firehose.ReasonMissingBlock, Detail: "not in the CAR"}
+		}
+	}
+	h.send(ev)
+	h.settle()
+	h.assertView("after a commit applied by a resync")
+	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerUnreadable); got != 1 {
+		t.Fatalf("unreadable resyncs %v, want 1", got)
+	}
+	own := h.pub.published(func(c view.Change) bool { return c.Seq == ev.Seq && !c.Resync })
+	if len(own) != len(ev.Ops) {
+		t.Fatalf("the commit's own changes: %d published, want one per op (%d): %+v", len(own), len(ev.Ops), own)
+	}
+	for _, c := range own {
+		op := ev.Ops[c.OpIndex]
+		if c.Collection != op.Collection || c.RKey != op.RKey || c.Action != string(op.Action) || c.CID != op.CID.String() {
+			t.Errorf("change %d is %s/%s %s %s, want the op %s %s %s", c.OpIndex, c.Collection, c.RKey, c.Action, c.CID,
+				op.Path(), op.Action, op.CID)
+		}
+		if c.OpIndex == lost && c.Rejected != view.Reason(firehose.ReasonMissingBlock) {
+			t.Errorf("the op without its block is published as %q, want rejected %s", c.Rejected, firehose.ReasonMissingBlock)
+		}
+	}
+	diff := h.pub.published(func(c view.Change) bool { return c.Seq == ev.Seq && c.Resync })
+	if len(diff) != 2 {
+		t.Fatalf("the resync's diff: %d changes, want the two new records: %+v", len(diff), diff)
 	}
 }
 

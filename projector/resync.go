@@ -303,7 +303,9 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 			w.final = append(w.final, a.setStatus(d, statusActive, max(d.statusSeq, trigSeq))...)
 			d.status = ""
 		}
-		w.units, w.changes = a.resyncDiff(d, l, r, trigSeq, trigTime)
+		var diff []view.Change
+		w.units, diff = a.resyncDiff(d, l, r, trigSeq, trigTime)
+		w.changes = append(a.triggerChanges(d, job), diff...)
 		w.final = append(w.final, a.setRev(d, l, r.snap.Rev)...)
 		// A record the export names without its block is read again later:
 		// the reference PDS can lose a block and write it back when an
@@ -369,13 +371,25 @@ func (a *applier) claimWrites(d *didState, l *lineage, job *resyncJob, r *resync
 	// bookkeeping but what this write stores.
 	e.setOwner(d, self)
 	d.rev, d.status, d.statusSeq, d.hasStatus, d.desync = "", "", 0, false, false
-	var units []unit
-	units, w.changes = a.resyncDiff(d, l, r, trigSeq, trigTime)
-	w.units = units
+	var diff []view.Change
+	w.units, diff = a.resyncDiff(d, l, r, trigSeq, trigTime)
+	w.changes = append(a.triggerChanges(d, job), diff...)
 	a.incompleteSnapshot(d, r.unreadable > 0)
 	w.final = append(w.final, a.setStatus(d, statusActive, trigSeq)...)
 	w.final = append(w.final, a.setRev(d, l, r.snap.Rev)...)
 	return w
+}
+
+// triggerChanges are the ops of the commit that triggered a resync (a gap,
+// an op the stream could not read, a record without its block), as that
+// event's own changes: the resync decides what is written, but the fan-out
+// still carries every op of every commit once under the event's ID, before
+// the resync's diff (DESIGN §6).
+func (a *applier) triggerChanges(d *didState, job *resyncJob) []view.Change {
+	if ev := job.trigger; ev != nil && ev.Kind == firehose.KindCommit {
+		return a.changes(d, ev)
+	}
+	return nil
 }
 
 func (j *resyncJob) triggerSeqTime() (int64, string) {
