@@ -58,23 +58,46 @@ func (a *applier) desynced(d *didState) {
 }
 
 // incompleteSnapshot schedules (incomplete) or drops (complete) a soft
-// retry of d after a successful resync whose snapshot lacked, or no longer
-// lacks, record blocks.
-func (a *applier) incompleteSnapshot(d *didState, incomplete bool) {
-	r := a.retries[d.did]
-	switch {
-	case incomplete && r == nil:
-		r = &retry{bo: backoff.Backoff{Min: retryMin, Max: retryMax}, soft: true}
-		a.retries[d.did] = r
-		fallthrough
-	case incomplete:
-		// Soft, or a desynchronized repo whose resync just worked (its
-		// marker goes with this write): read it again later either way.
-		r.soft = true
-		r.due = time.Now().Add(r.bo.Next())
-	case !incomplete && r != nil && r.soft:
+// retry of d after a successful resync at seq whose snapshot lacked, or no
+// longer lacks, record blocks, and returns the update of d's stored
+// incomplete marker (so that a restart goes on reading the repo).
+func (a *applier) incompleteSnapshot(d *didState, incomplete bool, seq int64) []view.Update {
+	if !incomplete {
+		return a.completeSnapshot(d)
+	}
+	a.readAgain(d)
+	if d.incomplete {
+		return nil
+	}
+	d.incomplete, d.incompleteSeq = true, seq
+	return []view.Update{{Op: view.OpTouch, Tuple: view.IncompleteTuple(d.did, seq)}}
+}
+
+// completeSnapshot drops d's soft retry and its stored incomplete marker:
+// its last read was whole, or the repo is gone or withdrawn.
+func (a *applier) completeSnapshot(d *didState) []view.Update {
+	if r := a.retries[d.did]; r != nil && r.soft {
 		delete(a.retries, d.did)
 	}
+	if !d.incomplete {
+		return nil
+	}
+	u := []view.Update{{Op: view.OpDelete, Tuple: view.IncompleteTuple(d.did, d.incompleteSeq)}}
+	d.incomplete, d.incompleteSeq = false, 0
+	return u
+}
+
+// readAgain schedules a soft retry of d, further away each time.
+func (a *applier) readAgain(d *didState) {
+	r := a.retries[d.did]
+	if r == nil {
+		r = &retry{bo: backoff.Backoff{Min: retryMin, Max: retryMax}}
+		a.retries[d.did] = r
+	}
+	// Soft, or a desynchronized repo whose resync just worked (its
+	// desync marker goes with this write): read it again later either way.
+	r.soft = true
+	r.due = time.Now().Add(r.bo.Next())
 }
 
 // desyncCleared notes that d's desync ends with batch b: once b commits,

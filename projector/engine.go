@@ -224,7 +224,8 @@ func (e *Engine) Load(ctx context.Context) error {
 			st = ""
 		}
 		d := &didState{did: r.DID, known: true, owner: r.Source, rev: r.Rev, status: st, statusSeq: r.StatusSeq,
-			hasStatus: r.Status != "", desync: r.Desync, desyncSeq: r.DesyncSeq}
+			hasStatus: r.Status != "", desync: r.Desync, desyncSeq: r.DesyncSeq,
+			incomplete: r.Incomplete, incompleteSeq: r.IncompleteSeq}
 		e.states[r.DID] = d
 		if e.isForeign(d) {
 			foreign++ // another source's repo: its tuples are not ours to tidy
@@ -239,6 +240,8 @@ func (e *Engine) Load(ctx context.Context) error {
 		}
 		if d.desync {
 			e.app.desynced(d)
+		} else if d.incomplete {
+			e.app.readAgain(d)
 		}
 		e.applied.set(r.DID, r.Rev, "")
 	}
@@ -285,6 +288,11 @@ type didState struct {
 	// until one succeeds.
 	desync    bool
 	desyncSeq int64
+	// incomplete: the repo's last snapshot (at incompleteSeq) lacked
+	// record blocks; it is read again until one is whole (the marker is
+	// stored, so a restart goes on reading it).
+	incomplete    bool
+	incompleteSeq int64
 }
 
 func (d *didState) active() bool { return d.status == "" }

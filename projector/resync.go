@@ -285,6 +285,7 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 			w.final = append(w.final, a.setStatus(d, statusDeleted, max(d.statusSeq, trigSeq))...)
 			d.status = statusDeleted
 		}
+		w.final = append(w.final, a.completeSnapshot(d)...)
 	case r.inactive:
 		e.log.Info("resync: the PDS says the repo is not active; withdrawing it", "did", d.did)
 		for _, t := range r.data {
@@ -294,6 +295,7 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 			w.final = append(w.final, a.setStatus(d, "inactive", max(d.statusSeq, trigSeq))...)
 			d.status = "inactive"
 		}
+		w.final = append(w.final, a.completeSnapshot(d)...)
 	default:
 		if d.status != "" {
 			// getRepo answered: the PDS serves the repo, so it is active
@@ -310,7 +312,7 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 		// A record the export names without its block is read again later:
 		// the reference PDS can lose a block and write it back when an
 		// identical record is written, which no event of this repo says.
-		a.incompleteSnapshot(d, r.unreadable > 0)
+		w.final = append(w.final, a.incompleteSnapshot(d, r.unreadable > 0, trigSeq)...)
 	}
 	if d.desync {
 		w.final = append(w.final, a.clearDesync(d)...)
@@ -364,6 +366,9 @@ func (a *applier) claimWrites(d *didState, l *lineage, job *resyncJob, r *resync
 	if st.Desync {
 		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.DesyncTuple(d.did, st.DesyncSeq)})
 	}
+	if st.Incomplete {
+		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.IncompleteTuple(d.did, st.IncompleteSeq)})
+	}
 	e.log.Info("taking a repo over: this source's PDS serves it now", "did", d.did, "previous_owner", st.Source,
 		"trigger", job.reason)
 	e.cfg.Metrics.claimed()
@@ -371,10 +376,11 @@ func (a *applier) claimWrites(d *didState, l *lineage, job *resyncJob, r *resync
 	// bookkeeping but what this write stores.
 	e.setOwner(d, self)
 	d.rev, d.status, d.statusSeq, d.hasStatus, d.desync = "", "", 0, false, false
+	d.incomplete, d.incompleteSeq = false, 0
 	var diff []view.Change
 	w.units, diff = a.resyncDiff(d, l, r, trigSeq, trigTime)
 	w.changes = append(a.triggerChanges(d, job), diff...)
-	a.incompleteSnapshot(d, r.unreadable > 0)
+	w.final = append(w.final, a.incompleteSnapshot(d, r.unreadable > 0, trigSeq)...)
 	w.final = append(w.final, a.setStatus(d, statusActive, trigSeq)...)
 	w.final = append(w.final, a.setRev(d, l, r.snap.Rev)...)
 	return w

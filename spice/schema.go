@@ -15,7 +15,8 @@ var requiredDefinitions = []string{view.TypeProjector, view.TypeLineage, view.Ty
 // requiredRelations are relations later versions added to bookkeeping
 // definitions: a schema written by an older version lacks them.
 var requiredRelations = [][2]string{
-	{view.TypeRepo, view.RelSource}, {view.TypeRepo, view.RelDesync}, {view.TypeProjector, view.RelEpoch},
+	{view.TypeRepo, view.RelSource}, {view.TypeRepo, view.RelDesync}, {view.TypeRepo, view.RelIncomplete},
+	{view.TypeProjector, view.RelEpoch},
 }
 
 // CheckSchema fails with ErrSchema when SpiceDB's schema lacks a definition

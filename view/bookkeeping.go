@@ -85,6 +85,13 @@ func DesyncTuple(did string, seq int64) Tuple {
 		SubjectID: strconv.FormatInt(seq, 10)}
 }
 
+// IncompleteTuple marks a repo whose last snapshot lacked record blocks:
+// repo:<did>#incomplete@seq:<seq>.
+func IncompleteTuple(did string, seq int64) Tuple {
+	return Tuple{ResourceType: TypeRepo, ResourceID: RepoID(did), Relation: RelIncomplete, SubjectType: TypeSeq,
+		SubjectID: strconv.FormatInt(seq, 10)}
+}
+
 // EpochTuple is a source's ownership epoch:
 // projector:<source>#epoch@seq:<n>.
 func EpochTuple(source string, n int64) Tuple {
@@ -129,6 +136,10 @@ type RepoState struct {
 	// holds for it may be wrong until a resync succeeds.
 	Desync    bool
 	DesyncSeq int64
+	// Incomplete: the repo's last snapshot (at IncompleteSeq) named
+	// records without their block; it is read again until one is whole.
+	Incomplete    bool
+	IncompleteSeq int64
 }
 
 // LineageEntry is one stored lineage relationship, parsed: record Path
@@ -184,6 +195,12 @@ func (r *RepoStates) Add(t Tuple) error {
 			return fmt.Errorf("stored repo state %s: %w", t, err)
 		}
 		st.Desync, st.DesyncSeq = true, max(st.DesyncSeq, n)
+	case RelIncomplete:
+		n, err := strconv.ParseInt(t.SubjectID, 10, 64)
+		if err != nil {
+			return fmt.Errorf("stored repo state %s: %w", t, err)
+		}
+		st.Incomplete, st.IncompleteSeq = true, max(st.IncompleteSeq, n)
 	case RelStatus:
 		status, seq, err := ParseStatusID(t.SubjectID)
 		if err != nil {

@@ -27,6 +27,10 @@ const (
 	RelSource = "source"
 	// RelDesync marks a repo whose resync failed: repo:<did>#desync@seq:<seq>.
 	RelDesync = "desync"
+	// RelIncomplete marks a repo whose last snapshot named records without
+	// their block: repo:<did>#incomplete@seq:<seq>. It is read again until
+	// a snapshot is whole.
+	RelIncomplete = "incomplete"
 
 	TypeProjector = "projector"
 	RelHolder     = "holder"
