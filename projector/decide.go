@@ -293,6 +293,15 @@ func (a *applier) decideAccount(d *didState, ev *firehose.Event) error {
 		return nil
 	}
 	next := normalizeStatus(ev.Active, ev.Status)
+	if next != "" && d.known && !e.mayRemove(d) {
+		// A repo stored before ownership, in a SpiceDB other sources
+		// share: this PDS deactivating or deleting it may be the old PDS
+		// of a migrated account, so it withdraws nothing (a rebuild gives
+		// the repo its owner).
+		e.log.Info("account status of a repo with no owner recorded ignored", "did", d.did, "status", next, "seq", ev.Seq)
+		a.settle(ev, nil)
+		return nil
+	}
 	if next == d.status {
 		if d.known {
 			// Nothing to withdraw or restore, but the status tuple moves

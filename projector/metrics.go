@@ -25,6 +25,7 @@ type Metrics struct {
 	drift       *prometheus.CounterVec
 	desynced    prometheus.Gauge
 	claims      prometheus.Counter
+	claimsStale prometheus.Counter
 }
 
 // Resync triggers (the `trigger` label).
@@ -81,6 +82,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Repos whose last resync failed: what SpiceDB holds for them may be wrong until a retry succeeds."})
 	m.claims = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "repo_claims_total",
 		Help: "Repos taken over from another source (or with no owner recorded) because this source's PDS serves them."})
+	m.claimsStale = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "repo_claims_refused_total",
+		Help: "Takeovers refused because this source's copy of the repo is not newer than the stored one (an old PDS of a migrated account)."})
 	m.rebuilds = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "rebuilds_total",
 		Help: "Rebuilds started (first run, OutdatedCursor, reset, command)."})
 	m.reconciled = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "reconcile_repos_total",
@@ -91,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.drift.WithLabelValues(k)
 	}
 	reg.MustRegister(m.applied, m.rejected, m.resyncs, m.resyncFails, m.duplicates, m.cycles, m.unreadable, m.cachedRepos,
-		m.restarts, m.desynced, m.claims, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
+		m.restarts, m.desynced, m.claims, m.claimsStale, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
 	for _, r := range view.AllReasons {
 		m.rejected.WithLabelValues(string(r))
 	}
@@ -156,6 +159,12 @@ func (m *Metrics) setCached(n int) {
 func (m *Metrics) setDesync(n int) {
 	if m != nil {
 		m.desynced.Set(float64(n))
+	}
+}
+
+func (m *Metrics) claimRefused() {
+	if m != nil {
+		m.claimsStale.Inc()
 	}
 }
 

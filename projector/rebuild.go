@@ -35,14 +35,17 @@ type rebuildRun struct {
 	// desynced are the rebuild's repos whose resync failed: the rebuild is
 	// not done while any is left.
 	desynced map[string]bool
-	inFlight int
-	total    int
-	done     int
-	records  int
-	started  time.Time
-	lastLog  time.Time
-	marker   int64 // stored marker value, or checkpoint.None
-	waiters  []chan struct{}
+	// requested are the queued repos an admin or reconcile request named
+	// (not listed by the PDS).
+	requested map[string]bool
+	inFlight  int
+	total     int
+	done      int
+	records   int
+	started   time.Time
+	lastLog   time.Time
+	marker    int64 // stored marker value, or checkpoint.None
+	waiters   []chan struct{}
 }
 
 type listResult struct {
@@ -79,13 +82,16 @@ func (a *applier) startRebuild(req rebuildRequest) {
 	fresh := rb == nil
 	if fresh {
 		rb = &rebuildRun{reason: req.reason, started: time.Now(), lastLog: time.Now(), marker: checkpoint.None,
-			desynced: map[string]bool{}}
+			desynced: map[string]bool{}, requested: map[string]bool{}}
 		a.rb = rb
 	}
 	rb.waiters = append(rb.waiters, req.done)
 	switch {
 	case req.dids != nil:
 		rb.queue = append(rb.queue, req.dids...)
+		for _, did := range req.dids {
+			rb.requested[did] = true
+		}
 		rb.total += len(req.dids)
 	case !rb.full:
 		rb.full = true
@@ -222,7 +228,8 @@ func (a *applier) pumpRebuild() {
 			rb.done++
 			continue
 		}
-		a.startJob(d, &resyncJob{reason: TriggerRebuild, rebuild: true})
+		a.startJob(d, &resyncJob{reason: TriggerRebuild, rebuild: true, requested: rb.requested[did]})
+		delete(rb.requested, did)
 		rb.inFlight++
 	}
 	e.cfg.Metrics.rebuildProgress(rb.done, rb.total)
@@ -263,13 +270,16 @@ func (a *applier) logProgress(msg string) {
 		"records_per_second", fmt.Sprintf("%.0f", rate), "elapsed", time.Since(rb.started).Round(time.Millisecond))
 }
 
-// rebuildResyncDone counts a finished resync of the rebuild.
-func (a *applier) rebuildResyncDone(d *didState, records int) {
+// rebuildResyncDone counts a finished resync of the rebuild. A repo over
+// the size limit stays desynchronized (counted, listed, retried) but does
+// not hold the rebuild, nor readiness: it is one user's lasting condition,
+// not the view's, and only an operator raising the limit ends it.
+func (a *applier) rebuildResyncDone(d *didState, records int, tooLarge bool) {
 	rb := a.rb
 	if rb == nil {
 		return
 	}
-	if d.desync {
+	if d.desync && !tooLarge {
 		rb.desynced[d.did] = true
 	} else {
 		delete(rb.desynced, d.did)

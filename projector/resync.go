@@ -25,6 +25,9 @@ type resyncJob struct {
 	tail unit
 	// rebuild: part of a rebuild.
 	rebuild bool
+	// requested: a repo an admin or reconcile request named, which no
+	// event or listing says this PDS hosts.
+	requested bool
 	// claim: another source owns the repo; the resync takes it over if this
 	// source's PDS serves it as active, and writes nothing otherwise.
 	claim bool
@@ -217,12 +220,20 @@ func (a *applier) applyResync(r *resyncResult) error {
 	}
 	d.resync = nil
 	var w resyncWrite
-	if job.claim && (r.snap == nil || r.err != nil) {
+	switch {
+	case job.claim && (r.snap == nil || r.err != nil):
 		// This source's PDS does not serve the repo as active: it stays
 		// the other source's, untouched.
 		e.log.Debug("repo of another source not served here; not taking it over", "did", d.did, "owner", d.owner,
 			"not_found", r.notFound, "inactive", r.inactive, "err", r.err)
-	} else {
+	case job.claim && !mayClaim(job, r):
+		// Served here, but this copy is not newer than what the view
+		// holds: the old PDS of a migrated account that still serves it
+		// (before it deactivates it, or for good), a replay, a rebuild.
+		e.cfg.Metrics.claimRefused()
+		e.log.Info("not taking a repo over: this PDS's copy is not newer than the stored one", "did", d.did,
+			"owner", r.state.Source, "stored_rev", r.state.Rev, "rev_here", r.snap.Rev, "trigger", job.reason)
+	default:
 		l, err := e.lineageOf(a.ctx, d)
 		if err != nil {
 			return err
@@ -239,7 +250,7 @@ func (a *applier) applyResync(r *resyncResult) error {
 		if r.snap != nil {
 			n = len(r.snap.Records)
 		}
-		a.rebuildResyncDone(d, n)
+		a.rebuildResyncDone(d, n, errors.Is(r.err, firehose.ErrRepoTooLarge))
 	}
 	return a.releaseHeld(d, job)
 }
@@ -251,6 +262,14 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 	w := resyncWrite{final: append(unit(nil), job.tail...)}
 	trigSeq, trigTime := job.triggerSeqTime()
 	switch {
+	case r.err != nil && !d.known && job.trigger == nil && (!job.rebuild || job.requested):
+		// An admin or reconcile resync of a DID the view never held, and
+		// no event or listing says this PDS hosts it: a failure stores
+		// nothing (a marker would make the stranger a repo of this view).
+		e.cfg.Metrics.resyncFailed()
+		e.log.Error("resync of a repo the view does not hold failed; nothing stored", "did", d.did,
+			"trigger", job.reason, "err", r.err)
+		return w
 	case r.err != nil:
 		e.cfg.Metrics.resyncFailed()
 		e.log.Error("resync failed; the repo is desynchronized until a retry succeeds (applying the triggering event as it is)",
@@ -286,6 +305,12 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 			d.status = statusDeleted
 		}
 		w.final = append(w.final, a.completeSnapshot(d)...)
+	case r.inactive && d.known && !e.mayRemove(d):
+		// As for "no such repo": an old PDS may keep a deactivated copy
+		// of a repo another PDS serves now.
+		e.log.Info("resync: the PDS says the repo is not active, and the view's copy has no owner recorded; leaving it",
+			"did", d.did)
+		return w
 	case r.inactive:
 		e.log.Info("resync: the PDS says the repo is not active; withdrawing it", "did", d.did)
 		for _, t := range r.data {
@@ -319,6 +344,27 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 		w.cleared = true
 	}
 	return w
+}
+
+// mayClaim decides whether a claim whose snapshot this source's PDS served
+// as active takes the repo over. Serving a repo is not proof of owning it:
+// during a migration both PDSes serve it, and the old one may keep serving
+// its copy for good. Revs are TIDs along the repo's one history, which the
+// new PDS continues from the imported commit, so the copy that may take
+// the repo over is a newer one. At the same rev (just after the import)
+// only this source's explicit activation of the account, or an owner that
+// no longer has it active, moves it; so the old PDS's replays and
+// rebuilds never take a migrated repo back (DESIGN §3).
+func mayClaim(job *resyncJob, r *resyncResult) bool {
+	st := r.state
+	switch {
+	case st.Rev == "" || r.snap.Rev > st.Rev:
+		return true
+	case r.snap.Rev < st.Rev:
+		return false
+	}
+	activation := job.trigger != nil && job.trigger.Kind == firehose.KindAccount && job.trigger.Active
+	return activation || st.Source == "" || (st.Status != "" && st.Status != statusActive)
 }
 
 // claimWrites takes over a repo another source owned (or that had no owner

@@ -186,7 +186,10 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 			}
 			continue
 		}
-		_, err = cfg.Client.write(ctx, updates, []*v1.Precondition{pre})
+		// The progress read must still be what is stored: a holder being
+		// taken over writes cursors until it is fenced, and one it wrote
+		// after our read would stay next to ours (two cursors).
+		_, err = cfg.Client.write(ctx, updates, append(progressPreconditions(cfg.Name, st.Progress), pre))
 		switch {
 		case err == nil:
 			st.Holder, st.HeartbeatMs = cfg.Holder, hb
@@ -208,6 +211,30 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 			return ProjectorState{}, fmt.Errorf("spice: acquire lease: %w", err)
 		}
 	}
+}
+
+// progressPreconditions hold while the stored cursor and markers of
+// projector name are exactly p.
+func progressPreconditions(name string, p checkpoint.State) []*v1.Precondition {
+	pre := make([]*v1.Precondition, 0, 3)
+	for _, m := range []struct {
+		rel string
+		seq int64
+		t   view.Tuple
+	}{
+		{view.RelCursor, p.Cursor, view.CursorTuple(name, p.Cursor)},
+		{view.RelRewind, p.Rewind, view.MarkerTuple(name, view.RelRewind, p.Rewind)},
+		{view.RelRebuild, p.Rebuild, view.MarkerTuple(name, view.RelRebuild, p.Rebuild)},
+	} {
+		if m.seq != checkpoint.None {
+			pre = append(pre, mustMatch(m.t))
+			continue
+		}
+		pre = append(pre, &v1.Precondition{Operation: v1.Precondition_OPERATION_MUST_NOT_MATCH,
+			Filter: &v1.RelationshipFilter{ResourceType: view.TypeProjector, OptionalResourceId: name,
+				OptionalRelation: m.rel}})
+	}
+	return pre
 }
 
 func mustMatch(t view.Tuple) *v1.Precondition {

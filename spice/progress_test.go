@@ -3,6 +3,7 @@ package spice_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
@@ -66,5 +67,60 @@ func TestMoveProgress(t *testing.T) {
 	}
 	if st := load(); st.Cursor != 80 || st.Rewind != 90 {
 		t.Fatalf("after takeover: %+v", st)
+	}
+}
+
+// TestTakeoverKeepsOneCursor: a holder being taken over goes on writing
+// cursors until it is fenced. One it writes between the new holder's read
+// and the takeover must fail the takeover (which reads again), not stay
+// next to the new holder's cursor. Before the takeover was guarded by the
+// progress it read, the next start refused "two cursors" for good (seen in
+// the e2e NATS test, where a killed process outlived its successor's start).
+func TestTakeoverKeepsOneCursor(t *testing.T) {
+	e := testenv.New(t)
+	old, err := spice.AcquireLease(t.Context(), spice.LeaseConfig{Client: e.Client, Name: "p", Holder: "old"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := spice.NewWriter(spice.WriterConfig{Client: e.Client, Name: "p", Holder: "old", HeartbeatMs: old.HeartbeatMs,
+		Epoch: old.Epoch})
+	cursor := checkpoint.None
+	move := func(seq int64) {
+		t.Helper()
+		step := checkpoint.MoveTo("p", checkpoint.State{Cursor: cursor, Rewind: checkpoint.None, Rebuild: checkpoint.None}, seq)
+		if _, err := w.Write(t.Context(), nil, step.Updates(), nil); err != nil {
+			t.Fatal(err)
+		}
+		cursor = seq
+	}
+	move(10)
+	calls := 0
+	st, err := spice.AcquireLease(t.Context(), spice.LeaseConfig{Client: e.Client, Name: "p", Holder: "new", Takeover: true,
+		Now: func() time.Time {
+			// Between the takeover's read and its write, the old holder
+			// (not fenced yet) stores a further cursor.
+			if calls++; calls == 1 {
+				move(31)
+			}
+			return time.Now()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Progress.Cursor != 31 {
+		t.Fatalf("the new holder starts from cursor %d, want 31 (the old holder's last)", st.Progress.Cursor)
+	}
+	w2 := spice.NewWriter(spice.WriterConfig{Client: e.Client, Name: "p", Holder: "new", HeartbeatMs: st.HeartbeatMs,
+		Epoch: st.Epoch})
+	step := checkpoint.MoveTo("p", st.Progress, 40)
+	if _, err := w2.Write(t.Context(), nil, step.Updates(), nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.Client.ReadProjector(t.Context(), "p")
+	if err != nil {
+		t.Fatalf("after the takeover: %v", err)
+	}
+	if got.Progress.Cursor != 40 {
+		t.Fatalf("cursor %d, want 40", got.Progress.Cursor)
 	}
 }

@@ -1,0 +1,198 @@
+package projector_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/metrictest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
+	"github.com/spaces-authz/spaces-authz/view"
+)
+
+// migrateAliceToB moves alice from pds-a to pds-b (import, activate) but,
+// like a user who never ran deactivateAccount on the old PDS (or while the
+// migration is between "activate on B" and "deactivate on A"), leaves her
+// old account on pds-a active.
+func migrateAliceToB(t *testing.T, a, b *testenv.Env, alice string, rb *testenv.Running) {
+	t.Helper()
+	if _, err := b.PDS.Import(alice, a.PDS.Repo(alice).Records()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.PDS.Activate(alice); err != nil {
+		t.Fatal(err)
+	}
+	b.SetStatus(alice, "")
+	b.WaitCaughtUp(rb)
+}
+
+// TestOldPDSRebuildDoesNotTakeAMigratedRepoBack: after alice moved to
+// pds-b and revoked bob's grant there, a rebuild of pds-a (first run,
+// OutdatedCursor, reset, `consumer rebuild`) lists her stale, still active
+// account. Its copy is older than the stored one, so pds-a does not take
+// the repo over: before mayClaim, it wrote her old records back and the
+// revoked grant was live again.
+func TestOldPDSRebuildDoesNotTakeAMigratedRepoBack(t *testing.T) {
+	a, b, alice, bob := sharedWorld(t)
+	ra := a.Start()
+	rb := b.Start()
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	migrateAliceToB(t, a, b, alice, rb)
+	// On her new PDS, alice revokes bob's viewer grant.
+	commit(t, b, alice, testenv.Delete(relC, "v"), testenv.Delete(relC, "m"))
+	b.WaitCaughtUp(rb)
+	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
+		t.Fatal("setup: bob still views alice's space after the revocation on pds-b")
+	}
+	// pds-b's takeover moved pds-a's epoch, so pds-a's run restarts once;
+	// a rebuild asked of the engine of the run that ended never finishes.
+	rebuilt := false
+	for attempt := 0; attempt < 5 && !rebuilt; attempt++ {
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		if done, err := ra.Engine().Rebuild(ctx, "test", nil); err == nil {
+			select {
+			case <-done:
+				rebuilt = true
+			case <-ctx.Done():
+			}
+		}
+		cancel()
+	}
+	if !rebuilt {
+		t.Fatal("pds-a's rebuild did not finish")
+	}
+	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
+		t.Fatalf("pds-a's rebuild took alice's migrated repo back: the grant she revoked on pds-b is live again\nalice now: %v",
+			a.Under(alice))
+	}
+}
+
+// TestOldPDSReplayAfterAMigrationWithdrawsNothing: the reference PDS's
+// migration order (B activates, then A deactivates), when alice's last
+// commit on pds-a is still in pds-a's last batch (its stored cursor trails
+// the data by one batch while the stream is quiet). pds-b's claim moves
+// pds-a's epoch; pds-a restarts from its stored cursor and replays alice's
+// commit, and finds her still active on pds-a: at the same rev that is not
+// a takeover. Before mayClaim, pds-a claimed her back (3 of 4 runs) and its
+// deactivation then withdrew everything she had.
+func TestOldPDSReplayAfterAMigrationWithdrawsNothing(t *testing.T) {
+	a, b, alice, bob := sharedWorld(t)
+	regA := prometheus.NewRegistry()
+	ra := a.Start(func(c *pipeline.Config) { c.Registry = regA })
+	rb := b.Start()
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	commit(t, a, alice, testenv.Space("create", "last", false)) // her last post before moving
+	a.WaitCaughtUp(ra)
+	migrateAliceToB(t, a, b, alice, rb)
+	time.Sleep(time.Second)
+	a.SetStatus(alice, "deactivated")
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	time.Sleep(time.Second)
+	if n := metrictest.Value(t, regA, "consumer_repo_claims_total"); n != 0 {
+		t.Errorf("pds-a took alice's repo back %v times", n)
+	}
+	if !a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
+		t.Fatalf("after the migration alice's repo (active on pds-b) is withdrawn: %v", a.Under(alice))
+	}
+}
+
+// TestUnownedRepoIsNotWithdrawnByAnOldPDS: a repo stored before ownership
+// existed (no repo#source), in a SpiceDB two projectors share. alice moved
+// from pds-a to pds-b; pds-a keeps her account, deactivated (the reference
+// PDS does). pds-a's rebuild lists her (listRepos lists deactivated repos)
+// and getRepo says "deactivated": like "no such repo", that is not the
+// owner's word on a repo with no owner recorded. Before, pds-a withdrew
+// her live data and claimed the repo.
+func TestUnownedRepoIsNotWithdrawnByAnOldPDS(t *testing.T) {
+	a, b, alice, bob := sharedWorld(t)
+	ra, rb := a.Start(), b.Start()
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	migrateAliceToB(t, a, b, alice, rb)
+	a.SetStatus(alice, "deactivated")
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	if err := ra.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rb.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stripOwners(t, a) // as written by the version before ownership
+	ra, rb = a.Start(), b.Start()
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	if !a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
+		t.Fatal("setup: bob can't view alice's space")
+	}
+	done, err := ra.Engine().Rebuild(t.Context(), "test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if !a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
+		t.Fatalf("pds-a's rebuild withdrew alice's repo, which pds-b serves as active:\n%v", a.Under(alice))
+	}
+}
+
+// TestFailedResyncOfAStrangerStoresNothing: a resync an admin asked for,
+// of a DID the view never held, writes nothing when getRepo fails for it
+// (a 5xx, a timeout) instead of answering RepoNotFound. Before, the
+// stranger was marked desynchronized (and so owned), and its retry, now
+// "known", stored status:deleted: permanent state for a DID that never
+// existed here (issue 12, item 3, by another road).
+func TestFailedResyncOfAStrangerStoresNothing(t *testing.T) {
+	e := testenv.New(t)
+	alice := account(t, e, "alice")
+	stranger := "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
+	var calls atomic.Int32
+	e.PDS.SetRepoHook(func(did string) error {
+		if did == stranger && calls.Add(1) == 1 {
+			return errors.New("upstream timeout")
+		}
+		return nil
+	})
+	r := e.Start(func(c *pipeline.Config) { c.Engine.ResyncAttempts = 1 })
+	commit(t, e, alice, testenv.Space("create", "s", false))
+	e.WaitCaughtUp(r)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	err := r.Resync(ctx, []string{stranger})
+	t.Logf("admin resync returned %v after %d getRepo calls", err, calls.Load())
+	time.Sleep(500 * time.Millisecond)
+	if got := e.Under(stranger); len(got) != 0 {
+		t.Fatalf("a DID the PDS does not host has stored state: %v", got)
+	}
+}
+
+// TestOneTooLargeRepoDoesNotHoldReadiness: one user whose repo is over
+// --max-repo-bytes (a lasting condition: retried every 5 minutes, refused
+// every time) stays desynchronized, but does not keep a first run's (or an
+// OutdatedCursor / reset rebuild's) rebuild "incomplete" and /readyz 503
+// while every other repo is projected and the stream goes on. Before, it
+// did, for as long as the process lived.
+func TestOneTooLargeRepoDoesNotHoldReadiness(t *testing.T) {
+	e := testenv.New(t)
+	alice, mallory := account(t, e, "alice"), account(t, e, "mallory")
+	commit(t, e, alice, testenv.Space("create", "s", false))
+	for i := range 40 {
+		commit(t, e, mallory, testenv.Space("create", "pad"+string(rune('a'+i%26))+string(rune('a'+i/26)), false))
+	}
+	r := e.StartFirstRun(func(c *pipeline.Config) { c.Stream.MaxRepoBytes = 6000 })
+	waitFor(t, "the rebuild's resyncs", func() bool { return r.Engine() != nil && r.Engine().Status().Desynchronized == 1 })
+	commit(t, e, alice, testenv.Space("create", "t", false))
+	e.WaitCaughtUp(r)
+	time.Sleep(3 * time.Second)
+	s := r.Snapshot()
+	t.Logf("ready=%v reason=%q desync=%v", s.Ready(), s.NotReadyReason(), s.Engine.DesyncDIDs)
+	if !s.Ready() {
+		t.Fatalf("one repo over the size limit keeps the daemon unready: %s", s.NotReadyReason())
+	}
+}
