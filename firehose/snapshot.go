@@ -50,9 +50,13 @@ type snapshotLimits struct {
 	indexBytes int
 	maxNodes   int
 	maxPending int
+	// maxRecords bounds the records kept (those keep passes): each is
+	// decoded and held, so they are what a snapshot's memory grows with.
+	maxRecords int
 }
 
-var defaultSnapshotLimits = snapshotLimits{indexBytes: defaultIndexBytes, maxNodes: MaxMSTNodes, maxPending: maxPendingNodes}
+var defaultSnapshotLimits = snapshotLimits{indexBytes: defaultIndexBytes, maxNodes: MaxMSTNodes, maxPending: maxPendingNodes,
+	maxRecords: DefaultMaxRepoRecords}
 
 // ReadRepoCAR reads a full repo export held in memory and returns its
 // records whose collection passes keep (nil keeps all), sorted by path. It
@@ -247,6 +251,9 @@ func (w *mstWalk) visit(ref *nodeRef, data []byte, stack []nodeRef) ([]nodeRef, 
 	}
 	for i, e := range nd.Entries {
 		if coll, rkey, ok := strings.Cut(keys[i], "/"); ok && (w.keep == nil || w.keep(coll)) {
+			if len(w.recs) >= w.lim.maxRecords {
+				return stack, fmt.Errorf("%w: more than %d records of the collections read", ErrRepoTooLarge, w.lim.maxRecords)
+			}
 			w.recs = append(w.recs, Record{Collection: coll, RKey: rkey, CID: e.Value})
 		}
 	}

@@ -40,7 +40,7 @@ func FuzzReadRepoCAR(f *testing.F) {
 	f.Add(shuffleCAR(f, exportCAR(f, r), newTestRand()))
 	f.Add(small[:len(small)/2])
 
-	tiny := snapshotLimits{indexBytes: 2 * idxEntryBytes, maxNodes: MaxMSTNodes, maxPending: 2}
+	tiny := snapshotLimits{indexBytes: 2 * idxEntryBytes, maxNodes: MaxMSTNodes, maxPending: 2, maxRecords: DefaultMaxRepoRecords}
 	ctx := context.Background()
 	read := func(t *testing.T, b []byte, keep func(string) bool) (*Snapshot, error) {
 		var m0, m1 runtime.MemStats

@@ -50,9 +50,9 @@ var snapLimits = []struct {
 }{
 	{"default", defaultSnapshotLimits},
 	// Room for 40 blocks: records are dropped, then nodes overflow.
-	{"tiny-index", snapshotLimits{indexBytes: 40 * idxEntryBytes, maxNodes: MaxMSTNodes, maxPending: maxPendingNodes}},
+	{"tiny-index", snapshotLimits{indexBytes: 40 * idxEntryBytes, maxNodes: MaxMSTNodes, maxPending: maxPendingNodes, maxRecords: DefaultMaxRepoRecords}},
 	// No index at all, and a scan every 3 pending nodes.
-	{"no-index", snapshotLimits{indexBytes: 0, maxNodes: MaxMSTNodes, maxPending: 3}},
+	{"no-index", snapshotLimits{indexBytes: 0, maxNodes: MaxMSTNodes, maxPending: 3, maxRecords: DefaultMaxRepoRecords}},
 }
 
 func snapValue(coll string, i int) map[string]any {
@@ -400,7 +400,7 @@ func TestSnapshotVisitsOnlyNeededSubtrees(t *testing.T) {
 	}
 	// With no index, scans number about the depth of the tree, not the
 	// nodes: one per level, and one for the records.
-	_, st = sameSnapshot(t, car, genProjected, snapshotLimits{maxNodes: MaxMSTNodes, maxPending: maxPendingNodes})
+	_, st = sameSnapshot(t, car, genProjected, snapshotLimits{maxNodes: MaxMSTNodes, maxPending: maxPendingNodes, maxRecords: DefaultMaxRepoRecords})
 	if st.nodeScans > 12 || st.recordScans != 1 {
 		t.Errorf("no index: %+v; want at most 12 node scans and 1 record scan", st)
 	}

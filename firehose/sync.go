@@ -23,6 +23,11 @@ const (
 	// DefaultMaxRepoBytes bounds a getRepo CAR (and the temp file it is
 	// spooled to while it is read).
 	DefaultMaxRepoBytes = 512 << 20
+	// DefaultMaxRepoRecords bounds the records of projected collections
+	// one snapshot keeps: each is decoded and held while the repo is
+	// diffed (about 1.5 KB each in the reader), so they, not the CAR's
+	// size, are what a resync's memory grows with.
+	DefaultMaxRepoRecords = 50_000
 	// DefaultMaxListRepos bounds the repos one ListAllRepos reads.
 	DefaultMaxListRepos = 1_000_000
 )
@@ -54,6 +59,10 @@ type SyncConfig struct {
 	// ErrRepoTooLarge as soon as the limit is crossed. It also bounds the
 	// temp file a read spools the CAR to.
 	MaxRepoBytes int64
+	// MaxRepoRecords bounds the records one snapshot keeps (those of the
+	// collections asked for; optional; zero means DefaultMaxRepoRecords).
+	// A repo with more is refused with ErrRepoTooLarge.
+	MaxRepoRecords int
 	// TempDir is where GetRepo spools a CAR while reading it (optional; ""
 	// means os.TempDir(), that is $TMPDIR or /tmp). It must be writable and
 	// on disk, not tmpfs (that would be memory again), with room for
@@ -82,6 +91,8 @@ func NewSyncClient(cfg SyncConfig) (*SyncClient, error) {
 		return nil, fmt.Errorf("firehose: sync client: MaxRepoBytes %d is negative", cfg.MaxRepoBytes)
 	case cfg.MaxRepoBytes > maxSpool:
 		return nil, fmt.Errorf("firehose: sync client: MaxRepoBytes %d is above %d", cfg.MaxRepoBytes, int64(maxSpool))
+	case cfg.MaxRepoRecords < 0:
+		return nil, fmt.Errorf("firehose: sync client: MaxRepoRecords %d is negative", cfg.MaxRepoRecords)
 	case cfg.MaxListRepos < 0:
 		return nil, fmt.Errorf("firehose: sync client: MaxListRepos %d is negative", cfg.MaxListRepos)
 	case cfg.MaxListPages < 0:
@@ -98,6 +109,9 @@ func NewSyncClient(cfg SyncConfig) (*SyncClient, error) {
 	}
 	if c.maxRepos == 0 {
 		c.maxRepos = DefaultMaxListRepos
+	}
+	if cfg.MaxRepoRecords > 0 {
+		c.snapshots.maxRecords = cfg.MaxRepoRecords
 	}
 	if c.maxPages == 0 {
 		c.maxPages = 10 * ((c.maxRepos + listReposPageSize - 1) / listReposPageSize)
@@ -136,10 +150,11 @@ var (
 )
 
 // ErrRepoTooLarge is returned (wrapped, with the DID and the limit) by
-// GetRepo for a repo whose CAR is larger than SyncConfig.MaxRepoBytes. It
-// is permanent for that repo until the limit is raised: retrying reads the
+// GetRepo for a repo whose CAR is larger than SyncConfig.MaxRepoBytes, or
+// that has more records of the collections read than MaxRepoRecords. It
+// is lasting for that repo until the limit is raised: retrying reads the
 // same bytes again.
-var ErrRepoTooLarge = errors.New("repo CAR is larger than the limit (SyncConfig.MaxRepoBytes)")
+var ErrRepoTooLarge = errors.New("repo is larger than the limit (SyncConfig.MaxRepoBytes, MaxRepoRecords)")
 
 // Paging errors of ListAllRepos: the PDS's listRepos cursors don't lead to
 // an end.
@@ -211,7 +226,7 @@ func (c *SyncClient) getRepo(ctx context.Context, did string, keep func(string) 
 	body := &capReader{r: resp.Body, max: c.maxBytes}
 	snap, err := readSnapshot(ctx, io.TeeReader(body, spool), spool, keep, c.snapshots)
 	switch {
-	case errors.Is(err, ErrRepoTooLarge):
+	case errors.Is(err, ErrRepoTooLarge) && body.n > c.maxBytes:
 		return nil, tooLarge
 	case err != nil:
 		return nil, fmt.Errorf("firehose: get repo %s: %w", did, err)

@@ -33,6 +33,7 @@ type runFlags struct {
 	takeover, noAutoRebuild                    bool
 	workers, queueDepth, maxInFlight, maxFrame int
 	maxRepoBytes                               int64
+	maxRepoRecords                             int
 	batchUpdates, cacheRepos, heldPerRepo      int
 	resyncConcurrency                          int
 	resyncRate                                 float64
@@ -62,6 +63,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxFrame, "max-frame-bytes", 8<<20, "frames larger than this are counted and skipped")
 	fs.Int64Var(&f.maxRepoBytes, "max-repo-bytes", firehose.DefaultMaxRepoBytes,
 		"getRepo CARs larger than this are refused (the repo is desynchronized and retried); spooled to $TMPDIR")
+	fs.IntVar(&f.maxRepoRecords, "max-repo-records", firehose.DefaultMaxRepoRecords,
+		"getRepo snapshots with more projected records than this are refused like too large repos (each is held in memory while the repo is diffed)")
 	fs.IntVar(&f.batchUpdates, "batch-updates", projector.DefaultBatchUpdates, "relationship updates per SpiceDB write, at most")
 	fs.IntVar(&f.cacheRepos, "cache-repos", 10000, "repos whose lineage is cached in memory")
 	fs.IntVar(&f.heldPerRepo, "held-per-repo", 1000, "live events held per repo while it resyncs")
@@ -93,7 +96,8 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 		Lease: pipeline.LeaseConfig{Name: f.name, Holder: f.holder, Timeout: f.leaseTimeout,
 			HeartbeatEvery: f.heartbeatEvery, Takeover: f.takeover},
 		Stream: pipeline.StreamConfig{Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
-			MaxInFlight: f.maxInFlight, MaxRepoBytes: f.maxRepoBytes},
+			MaxInFlight: f.maxInFlight, MaxRepoBytes: f.maxRepoBytes,
+			MaxRepoRecords: f.maxRepoRecords},
 		Engine: pipeline.EngineConfig{Rules: rules, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
 			HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, ResyncRate: f.resyncRate,
 			FlushEvery: f.flushEvery, PublishAllCollections: f.publishAll},

@@ -82,6 +82,9 @@ type StreamConfig struct {
 	// MaxRepoBytes bounds one getRepo CAR; a larger repo is refused and
 	// desynchronized (see firehose.SyncConfig).
 	MaxRepoBytes int64
+	// MaxRepoRecords bounds the projected records one getRepo snapshot
+	// keeps; a repo with more is refused like one over MaxRepoBytes.
+	MaxRepoRecords int
 }
 
 // EngineConfig tunes the projector (see projector.Config).

@@ -334,7 +334,7 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 		HeartbeatMs: lease.HeartbeatMs, Epoch: lease.Epoch, HeartbeatEvery: c.cfg.Lease.HeartbeatEvery, Logger: c.log,
 		Metrics: c.sm})
 	if r.sync, err = firehose.NewSyncClient(firehose.SyncConfig{URL: c.cfg.PDSURL, Metrics: c.fhm,
-		MaxRepoBytes: c.cfg.Stream.MaxRepoBytes}); err != nil {
+		MaxRepoBytes: c.cfg.Stream.MaxRepoBytes, MaxRepoRecords: c.cfg.Stream.MaxRepoRecords}); err != nil {
 		return nil, err
 	}
 	var publisher projector.Publisher
