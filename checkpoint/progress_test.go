@@ -198,6 +198,14 @@ func TestDecode(t *testing.T) {
 	if _, err := (&State{Cursor: None}).Decode(bad); err == nil {
 		t.Fatal("a cursor that is not a number decoded")
 	}
+	// Writes name stored progress by its canonical form (a takeover's
+	// preconditions): another spelling of the number would never match.
+	for _, id := range []string{"007", "+7", "-0"} {
+		bad.SubjectID = id
+		if _, err := (&State{Cursor: None}).Decode(bad); err == nil {
+			t.Fatalf("cursor %q decoded", id)
+		}
+	}
 }
 
 // TestStepNeverStoresAheadOfTheWatermark drives random begin/done/commit

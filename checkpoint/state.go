@@ -52,7 +52,9 @@ func (s *State) Decode(t view.Tuple) (bool, error) {
 		return false, nil
 	}
 	n, err := strconv.ParseInt(t.SubjectID, 10, 64)
-	if err != nil || n < 0 {
+	if err != nil || n < 0 || strconv.FormatInt(n, 10) != t.SubjectID {
+		// Only the canonical form: writes name the stored tuple by it
+		// (a lease takeover's preconditions, a cursor's DELETE).
 		return true, fmt.Errorf("checkpoint: %s holds a bad %s %q", t.ResourceID, t.Relation, t.SubjectID)
 	}
 	if t.Relation == view.RelCursor && s.Cursor != None {

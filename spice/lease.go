@@ -134,6 +134,7 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 	}
 	var seenHB int64 = -1
 	var seenAt time.Time
+	lost := 0 // precondition failures in a row
 	for {
 		st, err := cfg.Client.ReadProjector(ctx, cfg.Name)
 		if err != nil {
@@ -198,7 +199,13 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (ProjectorState, error) 
 			log.Info("lease acquired", "projector", cfg.Name, "holder", cfg.Holder, "cursor", st.Progress.Cursor)
 			return st, nil
 		case Classify(err) == ClassPrecondition:
-			continue // someone else moved first; look again
+			// Someone else moved first; look again. Endless failures mean
+			// a writer that never stops, or state we misread.
+			if lost++; lost >= maxLeaseRaces {
+				return ProjectorState{}, fmt.Errorf("spice: acquire lease: what is stored changed under %d attempts in a row; "+
+					"is another consumer still writing as %s?", lost, st.Holder)
+			}
+			continue
 		case Classify(err) == ClassTransient:
 			select {
 			case <-ctx.Done():
@@ -236,6 +243,10 @@ func progressPreconditions(name string, p checkpoint.State) []*v1.Precondition {
 	}
 	return pre
 }
+
+// maxLeaseRaces bounds the lease writes in a row that fail their
+// preconditions: a holder being taken over stops within one write.
+const maxLeaseRaces = 50
 
 func mustMatch(t view.Tuple) *v1.Precondition {
 	return &v1.Precondition{Operation: v1.Precondition_OPERATION_MUST_MATCH, Filter: exactFilter(t)}
