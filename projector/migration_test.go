@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/metrictest"
@@ -195,4 +196,63 @@ func TestOneTooLargeRepoDoesNotHoldReadiness(t *testing.T) {
 	if !s.Ready() {
 		t.Fatalf("one repo over the size limit keeps the daemon unready: %s", s.NotReadyReason())
 	}
+}
+
+// TestAdminResyncSurvivesARestart: an admin resync in flight when the run
+// restarts (here: another source moved this one's ownership epoch, as a
+// takeover does) is asked again of the next run, not lost. Before, the
+// request waited on the ended run until its timeout (a 503 for the admin
+// API, a hang for reconcile --fix).
+func TestAdminResyncSurvivesARestart(t *testing.T) {
+	e := testenv.New(t)
+	alice := account(t, e, "alice")
+	r := e.Start()
+	commit(t, e, alice, testenv.Space("create", "s", false))
+	e.WaitCaughtUp(r)
+	release := make(chan struct{})
+	var held atomic.Bool
+	e.PDS.SetRepoHook(func(string) error {
+		if !held.Swap(true) {
+			<-release // the first getRepo waits until the run has restarted
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- r.Resync(ctx, []string{alice}) }()
+	waitFor(t, "the resync's getRepo", held.Load)
+	st, err := e.Client.ReadProjector(t.Context(), "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarts := r.Snapshot().Restarts
+	moveEpoch(t, e, "default", st.Epoch)
+	commit(t, e, alice, testenv.Space("create", "t", false)) // a write that fails on the moved epoch
+	waitFor(t, "the run's restart", func() bool { return r.Snapshot().Restarts > restarts })
+	close(release)
+	if err := <-errc; err != nil {
+		t.Fatalf("the admin resync: %v", err)
+	}
+	e.WaitCaughtUp(r)
+	e.AssertMatchesOracle()
+}
+
+// moveEpoch moves a source's ownership epoch from n to n+1, as another
+// source's takeover does.
+func moveEpoch(t *testing.T, e *testenv.Env, source string, n int64) {
+	t.Helper()
+	_, err := e.Client.API().WriteRelationships(t.Context(), &v1.WriteRelationshipsRequest{Updates: []*v1.RelationshipUpdate{
+		{Operation: v1.RelationshipUpdate_OPERATION_DELETE, Relationship: spiceRel(view.EpochTuple(source, n))},
+		{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: spiceRel(view.EpochTuple(source, n+1))},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func spiceRel(tu view.Tuple) *v1.Relationship {
+	return &v1.Relationship{Resource: &v1.ObjectReference{ObjectType: tu.ResourceType, ObjectId: tu.ResourceID},
+		Relation: tu.Relation, Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: tu.SubjectType,
+			ObjectId: tu.SubjectID}}}
 }

@@ -488,19 +488,36 @@ func (c *Consumer) WaitApplied(ctx context.Context, did, rev string) (string, er
 
 // Resync asks the running engine to resync repos from snapshots and waits
 // until the writes are committed (the admin endpoint and reconcile --fix).
+// A run that ends meanwhile (a restart: another source took a repo over,
+// a transient failure) takes the request with it, so it is asked again of
+// the next run.
 func (c *Consumer) Resync(ctx context.Context, dids []string) error {
 	e := c.Engine()
 	if e == nil {
 		return errors.New("pipeline: the consumer is not running yet")
 	}
-	done, err := e.Rebuild(ctx, "resync requested", dids)
-	if err != nil {
-		return err
-	}
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	for {
+		done, err := e.Rebuild(ctx, "resync requested", dids)
+		if err != nil {
+			return err
+		}
+		tick := time.NewTicker(100 * time.Millisecond)
+	wait:
+		for {
+			select {
+			case <-done:
+				tick.Stop()
+				return nil
+			case <-ctx.Done():
+				tick.Stop()
+				return ctx.Err()
+			case <-tick.C:
+				if next := c.Engine(); next != nil && next != e {
+					e = next
+					break wait
+				}
+			}
+		}
+		tick.Stop()
 	}
 }
