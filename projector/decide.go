@@ -75,6 +75,9 @@ func (a *applier) decideForeign(d *didState, ev *firehose.Event) {
 	case ev.Kind == firehose.KindCommit, ev.Kind == firehose.KindSync,
 		ev.Kind == firehose.KindAccount && ev.Active:
 		a.startResync(d, ev, TriggerClaim)
+		// This stream activating the account may take the repo over at
+		// the stored rev; a rewind's replay of an old activation may not.
+		d.resync.activation = ev.Kind == firehose.KindAccount && ev.Seq > a.e.rewind
 	default:
 		a.settle(ev, nil)
 	}
@@ -124,7 +127,16 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 			}
 		}
 	}
-	changes := a.changes(d, ev)
+	changes := a.commitChanges(d, ev)
+	fresh := d.status != statusDeleted && (d.rev == "" || ev.Rev > d.rev)
+	if fresh && (ev.TooBig || (d.rev != "" && ev.Since != d.rev)) {
+		// A gap: the resync decides the repo, and counts what it rejects.
+		e.log.Info("gap in a repo's revs; resyncing it", "did", d.did, "seq", ev.Seq, "since", ev.Since,
+			"applied_rev", d.rev, "too_big", ev.TooBig)
+		a.startResync(d, ev, TriggerGap)
+		return nil
+	}
+	a.countRejections(ev, changes)
 	if d.status == statusDeleted {
 		e.log.Warn("commit for a deleted repo ignored", "did", d.did, "seq", ev.Seq)
 		a.settle(ev, changes)
@@ -136,12 +148,6 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 			changes[i].Duplicate = true
 		}
 		a.settle(ev, changes)
-		return nil
-	}
-	if ev.TooBig || (d.rev != "" && ev.Since != d.rev) {
-		e.log.Info("gap in a repo's revs; resyncing it", "did", d.did, "seq", ev.Seq, "since", ev.Since,
-			"applied_rev", d.rev, "too_big", ev.TooBig)
-		a.startResync(d, ev, TriggerGap)
 		return nil
 	}
 	l, err := e.lineageOf(a.ctx, d)
@@ -181,9 +187,29 @@ func (a *applier) recordUnits(d *didState, l *lineage, changes []view.Change) []
 	return units
 }
 
-// changes turns a commit's ops into Changes: the pure projection of each
-// record under the rules, with rejections logged and counted.
+// changes turns a commit's ops into Changes (commitChanges), with
+// rejections logged and counted.
 func (a *applier) changes(d *didState, ev *firehose.Event) []view.Change {
+	out := a.commitChanges(d, ev)
+	a.countRejections(ev, out)
+	return out
+}
+
+// countRejections logs and counts the rejected projected records of a
+// commit's changes.
+func (a *applier) countRejections(ev *firehose.Event, changes []view.Change) {
+	for _, c := range changes {
+		if c.Rejected != "" && c.Projected {
+			a.e.cfg.Metrics.reject(c.Rejected)
+			a.e.log.Warn("record rejected", "uri", "at://"+ev.DID+"/"+c.Collection+"/"+c.RKey, "reason", string(c.Rejected),
+				"detail", view.Clip(c.RejectDetail), "seq", ev.Seq)
+		}
+	}
+}
+
+// commitChanges turns a commit's ops into Changes: the pure projection of
+// each record under the rules (nothing is logged or counted).
+func (a *applier) commitChanges(d *didState, ev *firehose.Event) []view.Change {
 	e := a.e
 	out := make([]view.Change, 0, len(ev.Ops))
 	for i, op := range ev.Ops {
@@ -199,11 +225,6 @@ func (a *applier) changes(d *didState, ev *firehose.Event) []view.Change {
 			c.Rejected, c.RejectDetail = view.Reason(op.Err.Reason), op.Err.Detail
 		case c.Projected:
 			c.Produces, c.Rejected, c.RejectDetail = a.project(d.did, op.Collection, op.RKey, op.Record)
-		}
-		if c.Rejected != "" && c.Projected {
-			e.cfg.Metrics.reject(c.Rejected)
-			e.log.Warn("record rejected", "uri", "at://"+ev.DID+"/"+op.Collection+"/"+op.RKey, "reason", string(c.Rejected),
-				"detail", view.Clip(c.RejectDetail), "seq", ev.Seq)
 		}
 		out = append(out, c)
 	}
@@ -293,15 +314,6 @@ func (a *applier) decideAccount(d *didState, ev *firehose.Event) error {
 		return nil
 	}
 	next := normalizeStatus(ev.Active, ev.Status)
-	if next != "" && d.known && !e.mayRemove(d) {
-		// A repo stored before ownership, in a SpiceDB other sources
-		// share: this PDS deactivating or deleting it may be the old PDS
-		// of a migrated account, so it withdraws nothing (a rebuild gives
-		// the repo its owner).
-		e.log.Info("account status of a repo with no owner recorded ignored", "did", d.did, "status", next, "seq", ev.Seq)
-		a.settle(ev, nil)
-		return nil
-	}
 	if next == d.status {
 		if d.known {
 			// Nothing to withdraw or restore, but the status tuple moves

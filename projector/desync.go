@@ -70,6 +70,7 @@ func (a *applier) incompleteSnapshot(d *didState, incomplete bool, seq int64) []
 		return nil
 	}
 	d.incomplete, d.incompleteSeq = true, seq
+	a.e.markKnown(d) // its bookkeeping is stored now
 	return []view.Update{{Op: view.OpTouch, Tuple: view.IncompleteTuple(d.did, seq)}}
 }
 
@@ -135,6 +136,40 @@ func (a *applier) retryDue(now time.Time) {
 		r.due = now.Add(retryMax) // pushed back by the next failure, or cleared
 		a.startResync(d, nil, TriggerRetry)
 	}
+	for did, r := range a.claimRetries {
+		if now.Before(r.due) {
+			continue
+		}
+		d := a.e.state(did)
+		if !a.e.isForeign(d) {
+			delete(a.claimRetries, did) // ours now (or nobody's): no claim needed
+			continue
+		}
+		if d.resync != nil {
+			continue
+		}
+		r.due = now.Add(retryMax) // pushed back by the next refusal, or cleared
+		a.startJob(d, &resyncJob{reason: TriggerClaim, claim: true, activation: r.activation})
+	}
+}
+
+// claimRetry is a claim to ask again (applier.claimRetries).
+type claimRetry struct {
+	due        time.Time
+	bo         backoff.Backoff
+	activation bool
+}
+
+// retryClaim schedules d's claim again, further away each time; an
+// activation, once seen, stays one.
+func (a *applier) retryClaim(d *didState, activation bool) {
+	r := a.claimRetries[d.did]
+	if r == nil {
+		r = &claimRetry{bo: backoff.Backoff{Min: retryMin, Max: retryMax}}
+		a.claimRetries[d.did] = r
+	}
+	r.activation = r.activation || activation
+	r.due = time.Now().Add(r.bo.Next())
 }
 
 // incompleteRebuild is a rebuild whose every resync ran but some failed:

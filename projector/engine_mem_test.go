@@ -687,3 +687,91 @@ func TestMemTooLargeRepoIsDesynchronized(t *testing.T) {
 	}
 	h.assertView("after the retry")
 }
+
+// TestMemFailedActivationClaimIsRetried: the
+// reference PDS's migration (importRepo keeps the imported commit, so
+// getRepo on the new PDS answers at the SAME rev the old owner stored;
+// activateAccount emits #account active, #identity, #sync). This engine is
+// the new PDS's ("default"); alice is owned by "pds-a" at rev R.
+//
+// The activation's claim fails (a transient getRepo error, 1 attempt here;
+// 6 with backoff by default), and the #sync that follows claims nothing:
+// same rev, not an activation, owner still active (mayClaim). pds-a then
+// deactivates alice and its projector withdraws her data. The failed
+// activation claim is asked again, and takes her over. Before claim
+// retries, nothing claimed her again until she committed on the new PDS.
+func TestMemFailedActivationClaimIsRetried(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
+		relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
+	h.assertView("alice projected")
+	h.stop()
+	// Make the stored state pds-a's: alice owned by pds-a (as if pds-a's
+	// projector had written it), pds-a's epoch stored.
+	h.view.mu.Lock()
+	delete(h.view.rels, view.SourceTuple(memAlice, "default"))
+	h.view.rels[view.SourceTuple(memAlice, "pds-a")] = true
+	h.view.rels[view.EpochTuple("pds-a", 0)] = true
+	h.view.mu.Unlock()
+	h.engine = nil
+	// Restart as the new PDS's projector with one getRepo attempt.
+	h.stop = nil
+	h.start(h.view.progress(t))
+	h.engine.cfg.ResyncAttempts = 1
+	storedRev := h.pds.repos[memAlice].rev // the new PDS serves the imported commit: same rev
+
+	// activateAccount on the new PDS: #account active; getRepo fails once.
+	h.pds.mu.Lock()
+	h.pds.fail = map[string]error{memAlice: errors.New("getRepo: 503 upstream")}
+	h.pds.mu.Unlock()
+	h.account(memAlice, "")
+	h.settle()
+	h.pds.mu.Lock()
+	h.pds.fail = nil
+	h.pds.mu.Unlock()
+	// ... #sync (its rev is the PDS's repo_root rev, a fresh TID).
+	h.seq++
+	h.send(&firehose.Event{Seq: h.seq, Kind: firehose.KindSync, DID: memAlice,
+		Rev: syntax.NewTID(h.clock+1000, 0).String()})
+	h.settle()
+	t.Logf("claims %v, refused %v, stored rev %s",
+		metrictest.Value(t, h.reg, "consumer_repo_claims_total"),
+		metrictest.Value(t, h.reg, "consumer_repo_claims_refused_total"), storedRev)
+
+	// deactivateAccount on pds-a: pds-a's projector withdraws her data.
+	h.view.mu.Lock()
+	for tu := range h.view.rels {
+		if (tu.ResourceType == view.TypeSpace || tu.ResourceType == view.TypeGroup) &&
+			strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) {
+			delete(h.view.rels, tu)
+		}
+	}
+	h.view.rels[view.StatusTuple(memAlice, "deactivated", 900)] = true
+	h.view.mu.Unlock()
+
+	time.Sleep(3 * time.Second) // any retry (1 s backoff) would have run
+	owner := h.view.matching(func(tu view.Tuple) bool { return tu.Relation == view.RelSource })
+	if !strings.Contains(owner[0].SubjectID, "default") {
+		t.Fatalf("alice, active on the new PDS only, is still owned by %v and withdrawn (data: %v); the new PDS's projector never claims her again",
+			owner, h.view.matching(func(tu view.Tuple) bool { return tu.ResourceType == view.TypeSpace }))
+	}
+}
+
+// TestMemGapCountsARejectedRecordOnce: a commit that triggers a resync (a
+// gap here) is decided by the resync, which counts what it rejects; the
+// commit's own changes (published, triggerChanges) count nothing. Before,
+// one hostile record was counted two or three times.
+func TestMemGapCountsARejectedRecordOnce(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false)})
+	h.assertView("before")
+	h.write(memAlice, map[string]map[string]any{spaceCol + "kid": space(false)}) // lost: a gap
+	h.commit(memAlice, map[string]map[string]any{relCol + "evil": grant(memBob, "x", "viewer", memAlice)})
+	h.assertView("after the gap")
+	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerGap); got != 1 {
+		t.Fatalf("gap resyncs %v, want 1", got)
+	}
+	if got := metrictest.Value(t, h.reg, "consumer_rejected_records_total", "reason", string(view.ReasonForeignResource)); got != 1 {
+		t.Fatalf("one hostile record counted %v times as rejected", got)
+	}
+}

@@ -40,8 +40,12 @@ type applier struct {
 	stale []view.Tuple
 	// retries are the desynchronized repos and when each is tried again;
 	// incomplete are rebuilds waiting for some of them.
-	retries    map[string]*retry
-	incomplete []*incompleteRebuild
+	retries map[string]*retry
+	// claimRetries are repos of other sources this source's PDS serves
+	// that a claim could not take yet (its fetch failed, or the copy here
+	// is only as new as the stored one while its owner has it active).
+	claimRetries map[string]*claimRetry
+	incomplete   []*incompleteRebuild
 }
 
 func (a *applier) newBatch() *batch {

@@ -256,3 +256,87 @@ func spiceRel(tu view.Tuple) *v1.Relationship {
 		Relation: tu.Relation, Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: tu.SubjectType,
 			ObjectId: tu.SubjectID}}}
 }
+
+// TestUnownedMigratedRepoIsNotTakenBackByAnOldPDSRebuild: like
+// TestOldPDSRebuildDoesNotTakeAMigratedRepoBack, but the repo has no owner
+// recorded (stored before ownership, in a SpiceDB two projectors share).
+// The old PDS still serves alice's stale copy as active; its rebuild (or
+// its periodic reconcile) must not write that copy over the newer one.
+// Before, the "newer copy" rule held for claims only, and the grant alice
+// revoked on pds-b was live again.
+func TestUnownedMigratedRepoIsNotTakenBackByAnOldPDSRebuild(t *testing.T) {
+	a, b, alice, bob := sharedWorld(t)
+	ra, rb := a.Start(), b.Start()
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	migrateAliceToB(t, a, b, alice, rb)
+	commit(t, b, alice, testenv.Delete(relC, "v"), testenv.Delete(relC, "m"))
+	b.WaitCaughtUp(rb)
+	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
+		t.Fatal("setup: bob still views alice's space after the revocation on pds-b")
+	}
+	if err := ra.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rb.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stripOwners(t, a) // as written by the version before ownership
+	ra, rb = a.Start(), b.Start()
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	done, err := ra.Engine().Rebuild(t.Context(), "test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("pds-a's rebuild did not finish")
+	}
+	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
+		t.Fatalf("pds-a's rebuild took alice's unowned migrated repo back with its stale copy: the grant she revoked on pds-b is live again\nalice now: %v",
+			a.Under(alice))
+	}
+}
+
+// TestTakedownOfAnUnownedRepoApplies: a repo stored before ownership, in
+// a SpiceDB two projectors share, that was never migrated: alice lives on
+// pds-a only, and pds-a takes her down. Its own stream's #account event
+// withdraws her data (and rebuilds of both projectors change nothing of
+// that). For a while the event was ignored for unowned repos, and her
+// grants stayed live for good.
+func TestTakedownOfAnUnownedRepoApplies(t *testing.T) {
+	a, b, alice, bob := sharedWorld(t)
+	ra, rb := a.Start(), b.Start()
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	if err := ra.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stripOwners(t, a)
+	ra = a.Start()
+	a.WaitCaughtUp(ra)
+	a.SetStatus(alice, "takendown")
+	a.WaitCaughtUp(ra)
+	for _, who := range []string{"pds-a", "pds-b"} {
+		r := ra
+		if who == "pds-b" {
+			r = rb
+		}
+		done, err := r.Engine().Rebuild(t.Context(), "test", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s's rebuild did not finish", who)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
+		t.Fatalf("alice is taken down on her only PDS, both projectors rebuilt, and her grants are still live:\n%v",
+			a.Under(alice))
+	}
+}

@@ -193,6 +193,7 @@ func (a *applier) listed(r listResult) {
 		if !listed[info.DID] {
 			listed[info.DID] = true
 			rb.queue = append(rb.queue, info.DID)
+			delete(rb.requested, info.DID) // the PDS says it hosts it
 		}
 	}
 	// A repo the view held before the listing began and that the PDS does
@@ -225,6 +226,7 @@ func (a *applier) pumpRebuild() {
 		d := e.state(did)
 		if d.resync != nil {
 			d.resync.again = true // a fresh snapshot after the one in flight
+			delete(rb.requested, did)
 			rb.done++
 			continue
 		}

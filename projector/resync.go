@@ -31,6 +31,10 @@ type resyncJob struct {
 	// claim: another source owns the repo; the resync takes it over if this
 	// source's PDS serves it as active, and writes nothing otherwise.
 	claim bool
+	// activation: the claim stands for this stream's own #account active
+	// for the repo (not a replay of a rewind), which may take it over at
+	// the stored rev (mayClaim).
+	activation bool
 }
 
 type resyncResult struct {
@@ -223,9 +227,15 @@ func (a *applier) applyResync(r *resyncResult) error {
 	switch {
 	case job.claim && (r.snap == nil || r.err != nil):
 		// This source's PDS does not serve the repo as active: it stays
-		// the other source's, untouched.
+		// the other source's, untouched. A fetch that failed is tried
+		// again: the claim may be an activation the view must not lose.
 		e.log.Debug("repo of another source not served here; not taking it over", "did", d.did, "owner", d.owner,
 			"not_found", r.notFound, "inactive", r.inactive, "err", r.err)
+		if r.err != nil && r.snap == nil && !r.notFound && !r.inactive {
+			a.retryClaim(d, job.activation)
+		} else {
+			delete(a.claimRetries, d.did)
+		}
 	case job.claim && !mayClaim(job, r):
 		// Served here, but this copy is not newer than what the view
 		// holds: the old PDS of a migrated account that still serves it
@@ -233,7 +243,17 @@ func (a *applier) applyResync(r *resyncResult) error {
 		e.cfg.Metrics.claimRefused()
 		e.log.Info("not taking a repo over: this PDS's copy is not newer than the stored one", "did", d.did,
 			"owner", r.state.Source, "stored_rev", r.state.Rev, "rev_here", r.snap.Rev, "trigger", job.reason)
+		if r.snap.Rev == r.state.Rev {
+			// The same copy on both PDSes: a move whose activation this
+			// source did not see (it started later, or it was lost). The
+			// claim is asked again until the owner no longer has the
+			// account active, or one copy moves ahead.
+			a.retryClaim(d, false)
+		} else {
+			delete(a.claimRetries, d.did)
+		}
 	default:
+		delete(a.claimRetries, d.did)
 		l, err := e.lineageOf(a.ctx, d)
 		if err != nil {
 			return err
@@ -321,6 +341,15 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 			d.status = "inactive"
 		}
 		w.final = append(w.final, a.completeSnapshot(d)...)
+	case d.known && !e.mayRemove(d) && d.rev != "" && r.snap.Rev < d.rev:
+		// Stored before ownership, in a SpiceDB other sources share, at a
+		// rev this PDS's copy has not reached: the old PDS of a migrated
+		// account still serving its copy. Taking it would write stale
+		// records back (the rule of a claim, mayClaim).
+		e.cfg.Metrics.claimRefused()
+		e.log.Info("resync: this PDS's copy of a repo with no owner recorded is older than the stored one; leaving it",
+			"did", d.did, "stored_rev", d.rev, "rev_here", r.snap.Rev)
+		return w
 	default:
 		if d.status != "" {
 			// getRepo answered: the PDS serves the repo, so it is active
@@ -363,8 +392,7 @@ func mayClaim(job *resyncJob, r *resyncResult) bool {
 	case r.snap.Rev < st.Rev:
 		return false
 	}
-	activation := job.trigger != nil && job.trigger.Kind == firehose.KindAccount && job.trigger.Active
-	return activation || st.Source == "" || (st.Status != "" && st.Status != statusActive)
+	return job.activation || st.Source == "" || (st.Status != "" && st.Status != statusActive)
 }
 
 // claimWrites takes over a repo another source owned (or that had no owner
@@ -439,7 +467,7 @@ func (a *applier) claimWrites(d *didState, l *lineage, job *resyncJob, r *resync
 // the resync's diff (DESIGN §6).
 func (a *applier) triggerChanges(d *didState, job *resyncJob) []view.Change {
 	if ev := job.trigger; ev != nil && ev.Kind == firehose.KindCommit {
-		return a.changes(d, ev)
+		return a.commitChanges(d, ev) // the resync's diff counts what it rejects
 	}
 	return nil
 }
