@@ -77,7 +77,7 @@ func (a *applier) decideForeign(d *didState, ev *firehose.Event) {
 		a.startResync(d, ev, TriggerClaim)
 		// This stream activating the account may take the repo over at
 		// the stored rev; a rewind's replay of an old activation may not.
-		d.resync.activation = ev.Kind == firehose.KindAccount && ev.Seq > a.e.rewind
+		d.resync.activation = d.resync.activation || (ev.Kind == firehose.KindAccount && ev.Seq > a.e.rewind)
 	default:
 		a.settle(ev, nil)
 	}
@@ -92,6 +92,9 @@ func (a *applier) hold(d *didState, ev *firehose.Event) {
 		return
 	}
 	job.covered = append(job.covered, ev.Seq)
+	if ev.Kind == firehose.KindAccount && ev.Active && ev.Seq > a.e.rewind {
+		job.againActivation = true // the next claim stands for it
+	}
 	if !job.again {
 		a.e.log.Warn("too many events held during a resync; dropping them and resyncing again", "did", d.did,
 			"held", len(job.held))

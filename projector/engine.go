@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -227,6 +228,15 @@ func (e *Engine) Load(ctx context.Context) error {
 			hasStatus: r.Status != "", desync: r.Desync, desyncSeq: r.DesyncSeq,
 			incomplete: r.Incomplete, incompleteSeq: r.IncompleteSeq}
 		e.states[r.DID] = d
+		if slices.Contains(r.Claims, e.self()) {
+			if e.isForeign(d) {
+				// An activation seen before the restart: its claim goes on.
+				d.claimPending = true
+				e.app.retryClaim(d, true)
+			} else {
+				e.app.stale = append(e.app.stale, view.ClaimTuple(r.DID, e.self()))
+			}
+		}
 		if e.isForeign(d) {
 			foreign++ // another source's repo: its tuples are not ours to tidy
 			continue
@@ -293,6 +303,9 @@ type didState struct {
 	// stored, so a restart goes on reading it).
 	incomplete    bool
 	incompleteSeq int64
+	// claimPending: this source stored repo:<did>#claim (an activation
+	// on its PDS whose claim has not completed yet).
+	claimPending bool
 }
 
 func (d *didState) active() bool { return d.status == "" }

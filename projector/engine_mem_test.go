@@ -775,3 +775,146 @@ func TestMemGapCountsARejectedRecordOnce(t *testing.T) {
 		t.Fatalf("one hostile record counted %v times as rejected", got)
 	}
 }
+
+// TestMemOldPDSDoesNotUndoATakedownOnTheNewPDS: this engine ("default") is
+// the OLD PDS of alice, which still serves her copy as active (DESIGN §4:
+// "the old PDS may keep serving its copy for good"). alice moved to pds-b,
+// whose projector claimed her at the SAME rev (the imported commit), and
+// she has not committed on pds-b since. The old PDS's rebuild claim is
+// refused at the same rev; then pds-b takes alice down (or deletes her).
+// Nothing of the old PDS may take the repo back with its stale copy: a
+// same-rev claim needs this stream's own activation. Before, a refused
+// claim was retried and passed once "the owner no longer has it active"
+// (or stored no rev), restoring her grants.
+func TestMemOldPDSDoesNotUndoATakedownOnTheNewPDS(t *testing.T) {
+	for _, mode := range []string{"takendown", "deleted"} {
+		t.Run(mode, func(t *testing.T) {
+			h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+			h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
+				relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
+			h.assertView("alice projected")
+			h.stop()
+			// alice now belongs to pds-b (its claim at the same rev), pds-b's epoch stored.
+			h.view.mu.Lock()
+			delete(h.view.rels, view.SourceTuple(memAlice, "default"))
+			h.view.rels[view.SourceTuple(memAlice, "pds-b")] = true
+			h.view.rels[view.EpochTuple("pds-b", 0)] = true
+			h.view.rels[view.StatusTuple(memAlice, "active", 500)] = true
+			h.view.mu.Unlock()
+			h.stop = nil
+			h.start(h.view.progress(t))
+
+			// The old PDS's rebuild lists alice: a claim, refused at the same rev.
+			done, err := h.engine.Rebuild(t.Context(), "test", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("rebuild did not finish")
+			}
+			if got := metrictest.Value(t, h.reg, "consumer_repo_claims_refused_total"); got != 1 {
+				t.Fatalf("refused claims %v, want 1", got)
+			}
+
+			// pds-b's projector applies pds-b's takedown (or deletion) of alice.
+			h.view.mu.Lock()
+			for tu := range h.view.rels {
+				if (tu.ResourceType == view.TypeSpace || tu.ResourceType == view.TypeGroup) &&
+					strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) {
+					delete(h.view.rels, tu)
+				}
+				if mode == "deleted" && (tu.ResourceType == view.TypeLineage && strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) ||
+					tu.ResourceType == view.TypeRepo && tu.Relation == view.RelRev) {
+					delete(h.view.rels, tu)
+				}
+			}
+			delete(h.view.rels, view.StatusTuple(memAlice, "active", 500))
+			h.view.rels[view.StatusTuple(memAlice, mode, 900)] = true
+			h.view.mu.Unlock()
+
+			time.Sleep(3 * time.Second) // the first retry is due after 0.5-1 s
+			owner := h.view.matching(func(tu view.Tuple) bool { return tu.Relation == view.RelSource })
+			data := h.view.matching(func(tu view.Tuple) bool {
+				return tu.ResourceType == view.TypeSpace && strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice))
+			})
+			status := h.view.matching(func(tu view.Tuple) bool { return tu.Relation == view.RelStatus })
+			if len(data) > 0 {
+				t.Fatalf("alice was %s on her new PDS; the old PDS's claim retry took her over with its stale copy:\nowner %v\nstatus %v\ndata %v\nclaims %v",
+					mode, owner, status, data, metrictest.Value(t, h.reg, "consumer_repo_claims_total"))
+			}
+		})
+	}
+}
+
+// TestMemFailedActivationClaimSurvivesARestart: as
+// TestMemFailedActivationClaimIsRetried, but the projector restarts (a
+// deploy, a crash, or the ErrOwnership restart of any other repo's claim
+// race) between the failed activation claim and its first retry. The
+// activation's seq is completed (the cursor moves past it) together with
+// repo:<did>#claim@projector:default, so the next process goes on with the
+// claim. Before, the retry lived in memory only, and pds-a's deactivation
+// left alice withdrawn although she is active on this PDS.
+func TestMemFailedActivationClaimSurvivesARestart(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
+		relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
+	h.assertView("alice projected")
+	h.stop()
+	h.view.mu.Lock()
+	delete(h.view.rels, view.SourceTuple(memAlice, "default"))
+	h.view.rels[view.SourceTuple(memAlice, "pds-a")] = true
+	h.view.rels[view.EpochTuple("pds-a", 0)] = true
+	h.view.mu.Unlock()
+	h.stop = nil
+	h.start(h.view.progress(t))
+	h.engine.cfg.ResyncAttempts = 1
+
+	h.pds.mu.Lock()
+	h.pds.fail = map[string]error{memAlice: errors.New("getRepo: 503 upstream")}
+	h.pds.mu.Unlock()
+	h.account(memAlice, "") // activation on this (new) PDS; its claim fails
+	h.settle()
+	h.pds.mu.Lock()
+	h.pds.fail = nil
+	h.pds.mu.Unlock()
+	if c := h.view.progress(t).Cursor; c < h.seq {
+		t.Fatalf("cursor %d did not pass the activation %d", c, h.seq)
+	}
+	// Restart before the retry is due.
+	h.stop()
+	h.stop = nil
+	h.start(h.view.progress(t))
+
+	// pds-a deactivates alice; its projector withdraws her data.
+	h.view.mu.Lock()
+	for tu := range h.view.rels {
+		if (tu.ResourceType == view.TypeSpace || tu.ResourceType == view.TypeGroup) &&
+			strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) {
+			delete(h.view.rels, tu)
+		}
+	}
+	h.view.rels[view.StatusTuple(memAlice, "deactivated", 900)] = true
+	h.view.mu.Unlock()
+	time.Sleep(3 * time.Second)
+	owner := h.view.matching(func(tu view.Tuple) bool { return tu.Relation == view.RelSource })
+	if !strings.Contains(owner[0].SubjectID, "default") {
+		t.Fatalf("after a restart the failed activation claim is never asked again: alice (active here) stays owned by %v and withdrawn", owner)
+	}
+	waitForMem(t, "the claim marker removed by the claim", func() bool {
+		return len(h.view.matching(func(tu view.Tuple) bool { return tu.Relation == view.RelClaim })) == 0
+	})
+}
+
+// waitForMem polls cond for up to 5 s.
+func waitForMem(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

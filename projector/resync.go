@@ -3,6 +3,7 @@ package projector
 import (
 	"context"
 	"errors"
+	"slices"
 	"sort"
 	"time"
 
@@ -35,6 +36,9 @@ type resyncJob struct {
 	// for the repo (not a replay of a rewind), which may take it over at
 	// the stored rev (mayClaim).
 	activation bool
+	// againActivation: an activation was among the events dropped while
+	// this job ran; the next job (again) stands for it.
+	againActivation bool
 }
 
 type resyncResult struct {
@@ -65,6 +69,11 @@ func (a *applier) startJob(d *didState, job *resyncJob) {
 		// another source owns is only ever taken over, from fresh reads.
 		job.claim = true
 		e.dropLineage(d)
+		// An activation seen on this stream whose claim has not completed
+		// yet stands behind every claim of the repo until one completes.
+		if r := a.claimRetries[d.did]; d.claimPending || (r != nil && r.activation) {
+			job.activation = true
+		}
 	}
 	d.resync = job
 	e.cfg.Metrics.resync(job.reason)
@@ -233,8 +242,15 @@ func (a *applier) applyResync(r *resyncResult) error {
 			"not_found", r.notFound, "inactive", r.inactive, "err", r.err)
 		if r.err != nil && r.snap == nil && !r.notFound && !r.inactive {
 			a.retryClaim(d, job.activation)
+			if job.activation && !d.claimPending {
+				// Stored with the activation's completion, so that a
+				// restart goes on with the claim (the cursor passes it).
+				d.claimPending = true
+				w.final = unit{{Op: view.OpTouch, Tuple: view.ClaimTuple(d.did, e.self())}}
+			}
 		} else {
 			delete(a.claimRetries, d.did)
+			w.final = a.dropClaim(d)
 		}
 	case job.claim && !mayClaim(job, r):
 		// Served here, but this copy is not newer than what the view
@@ -243,15 +259,8 @@ func (a *applier) applyResync(r *resyncResult) error {
 		e.cfg.Metrics.claimRefused()
 		e.log.Info("not taking a repo over: this PDS's copy is not newer than the stored one", "did", d.did,
 			"owner", r.state.Source, "stored_rev", r.state.Rev, "rev_here", r.snap.Rev, "trigger", job.reason)
-		if r.snap.Rev == r.state.Rev {
-			// The same copy on both PDSes: a move whose activation this
-			// source did not see (it started later, or it was lost). The
-			// claim is asked again until the owner no longer has the
-			// account active, or one copy moves ahead.
-			a.retryClaim(d, false)
-		} else {
-			delete(a.claimRetries, d.did)
-		}
+		delete(a.claimRetries, d.did)
+		w.final = a.dropClaim(d)
 	default:
 		delete(a.claimRetries, d.did)
 		l, err := e.lineageOf(a.ctx, d)
@@ -380,19 +389,35 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 // during a migration both PDSes serve it, and the old one may keep serving
 // its copy for good. Revs are TIDs along the repo's one history, which the
 // new PDS continues from the imported commit, so the copy that may take
-// the repo over is a newer one. At the same rev (just after the import)
-// only this source's explicit activation of the account, or an owner that
-// no longer has it active, moves it; so the old PDS's replays and
-// rebuilds never take a migrated repo back (DESIGN §3).
+// the repo over is a newer one. At the same rev (just after the import),
+// or when the owner stores no rev to compare with (it never applied a
+// commit, or the account was deleted there), only this source's own
+// activation of the account moves it. So the old PDS's replays, rebuilds
+// and retries never take a migrated repo back, nor undo the new PDS's
+// takedown or deletion of it (DESIGN §4).
 func mayClaim(job *resyncJob, r *resyncResult) bool {
 	st := r.state
 	switch {
-	case st.Rev == "" || r.snap.Rev > st.Rev:
+	case st.Source == "":
+		return true // nobody's: the first writer's (place guards it)
+	case st.Rev == "" && st.Status == "":
+		return true // the owner stores nothing of the account
+	case st.Rev != "" && r.snap.Rev > st.Rev:
 		return true
-	case r.snap.Rev < st.Rev:
+	case st.Rev != "" && r.snap.Rev < st.Rev:
 		return false
 	}
-	return job.activation || st.Source == "" || (st.Status != "" && st.Status != statusActive)
+	return job.activation
+}
+
+// dropClaim ends d's pending claim: the update that deletes this source's
+// stored claim, if any.
+func (a *applier) dropClaim(d *didState) unit {
+	if !d.claimPending {
+		return nil
+	}
+	d.claimPending = false
+	return unit{{Op: view.OpDelete, Tuple: view.ClaimTuple(d.did, a.e.self())}}
 }
 
 // claimWrites takes over a repo another source owned (or that had no owner
@@ -439,6 +464,10 @@ func (a *applier) claimWrites(d *didState, l *lineage, job *resyncJob, r *resync
 	}
 	if st.Desync {
 		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.DesyncTuple(d.did, st.DesyncSeq)})
+	}
+	if d.claimPending || slices.Contains(st.Claims, self) {
+		d.claimPending = false
+		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.ClaimTuple(d.did, self)})
 	}
 	if st.Incomplete {
 		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.IncompleteTuple(d.did, st.IncompleteSeq)})
@@ -535,6 +564,7 @@ func (a *applier) releaseHeld(d *didState, job *resyncJob) error {
 		if d.resync == nil {
 			a.startResync(d, nil, job.reason)
 		}
+		d.resync.activation = d.resync.activation || job.againActivation
 		d.resync.covered = append(d.resync.covered, job.covered...)
 	}
 	return nil

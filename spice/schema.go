@@ -16,6 +16,7 @@ var requiredDefinitions = []string{view.TypeProjector, view.TypeLineage, view.Ty
 // definitions: a schema written by an older version lacks them.
 var requiredRelations = [][2]string{
 	{view.TypeRepo, view.RelSource}, {view.TypeRepo, view.RelDesync}, {view.TypeRepo, view.RelIncomplete},
+	{view.TypeRepo, view.RelClaim},
 	{view.TypeProjector, view.RelEpoch},
 }
 

@@ -92,6 +92,13 @@ func IncompleteTuple(did string, seq int64) Tuple {
 		SubjectID: strconv.FormatInt(seq, 10)}
 }
 
+// ClaimTuple records source's pending claim of a repo:
+// repo:<did>#claim@projector:<source>.
+func ClaimTuple(did, source string) Tuple {
+	return Tuple{ResourceType: TypeRepo, ResourceID: RepoID(did), Relation: RelClaim, SubjectType: TypeProjector,
+		SubjectID: source}
+}
+
 // EpochTuple is a source's ownership epoch:
 // projector:<source>#epoch@seq:<n>.
 func EpochTuple(source string, n int64) Tuple {
@@ -140,6 +147,8 @@ type RepoState struct {
 	// records without their block; it is read again until one is whole.
 	Incomplete    bool
 	IncompleteSeq int64
+	// Claims are the sources with a pending claim of the repo (ClaimTuple).
+	Claims []string
 }
 
 // LineageEntry is one stored lineage relationship, parsed: record Path
@@ -195,6 +204,8 @@ func (r *RepoStates) Add(t Tuple) error {
 			return fmt.Errorf("stored repo state %s: %w", t, err)
 		}
 		st.Desync, st.DesyncSeq = true, max(st.DesyncSeq, n)
+	case RelClaim:
+		st.Claims = append(st.Claims, t.SubjectID)
 	case RelIncomplete:
 		n, err := strconv.ParseInt(t.SubjectID, 10, 64)
 		if err != nil {

@@ -31,6 +31,10 @@ const (
 	// their block: repo:<did>#incomplete@seq:<seq>. It is read again until
 	// a snapshot is whole.
 	RelIncomplete = "incomplete"
+	// RelClaim records a source's pending takeover of a repo another
+	// source owns, whose activation on the source's PDS was seen but whose
+	// claim could not complete yet: repo:<did>#claim@projector:<source>.
+	RelClaim = "claim"
 
 	TypeProjector = "projector"
 	RelHolder     = "holder"
