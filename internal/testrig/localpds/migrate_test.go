@@ -202,8 +202,20 @@ func TestMigrate(t *testing.T) {
 			return e.Kind == "commit" && slices.Contains(e.Ops, "create "+memberColl+"/"+afterRKey)
 		}
 	)
+	// deleteAccount deletes the account's sequenced events but the
+	// tombstone, so a subscriber that has not read A's #account
+	// deactivated by then never sees it (seen on a slow CI machine: A's
+	// stream went from seq 7 to 9). The deletion waits until it was read.
+	deactivatedRead := make(chan struct{})
+	var deactivatedOnce sync.Once
+	stopA := func(e fhEvent) bool {
+		if e.Kind == "account" && e.DID == alice.DID && e.Status == "deactivated" {
+			deactivatedOnce.Do(func() { close(deactivatedRead) })
+		}
+		return deletedOnA(e)
+	}
 	wg.Add(2)
-	go func() { defer wg.Done(); evsA, errA = readFirehose(ctx, a.SubscribeReposURL(0), deletedOnA) }()
+	go func() { defer wg.Done(); evsA, errA = readFirehose(ctx, a.SubscribeReposURL(0), stopA) }()
 	go func() { defer wg.Done(); evsB, errB = readFirehose(ctx, b.SubscribeReposURL(0), writtenAfterOnB) }()
 
 	t0 = time.Now()
@@ -254,6 +266,11 @@ func TestMigrate(t *testing.T) {
 		t.Fatalf("getRepo on A after the migration: %+v", xe)
 	}
 
+	select {
+	case <-deactivatedRead:
+	case <-time.After(30 * time.Second):
+		t.Fatal("A's #account deactivated was not streamed within 30 s")
+	}
 	t0 = time.Now()
 	if err := a.DeleteAccount(ctx, alice, password); err != nil {
 		t.Fatal(err)
