@@ -149,7 +149,7 @@ func (a *applier) retryDue(now time.Time) {
 			continue
 		}
 		r.due = now.Add(retryMax) // pushed back by the next refusal, or cleared
-		a.startJob(d, &resyncJob{reason: TriggerClaim, claim: true, activation: r.activation})
+		a.startJob(d, &resyncJob{reason: TriggerClaim, claim: true})
 	}
 }
 

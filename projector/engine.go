@@ -306,6 +306,7 @@ type didState struct {
 	// claimPending: this source stored repo:<did>#claim (an activation
 	// on its PDS whose claim has not completed yet).
 	claimPending bool
+	claimBatch   uint64 // the batch that stores it (0: stored before this process)
 }
 
 func (d *didState) active() bool { return d.status == "" }

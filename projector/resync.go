@@ -36,6 +36,13 @@ type resyncJob struct {
 	// for the repo (not a replay of a rewind), which may take it over at
 	// the stored rev (mayClaim).
 	activation bool
+	// pending: a claim of this repo is pending behind an activation seen
+	// earlier (repo:<did>#claim@projector:<self>); it counts as one only
+	// while that tuple is still stored (mayClaim).
+	pending bool
+	// liveCommit: the claim stands for a #commit of this stream (not a
+	// replay of a rewind).
+	liveCommit bool
 	// againActivation: an activation was among the events dropped while
 	// this job ran; the next job (again) stands for it.
 	againActivation bool
@@ -72,7 +79,7 @@ func (a *applier) startJob(d *didState, job *resyncJob) {
 		// An activation seen on this stream whose claim has not completed
 		// yet stands behind every claim of the repo until one completes.
 		if r := a.claimRetries[d.did]; d.claimPending || (r != nil && r.activation) {
-			job.activation = true
+			job.pending = true
 		}
 	}
 	d.resync = job
@@ -233,6 +240,17 @@ func (a *applier) applyResync(r *resyncResult) error {
 	}
 	d.resync = nil
 	var w resyncWrite
+	storesClaim := false
+	if job.pending && r.snap != nil && r.err == nil && !slices.Contains(r.state.Claims, e.self()) &&
+		e.committed.Load() >= d.claimBatch {
+		// Our stored claim is gone: another source's claim completed
+		// since (it removes every pending claim). The activation behind
+		// it was against an owner that no longer holds the repo.
+		job.pending, d.claimPending = false, false
+		if cr := a.claimRetries[d.did]; cr != nil {
+			cr.activation = false
+		}
+	}
 	switch {
 	case job.claim && (r.snap == nil || r.err != nil):
 		// This source's PDS does not serve the repo as active: it stays
@@ -241,18 +259,18 @@ func (a *applier) applyResync(r *resyncResult) error {
 		e.log.Debug("repo of another source not served here; not taking it over", "did", d.did, "owner", d.owner,
 			"not_found", r.notFound, "inactive", r.inactive, "err", r.err)
 		if r.err != nil && r.snap == nil && !r.notFound && !r.inactive {
-			a.retryClaim(d, job.activation)
+			a.retryClaim(d, job.activation || job.pending)
 			if job.activation && !d.claimPending {
 				// Stored with the activation's completion, so that a
 				// restart goes on with the claim (the cursor passes it).
-				d.claimPending = true
+				d.claimPending, storesClaim = true, true
 				w.final = unit{{Op: view.OpTouch, Tuple: view.ClaimTuple(d.did, e.self())}}
 			}
 		} else {
 			delete(a.claimRetries, d.did)
 			w.final = a.dropClaim(d)
 		}
-	case job.claim && !mayClaim(job, r):
+	case job.claim && !mayClaim(job, r, e.self()):
 		// Served here, but this copy is not newer than what the view
 		// holds: the old PDS of a migrated account that still serves it
 		// (before it deactivates it, or for good), a replay, a rebuild.
@@ -274,6 +292,9 @@ func (a *applier) applyResync(r *resyncResult) error {
 		}
 	}
 	a.completeResync(d, job, w)
+	if storesClaim {
+		d.claimBatch = d.lastBatch
+	}
 	if job.rebuild {
 		n := 0
 		if r.snap != nil {
@@ -395,19 +416,24 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 // activation of the account moves it. So the old PDS's replays, rebuilds
 // and retries never take a migrated repo back, nor undo the new PDS's
 // takedown or deletion of it (DESIGN §4).
-func mayClaim(job *resyncJob, r *resyncResult) bool {
+func mayClaim(job *resyncJob, r *resyncResult, self string) bool {
 	st := r.state
+	activation := job.activation || (job.pending && slices.Contains(st.Claims, self))
 	switch {
 	case st.Source == "":
 		return true // nobody's: the first writer's (place guards it)
 	case st.Rev == "" && st.Status == "":
 		return true // the owner stores nothing of the account
-	case st.Rev != "" && r.snap.Rev > st.Rev:
+	case st.Rev == "":
+		// Nothing to compare with (the owner deleted the account): this
+		// stream's activation, or a new commit on this PDS, moves it.
+		return activation || job.liveCommit
+	case r.snap.Rev > st.Rev:
 		return true
-	case st.Rev != "" && r.snap.Rev < st.Rev:
+	case r.snap.Rev < st.Rev:
 		return false
 	}
-	return job.activation
+	return activation
 }
 
 // dropClaim ends d's pending claim: the update that deletes this source's
@@ -465,9 +491,14 @@ func (a *applier) claimWrites(d *didState, l *lineage, job *resyncJob, r *resync
 	if st.Desync {
 		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.DesyncTuple(d.did, st.DesyncSeq)})
 	}
-	if d.claimPending || slices.Contains(st.Claims, self) {
-		d.claimPending = false
+	// Every pending claim goes with this one (ours, and other sources'
+	// activations seen against the owner that no longer holds the repo).
+	if d.claimPending && !slices.Contains(st.Claims, self) {
 		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.ClaimTuple(d.did, self)})
+	}
+	d.claimPending = false
+	for _, src := range st.Claims {
+		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.ClaimTuple(d.did, src)})
 	}
 	if st.Incomplete {
 		w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.IncompleteTuple(d.did, st.IncompleteSeq)})
