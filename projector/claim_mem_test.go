@@ -32,19 +32,10 @@ func TestMemStalePendingClaimDoesNotTakeBackFromANewerOwner(t *testing.T) {
 			h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
 				relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
 			h.assertView("alice projected")
-			h.stop()
-			h.view.mu.Lock()
-			delete(h.view.rels, view.SourceTuple(memAlice, "default"))
-			h.view.rels[view.SourceTuple(memAlice, "pds-a")] = true
-			h.view.rels[view.EpochTuple("pds-a", 0)] = true
-			h.view.mu.Unlock()
-			h.stop = nil
-			h.start(h.view.progress(t))
+			h.restart(func(rels map[view.Tuple]bool) { handOver(rels, memAlice, "pds-a") })
 			h.engine.cfg.ResyncAttempts = 1
 
-			h.pds.mu.Lock()
-			h.pds.fail = map[string]error{memAlice: errors.New("getRepo: 503 upstream")}
-			h.pds.mu.Unlock()
+			h.failGetRepo(memAlice, errors.New("getRepo: 503 upstream"))
 			h.account(memAlice, "") // activation on B; its claim fails
 			h.settle()
 			if len(h.view.matching(func(tu view.Tuple) bool { return tu.Relation == view.RelClaim })) != 1 {
@@ -66,21 +57,13 @@ func TestMemStalePendingClaimDoesNotTakeBackFromANewerOwner(t *testing.T) {
 			// (claimWrites), this source's included.
 			delete(h.view.rels, view.ClaimTuple(memAlice, "pds-c"))
 			delete(h.view.rels, view.ClaimTuple(memAlice, "default"))
-			for tu := range h.view.rels {
-				if (tu.ResourceType == view.TypeSpace || tu.ResourceType == view.TypeGroup) &&
-					strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) {
-					delete(h.view.rels, tu) // pds-c's takedown withdraws her data
-				}
-			}
+			withdrawData(h.view.rels, memAlice) // pds-c's takedown
 			h.view.rels[view.StatusTuple(memAlice, "takendown", 701)] = true
 			h.view.mu.Unlock()
 
 			// B is reachable again; it still serves its stale copy as active.
-			h.pds.mu.Lock()
-			h.pds.fail = nil
-			h.pds.mu.Unlock()
+			h.failGetRepo(memAlice, nil)
 			if restart {
-				h.stop = nil
 				h.start(h.view.progress(t))
 			}
 			time.Sleep(4 * time.Second)
@@ -109,22 +92,18 @@ func TestMemCommitOnNewPDSClaimsAfterOldOwnerDeletedTheAccount(t *testing.T) {
 	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
 		relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
 	h.assertView("alice projected")
-	h.stop()
 	// pds-a owns alice and applied its deletion of her (after the move).
-	h.view.mu.Lock()
-	for tu := range h.view.rels {
-		if (tu.ResourceType == view.TypeSpace || tu.ResourceType == view.TypeGroup || tu.ResourceType == view.TypeLineage) &&
-			strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) || tu.Relation == view.RelRev {
-			delete(h.view.rels, tu)
+	h.restart(func(rels map[view.Tuple]bool) {
+		withdrawData(rels, memAlice)
+		for tu := range rels {
+			if tu.ResourceType == view.TypeLineage && strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) ||
+				tu.Relation == view.RelRev {
+				delete(rels, tu)
+			}
 		}
-	}
-	delete(h.view.rels, view.SourceTuple(memAlice, "default"))
-	h.view.rels[view.SourceTuple(memAlice, "pds-a")] = true
-	h.view.rels[view.EpochTuple("pds-a", 0)] = true
-	h.view.rels[view.StatusTuple(memAlice, statusDeleted, 900)] = true
-	h.view.mu.Unlock()
-	h.stop = nil
-	h.start(h.view.progress(t))
+		handOver(rels, memAlice, "pds-a")
+		rels[view.StatusTuple(memAlice, statusDeleted, 900)] = true
+	})
 
 	// alice commits on her new PDS, twice.
 	h.commit(memAlice, map[string]map[string]any{relCol + "g2": grant(memAlice, "root", "editor", memBob)})
@@ -150,15 +129,10 @@ func TestMemAClaimRemovesEveryPendingClaim(t *testing.T) {
 	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
 	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false)})
 	h.assertView("alice projected")
-	h.stop()
-	h.view.mu.Lock()
-	delete(h.view.rels, view.SourceTuple(memAlice, "default"))
-	h.view.rels[view.SourceTuple(memAlice, "pds-a")] = true
-	h.view.rels[view.EpochTuple("pds-a", 0)] = true
-	h.view.rels[view.ClaimTuple(memAlice, "pds-x")] = true // pds-x's activation, its claim pending
-	h.view.mu.Unlock()
-	h.stop = nil
-	h.start(h.view.progress(t))
+	h.restart(func(rels map[view.Tuple]bool) {
+		handOver(rels, memAlice, "pds-a")
+		rels[view.ClaimTuple(memAlice, "pds-x")] = true // pds-x's activation, its claim pending
+	})
 	h.commit(memAlice, map[string]map[string]any{spaceCol + "kid": space(false)}) // a newer copy here: a claim
 	waitForMem(t, "the claim", func() bool {
 		o := h.view.matching(func(tu view.Tuple) bool { return tu.Relation == view.RelSource })

@@ -368,6 +368,54 @@ func (h *memHarness) account(did string, status string) {
 	h.send(&firehose.Event{Seq: h.seq, Kind: firehose.KindAccount, DID: did, Active: status == "", Status: status})
 }
 
+// restart stops the engine, lets edit change the stored relationships
+// (under the view's lock; nil: none), and starts it again from the stored
+// progress, as a new process would.
+func (h *memHarness) restart(edit func(rels map[view.Tuple]bool)) {
+	h.t.Helper()
+	h.stop()
+	if edit != nil {
+		h.view.mu.Lock()
+		edit(h.view.rels)
+		h.view.mu.Unlock()
+	}
+	h.start(h.view.progress(h.t))
+}
+
+// handOver gives did to another source in rels, as that source's claim
+// would: the source tuple names owner, and owner's epoch 0 is stored.
+func handOver(rels map[view.Tuple]bool, did, owner string) {
+	delete(rels, view.SourceTuple(did, "default"))
+	rels[view.SourceTuple(did, owner)] = true
+	rels[view.EpochTuple(owner, 0)] = true
+}
+
+// withdrawData deletes did's data relationships from rels, as its owner's
+// withdrawal (a deactivation, a takedown) does.
+func withdrawData(rels map[view.Tuple]bool, did string) {
+	for tu := range rels {
+		if (tu.ResourceType == view.TypeSpace || tu.ResourceType == view.TypeGroup) &&
+			strings.HasPrefix(tu.ResourceID, view.DIDPrefix(did)) {
+			delete(rels, tu)
+		}
+	}
+}
+
+// failGetRepo makes the PDS's getRepo of did fail with err (nil: answer
+// again).
+func (h *memHarness) failGetRepo(did string, err error) {
+	h.pds.mu.Lock()
+	defer h.pds.mu.Unlock()
+	if err == nil {
+		delete(h.pds.fail, did)
+		return
+	}
+	if h.pds.fail == nil {
+		h.pds.fail = map[string]error{}
+	}
+	h.pds.fail[did] = err
+}
+
 // settle waits until every event sent is applied and the cursor stored.
 func (h *memHarness) settle() {
 	h.t.Helper()
@@ -659,9 +707,7 @@ func TestMemTooLargeRepoIsDesynchronized(t *testing.T) {
 	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
 	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false)})
 	h.assertView("before")
-	h.pds.mu.Lock()
-	h.pds.fail = map[string]error{memAlice: fmt.Errorf("too big: %w", firehose.ErrRepoTooLarge)}
-	h.pds.mu.Unlock()
+	h.failGetRepo(memAlice, fmt.Errorf("too big: %w", firehose.ErrRepoTooLarge))
 	h.seq++
 	h.send(&firehose.Event{Seq: h.seq, Kind: firehose.KindSync, DID: memAlice, Rev: syntax.NewTID(h.clock+10, 0).String()})
 	h.commit(memBob, map[string]map[string]any{spaceCol + "b": space(false)})
@@ -675,9 +721,7 @@ func TestMemTooLargeRepoIsDesynchronized(t *testing.T) {
 	if len(h.view.matching(func(t view.Tuple) bool { return t.Relation == view.RelDesync })) != 1 {
 		t.Fatal("no desync marker stored")
 	}
-	h.pds.mu.Lock()
-	h.pds.fail = nil
-	h.pds.mu.Unlock()
+	h.failGetRepo(memAlice, nil)
 	deadline := time.Now().Add(5 * time.Second)
 	for h.engine.Status().Desynchronized != 0 {
 		if time.Now().After(deadline) {
@@ -705,30 +749,17 @@ func TestMemFailedActivationClaimIsRetried(t *testing.T) {
 	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
 		relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
 	h.assertView("alice projected")
-	h.stop()
-	// Make the stored state pds-a's: alice owned by pds-a (as if pds-a's
-	// projector had written it), pds-a's epoch stored.
-	h.view.mu.Lock()
-	delete(h.view.rels, view.SourceTuple(memAlice, "default"))
-	h.view.rels[view.SourceTuple(memAlice, "pds-a")] = true
-	h.view.rels[view.EpochTuple("pds-a", 0)] = true
-	h.view.mu.Unlock()
-	h.engine = nil
-	// Restart as the new PDS's projector with one getRepo attempt.
-	h.stop = nil
-	h.start(h.view.progress(t))
+	// Restart as the new PDS's projector (with one getRepo attempt), alice
+	// owned by pds-a as if pds-a's projector had written her.
+	h.restart(func(rels map[view.Tuple]bool) { handOver(rels, memAlice, "pds-a") })
 	h.engine.cfg.ResyncAttempts = 1
 	storedRev := h.pds.repos[memAlice].rev // the new PDS serves the imported commit: same rev
 
 	// activateAccount on the new PDS: #account active; getRepo fails once.
-	h.pds.mu.Lock()
-	h.pds.fail = map[string]error{memAlice: errors.New("getRepo: 503 upstream")}
-	h.pds.mu.Unlock()
+	h.failGetRepo(memAlice, errors.New("getRepo: 503 upstream"))
 	h.account(memAlice, "")
 	h.settle()
-	h.pds.mu.Lock()
-	h.pds.fail = nil
-	h.pds.mu.Unlock()
+	h.failGetRepo(memAlice, nil)
 	// ... #sync (its rev is the PDS's repo_root rev, a fresh TID).
 	h.seq++
 	h.send(&firehose.Event{Seq: h.seq, Kind: firehose.KindSync, DID: memAlice,
@@ -740,12 +771,7 @@ func TestMemFailedActivationClaimIsRetried(t *testing.T) {
 
 	// deactivateAccount on pds-a: pds-a's projector withdraws her data.
 	h.view.mu.Lock()
-	for tu := range h.view.rels {
-		if (tu.ResourceType == view.TypeSpace || tu.ResourceType == view.TypeGroup) &&
-			strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) {
-			delete(h.view.rels, tu)
-		}
-	}
+	withdrawData(h.view.rels, memAlice)
 	h.view.rels[view.StatusTuple(memAlice, "deactivated", 900)] = true
 	h.view.mu.Unlock()
 
@@ -793,16 +819,11 @@ func TestMemOldPDSDoesNotUndoATakedownOnTheNewPDS(t *testing.T) {
 			h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
 				relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
 			h.assertView("alice projected")
-			h.stop()
-			// alice now belongs to pds-b (its claim at the same rev), pds-b's epoch stored.
-			h.view.mu.Lock()
-			delete(h.view.rels, view.SourceTuple(memAlice, "default"))
-			h.view.rels[view.SourceTuple(memAlice, "pds-b")] = true
-			h.view.rels[view.EpochTuple("pds-b", 0)] = true
-			h.view.rels[view.StatusTuple(memAlice, "active", 500)] = true
-			h.view.mu.Unlock()
-			h.stop = nil
-			h.start(h.view.progress(t))
+			// alice now belongs to pds-b (its claim at the same rev).
+			h.restart(func(rels map[view.Tuple]bool) {
+				handOver(rels, memAlice, "pds-b")
+				rels[view.StatusTuple(memAlice, "active", 500)] = true
+			})
 
 			// The old PDS's rebuild lists alice: a claim, refused at the same rev.
 			done, err := h.engine.Rebuild(t.Context(), "test", nil)
@@ -820,11 +841,8 @@ func TestMemOldPDSDoesNotUndoATakedownOnTheNewPDS(t *testing.T) {
 
 			// pds-b's projector applies pds-b's takedown (or deletion) of alice.
 			h.view.mu.Lock()
+			withdrawData(h.view.rels, memAlice)
 			for tu := range h.view.rels {
-				if (tu.ResourceType == view.TypeSpace || tu.ResourceType == view.TypeGroup) &&
-					strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) {
-					delete(h.view.rels, tu)
-				}
 				if mode == "deleted" && (tu.ResourceType == view.TypeLineage && strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) ||
 					tu.ResourceType == view.TypeRepo && tu.Relation == view.RelRev) {
 					delete(h.view.rels, tu)
@@ -861,40 +879,21 @@ func TestMemFailedActivationClaimSurvivesARestart(t *testing.T) {
 	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
 		relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
 	h.assertView("alice projected")
-	h.stop()
-	h.view.mu.Lock()
-	delete(h.view.rels, view.SourceTuple(memAlice, "default"))
-	h.view.rels[view.SourceTuple(memAlice, "pds-a")] = true
-	h.view.rels[view.EpochTuple("pds-a", 0)] = true
-	h.view.mu.Unlock()
-	h.stop = nil
-	h.start(h.view.progress(t))
+	h.restart(func(rels map[view.Tuple]bool) { handOver(rels, memAlice, "pds-a") })
 	h.engine.cfg.ResyncAttempts = 1
 
-	h.pds.mu.Lock()
-	h.pds.fail = map[string]error{memAlice: errors.New("getRepo: 503 upstream")}
-	h.pds.mu.Unlock()
+	h.failGetRepo(memAlice, errors.New("getRepo: 503 upstream"))
 	h.account(memAlice, "") // activation on this (new) PDS; its claim fails
 	h.settle()
-	h.pds.mu.Lock()
-	h.pds.fail = nil
-	h.pds.mu.Unlock()
+	h.failGetRepo(memAlice, nil)
 	if c := h.view.progress(t).Cursor; c < h.seq {
 		t.Fatalf("cursor %d did not pass the activation %d", c, h.seq)
 	}
-	// Restart before the retry is due.
-	h.stop()
-	h.stop = nil
-	h.start(h.view.progress(t))
+	h.restart(nil) // before the retry is due
 
 	// pds-a deactivates alice; its projector withdraws her data.
 	h.view.mu.Lock()
-	for tu := range h.view.rels {
-		if (tu.ResourceType == view.TypeSpace || tu.ResourceType == view.TypeGroup) &&
-			strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) {
-			delete(h.view.rels, tu)
-		}
-	}
+	withdrawData(h.view.rels, memAlice)
 	h.view.rels[view.StatusTuple(memAlice, "deactivated", 900)] = true
 	h.view.mu.Unlock()
 	time.Sleep(3 * time.Second)

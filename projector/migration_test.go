@@ -120,24 +120,11 @@ func TestUnownedRepoIsNotWithdrawnByAnOldPDS(t *testing.T) {
 	a.SetStatus(alice, "deactivated")
 	a.WaitCaughtUp(ra)
 	b.WaitCaughtUp(rb)
-	if err := ra.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rb.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	stripOwners(t, a) // as written by the version before ownership
-	ra, rb = a.Start(), b.Start()
-	a.WaitCaughtUp(ra)
-	b.WaitCaughtUp(rb)
+	ra, rb = restartWithoutOwners(t, a, b, ra, rb)
 	if !a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
 		t.Fatal("setup: bob can't view alice's space")
 	}
-	done, err := ra.Engine().Rebuild(t.Context(), "test", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-done
+	rebuildAll(t, ra, "pds-a")
 	if !a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
 		t.Fatalf("pds-a's rebuild withdrew alice's repo, which pds-b serves as active:\n%v", a.Under(alice))
 	}
@@ -275,25 +262,8 @@ func TestUnownedMigratedRepoIsNotTakenBackByAnOldPDSRebuild(t *testing.T) {
 	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
 		t.Fatal("setup: bob still views alice's space after the revocation on pds-b")
 	}
-	if err := ra.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rb.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	stripOwners(t, a) // as written by the version before ownership
-	ra, rb = a.Start(), b.Start()
-	a.WaitCaughtUp(ra)
-	b.WaitCaughtUp(rb)
-	done, err := ra.Engine().Rebuild(t.Context(), "test", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("pds-a's rebuild did not finish")
-	}
+	ra, rb = restartWithoutOwners(t, a, b, ra, rb)
+	rebuildAll(t, ra, "pds-a")
 	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
 		t.Fatalf("pds-a's rebuild took alice's unowned migrated repo back with its stale copy: the grant she revoked on pds-b is live again\nalice now: %v",
 			a.Under(alice))
@@ -319,24 +289,28 @@ func TestTakedownOfAnUnownedRepoApplies(t *testing.T) {
 	a.WaitCaughtUp(ra)
 	a.SetStatus(alice, "takendown")
 	a.WaitCaughtUp(ra)
-	for _, who := range []string{"pds-a", "pds-b"} {
-		r := ra
-		if who == "pds-b" {
-			r = rb
-		}
-		done, err := r.Engine().Rebuild(t.Context(), "test", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Fatalf("%s's rebuild did not finish", who)
-		}
-	}
+	rebuildAll(t, ra, "pds-a")
+	rebuildAll(t, rb, "pds-b")
 	time.Sleep(500 * time.Millisecond)
 	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
 		t.Fatalf("alice is taken down on her only PDS, both projectors rebuilt, and her grants are still live:\n%v",
 			a.Under(alice))
 	}
+}
+
+// restartWithoutOwners stops both projectors, deletes every repo's owner
+// (as the version before ownership stored repos) and starts them again.
+func restartWithoutOwners(t *testing.T, a, b *testenv.Env, ra, rb *testenv.Running) (*testenv.Running, *testenv.Running) {
+	t.Helper()
+	if err := ra.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rb.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stripOwners(t, a)
+	ra, rb = a.Start(), b.Start()
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	return ra, rb
 }

@@ -59,15 +59,7 @@ func TestProjectorsSharingASpiceDBLeaveEachOthersReposAlone(t *testing.T) {
 		}
 	}
 	// A rebuild of pds-b: its PDS does not list alice.
-	done, err := rb.Engine().Rebuild(t.Context(), "test", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("pds-b's rebuild did not finish")
-	}
+	rebuildAll(t, rb, "pds-b")
 	same("pds-b's rebuild")
 	// pds-b's admin resync and reconcile of alice.
 	if err := rb.Resync(t.Context(), []string{alice}); err != nil {
@@ -102,11 +94,7 @@ func TestProjectorsSharingASpiceDBLeaveEachOthersReposAlone(t *testing.T) {
 	same("bob's deletion")
 	testenv.AssertMatchesOracles(a, b)
 	// pds-a's own rebuild keeps everything right too.
-	done, err = ra.Engine().Rebuild(t.Context(), "test", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-done
+	rebuildAll(t, ra, "pds-a")
 	testenv.AssertMatchesOracles(a, b)
 }
 
@@ -303,6 +291,22 @@ func TestFailedResyncsAreRetriedUntilTheyWork(t *testing.T) {
 	}
 }
 
+// rebuildAll runs a full rebuild of r's engine and waits (up to 20 s) until
+// it is done; who names the projector in the failure.
+func rebuildAll(t *testing.T, r *testenv.Running, who string) {
+	t.Helper()
+	done, err := r.Engine().Rebuild(t.Context(), "test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s's rebuild did not finish", who)
+	}
+}
+
+// waitFor polls cond for up to 30 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -348,11 +352,7 @@ func TestReposWithoutOwnerAfterAnUpgrade(t *testing.T) {
 		aliceBefore := a.Under(alice)
 		rb = b.Start()
 		b.WaitCaughtUp(rb)
-		done, err := rb.Engine().Rebuild(t.Context(), "test", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		<-done
+		rebuildAll(t, rb, "pds-b")
 		if got := a.Under(alice); !slices.Equal(got, aliceBefore) {
 			t.Fatalf("pds-b's rebuild changed alice's unowned repo:\n%s", testenv.Diff(got, aliceBefore))
 		}
@@ -372,11 +372,7 @@ func TestReposWithoutOwnerAfterAnUpgrade(t *testing.T) {
 		e.PDS.Forget(bob) // deleted while the consumer was down, its events gone
 		r = e.Start()
 		e.WaitCaughtUp(r)
-		done, err := r.Engine().Rebuild(t.Context(), "test", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		<-done
+		rebuildAll(t, r, "the projector")
 		e.AssertMatchesOracle()
 		if got := e.Under(bob); slices.ContainsFunc(got, func(s string) bool {
 			return !strings.Contains(s, "#status@status:deleted") && !strings.Contains(s, "#source@")
@@ -386,13 +382,11 @@ func TestReposWithoutOwnerAfterAnUpgrade(t *testing.T) {
 	})
 }
 
-// TestSnapshotMissingABlockIsReadAgain: a record the export names without
-// its block keeps what it produced, and the repo is read again later (with
-// backoff): the reference PDS can lose a block and write it back when an
-// identical record is written, and no event of the repo says so. Seen in
-// the e2e NATS test: a space created in a commit that lacked its block
-// stayed missing for good.
-func TestSnapshotMissingABlockIsReadAgain(t *testing.T) {
+// exportLacksABlock starts a consumer on alice's repo, whose export then
+// names a record ("lost") without its block, and which is resynced from it
+// (a gap).
+func exportLacksABlock(t *testing.T) (*testenv.Env, string, *testenv.Running) {
+	t.Helper()
 	e := testenv.New(t)
 	alice := account(t, e, "alice")
 	r := e.Start()
@@ -404,6 +398,17 @@ func TestSnapshotMissingABlockIsReadAgain(t *testing.T) {
 	e.PDS.Repo(alice).OmitFromExport(spaceC+"/lost", true)
 	commit(t, e, alice, testenv.Space("create", "b", false)) // a gap: the repo is resynced
 	e.WaitCaughtUp(r)
+	return e, alice, r
+}
+
+// TestSnapshotMissingABlockIsReadAgain: a record the export names without
+// its block keeps what it produced, and the repo is read again later (with
+// backoff): the reference PDS can lose a block and write it back when an
+// identical record is written, and no event of the repo says so. Seen in
+// the e2e NATS test: a space created in a commit that lacked its block
+// stayed missing for good.
+func TestSnapshotMissingABlockIsReadAgain(t *testing.T) {
+	e, alice, r := exportLacksABlock(t)
 	if slices.ContainsFunc(e.Data(), func(s string) bool { return strings.Contains(s, "/lost#") }) {
 		t.Fatal("the record without its block was projected")
 	}
@@ -424,17 +429,7 @@ func TestSnapshotMissingABlockIsReadAgain(t *testing.T) {
 // the retry lived in memory only: a SIGKILL in the e2e NATS test left the
 // repo without the record for good.
 func TestIncompleteSnapshotIsReadAgainAfterARestart(t *testing.T) {
-	e := testenv.New(t)
-	alice := account(t, e, "alice")
-	r := e.Start()
-	commit(t, e, alice, testenv.Space("create", "a", false))
-	e.WaitCaughtUp(r)
-	if _, err := e.PDS.CommitSilently(alice, testenv.Space("create", "lost", false)); err != nil {
-		t.Fatal(err)
-	}
-	e.PDS.Repo(alice).OmitFromExport(spaceC+"/lost", true)
-	commit(t, e, alice, testenv.Space("create", "b", false)) // a gap: the repo is resynced
-	e.WaitCaughtUp(r)
+	e, alice, r := exportLacksABlock(t)
 	marker := func() bool {
 		return slices.ContainsFunc(e.Relationships(view.TypeRepo), func(s string) bool {
 			return strings.Contains(s, "#"+view.RelIncomplete+"@")
