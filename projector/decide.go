@@ -77,7 +77,7 @@ func (a *applier) decideForeign(d *didState, ev *firehose.Event) {
 		a.startResync(d, ev, TriggerClaim)
 		// This stream activating the account may take the repo over at
 		// the stored rev; a rewind's replay of an old activation may not.
-		d.resync.activation = d.resync.activation || (ev.Kind == firehose.KindAccount && ev.Seq > a.e.rewind)
+		d.resync.activation = ev.Kind == firehose.KindAccount && ev.Seq > a.e.rewind
 		d.resync.liveCommit = ev.Kind == firehose.KindCommit && ev.Seq > a.e.rewind
 	default:
 		a.settle(ev, nil)

@@ -15,7 +15,8 @@ const (
 	retryMax = 5 * time.Minute
 )
 
-// retry is a desynchronized repo waiting for its next resync.
+// retry is a repo waiting for its next resync (applier.retries) or claim
+// (applier.claimRetries).
 type retry struct {
 	due time.Time
 	bo  backoff.Backoff
@@ -23,6 +24,21 @@ type retry struct {
 	// read again with the same backoff, but it is not desynchronized:
 	// what it produced is kept, it is not counted, and no rebuild waits.
 	soft bool
+	// activation: a claim retry stands for this stream's activation of
+	// the account; once seen, it stays.
+	activation bool
+}
+
+// schedule returns did's retry in m (a new one on first use), due after
+// its next backoff: further away each time.
+func schedule(m map[string]*retry, did string) *retry {
+	r := m[did]
+	if r == nil {
+		r = &retry{bo: backoff.Backoff{Min: retryMin, Max: retryMax}}
+		m[did] = r
+	}
+	r.due = time.Now().Add(r.bo.Next())
+	return r
 }
 
 // markDesync records that d's resync failed: what the view holds for it
@@ -47,13 +63,7 @@ func (a *applier) clearDesync(d *didState) unit {
 
 // desynced schedules d's next retry, further away each time.
 func (a *applier) desynced(d *didState) {
-	r := a.retries[d.did]
-	if r == nil {
-		r = &retry{bo: backoff.Backoff{Min: retryMin, Max: retryMax}}
-		a.retries[d.did] = r
-	}
-	r.soft = false
-	r.due = time.Now().Add(r.bo.Next())
+	schedule(a.retries, d.did).soft = false
 	a.publishDesync()
 }
 
@@ -90,15 +100,9 @@ func (a *applier) completeSnapshot(d *didState) []view.Update {
 
 // readAgain schedules a soft retry of d, further away each time.
 func (a *applier) readAgain(d *didState) {
-	r := a.retries[d.did]
-	if r == nil {
-		r = &retry{bo: backoff.Backoff{Min: retryMin, Max: retryMax}}
-		a.retries[d.did] = r
-	}
 	// Soft, or a desynchronized repo whose resync just worked (its
 	// desync marker goes with this write): read it again later either way.
-	r.soft = true
-	r.due = time.Now().Add(r.bo.Next())
+	schedule(a.retries, d.did).soft = true
 }
 
 // desyncCleared notes that d's desync ends with batch b: once b commits,
@@ -153,23 +157,11 @@ func (a *applier) retryDue(now time.Time) {
 	}
 }
 
-// claimRetry is a claim to ask again (applier.claimRetries).
-type claimRetry struct {
-	due        time.Time
-	bo         backoff.Backoff
-	activation bool
-}
-
 // retryClaim schedules d's claim again, further away each time; an
 // activation, once seen, stays one.
 func (a *applier) retryClaim(d *didState, activation bool) {
-	r := a.claimRetries[d.did]
-	if r == nil {
-		r = &claimRetry{bo: backoff.Backoff{Min: retryMin, Max: retryMax}}
-		a.claimRetries[d.did] = r
-	}
+	r := schedule(a.claimRetries, d.did)
 	r.activation = r.activation || activation
-	r.due = time.Now().Add(r.bo.Next())
 }
 
 // incompleteRebuild is a rebuild whose every resync ran but some failed:

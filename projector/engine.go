@@ -197,7 +197,7 @@ func New(cfg Config) (*Engine, error) {
 		listed: make(chan listResult, 1),
 		states: map[string]*didState{}, lru: list.New(), applied: newAppliedIndex(), rewind: cfg.Progress.Rewind(), tracker: cfg.Progress.Tracker(),
 		emptyTree: *root, fetchSem: make(chan struct{}, cfg.ResyncConcurrency)}
-	e.app = &applier{e: e, rewound: map[string]bool{}, retries: map[string]*retry{}, claimRetries: map[string]*claimRetry{}}
+	e.app = &applier{e: e, rewound: map[string]bool{}, retries: map[string]*retry{}, claimRetries: map[string]*retry{}}
 	empty0 := ""
 	e.token.Store(&empty0)
 	if cfg.ResyncRate > 0 {

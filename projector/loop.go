@@ -41,10 +41,9 @@ type applier struct {
 	// retries are the desynchronized repos and when each is tried again;
 	// incomplete are rebuilds waiting for some of them.
 	retries map[string]*retry
-	// claimRetries are repos of other sources this source's PDS serves
-	// that a claim could not take yet (its fetch failed, or the copy here
-	// is only as new as the stored one while its owner has it active).
-	claimRetries map[string]*claimRetry
+	// claimRetries are repos of other sources whose claim's getRepo
+	// failed: the claim is asked again.
+	claimRetries map[string]*retry
 	incomplete   []*incompleteRebuild
 }
 

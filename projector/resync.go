@@ -267,7 +267,6 @@ func (a *applier) applyResync(r *resyncResult) error {
 				w.final = unit{{Op: view.OpTouch, Tuple: view.ClaimTuple(d.did, e.self())}}
 			}
 		} else {
-			delete(a.claimRetries, d.did)
 			w.final = a.dropClaim(d)
 		}
 	case job.claim && !mayClaim(job, r, e.self()):
@@ -277,7 +276,6 @@ func (a *applier) applyResync(r *resyncResult) error {
 		e.cfg.Metrics.claimRefused()
 		e.log.Info("not taking a repo over: this PDS's copy is not newer than the stored one", "did", d.did,
 			"owner", r.state.Source, "stored_rev", r.state.Rev, "rev_here", r.snap.Rev, "trigger", job.reason)
-		delete(a.claimRetries, d.did)
 		w.final = a.dropClaim(d)
 	default:
 		delete(a.claimRetries, d.did)
@@ -436,9 +434,10 @@ func mayClaim(job *resyncJob, r *resyncResult, self string) bool {
 	return activation
 }
 
-// dropClaim ends d's pending claim: the update that deletes this source's
-// stored claim, if any.
+// dropClaim ends d's pending claim: its retry goes, and the update that
+// deletes this source's stored claim, if any, is returned.
 func (a *applier) dropClaim(d *didState) unit {
+	delete(a.claimRetries, d.did)
 	if !d.claimPending {
 		return nil
 	}
