@@ -28,11 +28,7 @@ func TestMemStalePendingClaimDoesNotTakeBackFromANewerOwner(t *testing.T) {
 			name = "after a restart (Load)"
 		}
 		t.Run(name, func(t *testing.T) {
-			h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
-			h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
-				relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
-			h.assertView("alice projected")
-			h.restart(func(rels map[view.Tuple]bool) { handOver(rels, memAlice, "pds-a") })
+			h := aliceOwnedBy(t, "pds-a", nil)
 			h.engine.cfg.ResyncAttempts = 1
 
 			h.failGetRepo(memAlice, errors.New("getRepo: 503 upstream"))
@@ -88,12 +84,8 @@ func TestMemStalePendingClaimDoesNotTakeBackFromANewerOwner(t *testing.T) {
 // over (DESIGN §4). For a while every claim against an owner with no rev
 // needed an activation, and she stayed deleted in the view for good.
 func TestMemCommitOnNewPDSClaimsAfterOldOwnerDeletedTheAccount(t *testing.T) {
-	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
-	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
-		relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
-	h.assertView("alice projected")
 	// pds-a owns alice and applied its deletion of her (after the move).
-	h.restart(func(rels map[view.Tuple]bool) {
+	h := aliceOwnedBy(t, "pds-a", func(rels map[view.Tuple]bool) {
 		withdrawData(rels, memAlice)
 		for tu := range rels {
 			if tu.ResourceType == view.TypeLineage && strings.HasPrefix(tu.ResourceID, view.DIDPrefix(memAlice)) ||
@@ -101,7 +93,6 @@ func TestMemCommitOnNewPDSClaimsAfterOldOwnerDeletedTheAccount(t *testing.T) {
 				delete(rels, tu)
 			}
 		}
-		handOver(rels, memAlice, "pds-a")
 		rels[view.StatusTuple(memAlice, statusDeleted, 900)] = true
 	})
 

@@ -401,6 +401,38 @@ func withdrawData(rels map[view.Tuple]bool, did string) {
 	}
 }
 
+// aliceOwnedBy starts a harness whose alice (a space with a viewer grant
+// to bob) is owned by another source, as if owner's projector had written
+// her; edit (nil: none) changes the stored state further before the start.
+func aliceOwnedBy(t *testing.T, owner string, edit func(rels map[view.Tuple]bool)) *memHarness {
+	t.Helper()
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
+		relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
+	h.assertView("alice projected")
+	h.restart(func(rels map[view.Tuple]bool) {
+		handOver(rels, memAlice, owner)
+		if edit != nil {
+			edit(rels)
+		}
+	})
+	return h
+}
+
+// rebuild runs a full rebuild and waits (up to 5 s) until it is done.
+func (h *memHarness) rebuild(reason string) {
+	h.t.Helper()
+	done, err := h.engine.Rebuild(h.ctx, reason, nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		h.t.Fatal("rebuild did not finish")
+	}
+}
+
 // failGetRepo makes the PDS's getRepo of did fail with err (nil: answer
 // again).
 func (h *memHarness) failGetRepo(did string, err error) {
@@ -578,15 +610,7 @@ func TestMemFirstRunGate(t *testing.T) {
 	if st := h.view.progress(t); st.Cursor != checkpoint.None {
 		t.Fatalf("a cursor (%d) was stored before the rebuild marker", st.Cursor)
 	}
-	done, err := h.engine.Rebuild(h.ctx, "first run", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("rebuild did not finish")
-	}
+	h.rebuild("first run")
 	h.assertView("after the first run's rebuild")
 	if st := h.view.progress(t); st.Cursor != h.seq || st.Rebuild != checkpoint.None {
 		t.Fatalf("after the rebuild: %+v, want cursor %d and no marker", st, h.seq)
@@ -745,13 +769,8 @@ func TestMemTooLargeRepoIsDesynchronized(t *testing.T) {
 // activation claim is asked again, and takes her over. Before claim
 // retries, nothing claimed her again until she committed on the new PDS.
 func TestMemFailedActivationClaimIsRetried(t *testing.T) {
-	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
-	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
-		relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
-	h.assertView("alice projected")
-	// Restart as the new PDS's projector (with one getRepo attempt), alice
-	// owned by pds-a as if pds-a's projector had written her.
-	h.restart(func(rels map[view.Tuple]bool) { handOver(rels, memAlice, "pds-a") })
+	// This engine is the new PDS's projector (with one getRepo attempt).
+	h := aliceOwnedBy(t, "pds-a", nil)
 	h.engine.cfg.ResyncAttempts = 1
 	storedRev := h.pds.repos[memAlice].rev // the new PDS serves the imported commit: same rev
 
@@ -815,26 +834,13 @@ func TestMemGapCountsARejectedRecordOnce(t *testing.T) {
 func TestMemOldPDSDoesNotUndoATakedownOnTheNewPDS(t *testing.T) {
 	for _, mode := range []string{"takendown", "deleted"} {
 		t.Run(mode, func(t *testing.T) {
-			h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
-			h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
-				relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
-			h.assertView("alice projected")
 			// alice now belongs to pds-b (its claim at the same rev).
-			h.restart(func(rels map[view.Tuple]bool) {
-				handOver(rels, memAlice, "pds-b")
+			h := aliceOwnedBy(t, "pds-b", func(rels map[view.Tuple]bool) {
 				rels[view.StatusTuple(memAlice, "active", 500)] = true
 			})
 
 			// The old PDS's rebuild lists alice: a claim, refused at the same rev.
-			done, err := h.engine.Rebuild(t.Context(), "test", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				t.Fatal("rebuild did not finish")
-			}
+			h.rebuild("test")
 			if got := metrictest.Value(t, h.reg, "consumer_repo_claims_refused_total"); got != 1 {
 				t.Fatalf("refused claims %v, want 1", got)
 			}
@@ -875,11 +881,7 @@ func TestMemOldPDSDoesNotUndoATakedownOnTheNewPDS(t *testing.T) {
 // claim. Before, the retry lived in memory only, and pds-a's deactivation
 // left alice withdrawn although she is active on this PDS.
 func TestMemFailedActivationClaimSurvivesARestart(t *testing.T) {
-	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
-	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false),
-		relCol + "g1": grant(memAlice, "root", "viewer", memBob)})
-	h.assertView("alice projected")
-	h.restart(func(rels map[view.Tuple]bool) { handOver(rels, memAlice, "pds-a") })
+	h := aliceOwnedBy(t, "pds-a", nil)
 	h.engine.cfg.ResyncAttempts = 1
 
 	h.failGetRepo(memAlice, errors.New("getRepo: 503 upstream"))

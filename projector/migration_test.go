@@ -38,18 +38,7 @@ func migrateAliceToB(t *testing.T, a, b *testenv.Env, alice string, rb *testenv.
 // the repo over: before mayClaim, it wrote her old records back and the
 // revoked grant was live again.
 func TestOldPDSRebuildDoesNotTakeAMigratedRepoBack(t *testing.T) {
-	a, b, alice, bob := sharedWorld(t)
-	ra := a.Start()
-	rb := b.Start()
-	a.WaitCaughtUp(ra)
-	b.WaitCaughtUp(rb)
-	migrateAliceToB(t, a, b, alice, rb)
-	// On her new PDS, alice revokes bob's viewer grant.
-	commit(t, b, alice, testenv.Delete(relC, "v"), testenv.Delete(relC, "m"))
-	b.WaitCaughtUp(rb)
-	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
-		t.Fatal("setup: bob still views alice's space after the revocation on pds-b")
-	}
+	a, _, alice, bob, ra, _ := movedAndRevoked(t)
 	// pds-b's takeover moved pds-a's epoch, so pds-a's run restarts once;
 	// a rebuild asked of the engine of the run that ended never finishes.
 	rebuilt := false
@@ -252,16 +241,7 @@ func spiceRel(tu view.Tuple) *v1.Relationship {
 // Before, the "newer copy" rule held for claims only, and the grant alice
 // revoked on pds-b was live again.
 func TestUnownedMigratedRepoIsNotTakenBackByAnOldPDSRebuild(t *testing.T) {
-	a, b, alice, bob := sharedWorld(t)
-	ra, rb := a.Start(), b.Start()
-	a.WaitCaughtUp(ra)
-	b.WaitCaughtUp(rb)
-	migrateAliceToB(t, a, b, alice, rb)
-	commit(t, b, alice, testenv.Delete(relC, "v"), testenv.Delete(relC, "m"))
-	b.WaitCaughtUp(rb)
-	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
-		t.Fatal("setup: bob still views alice's space after the revocation on pds-b")
-	}
+	a, b, alice, bob, ra, rb := movedAndRevoked(t)
 	ra, rb = restartWithoutOwners(t, a, b, ra, rb)
 	rebuildAll(t, ra, "pds-a")
 	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
@@ -296,6 +276,24 @@ func TestTakedownOfAnUnownedRepoApplies(t *testing.T) {
 		t.Fatalf("alice is taken down on her only PDS, both projectors rebuilt, and her grants are still live:\n%v",
 			a.Under(alice))
 	}
+}
+
+// movedAndRevoked runs both projectors of a shared world, moves alice to
+// pds-b (her account on pds-a stays active), and has her revoke bob's
+// viewer grant there.
+func movedAndRevoked(t *testing.T) (a, b *testenv.Env, alice, bob string, ra, rb *testenv.Running) {
+	t.Helper()
+	a, b, alice, bob = sharedWorld(t)
+	ra, rb = a.Start(), b.Start()
+	a.WaitCaughtUp(ra)
+	b.WaitCaughtUp(rb)
+	migrateAliceToB(t, a, b, alice, rb)
+	commit(t, b, alice, testenv.Delete(relC, "v"), testenv.Delete(relC, "m"))
+	b.WaitCaughtUp(rb)
+	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
+		t.Fatal("setup: bob still views alice's space after the revocation on pds-b")
+	}
+	return a, b, alice, bob, ra, rb
 }
 
 // restartWithoutOwners stops both projectors, deletes every repo's owner

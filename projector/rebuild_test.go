@@ -86,15 +86,7 @@ func TestRebuildRemovesReposNoLongerListed(t *testing.T) {
 	commit(t, e, bob, testenv.Space("create", "b", false), testenv.Relation("create", "x", "space", bob+"/b", "viewer", "acct", alice, ""))
 	e.WaitCaughtUp(r)
 	e.PDS.Forget(bob)
-	done, err := r.Engine().Rebuild(t.Context(), "test", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("rebuild did not finish")
-	}
+	rebuildAll(t, r, "the projector")
 	for _, rel := range append(e.Data(), e.Lineage()...) {
 		if strings.Contains(rel, view.EncodeDID(bob)) {
 			t.Fatalf("a forgotten repo's relationship remains: %s", rel)
