@@ -109,7 +109,7 @@ func TestUnownedRepoIsNotWithdrawnByAnOldPDS(t *testing.T) {
 	a.SetStatus(alice, "deactivated")
 	a.WaitCaughtUp(ra)
 	b.WaitCaughtUp(rb)
-	ra, rb = restartWithoutOwners(t, a, b, ra, rb)
+	ra, _ = restartWithoutOwners(t, a, b, ra, rb)
 	if !a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
 		t.Fatal("setup: bob can't view alice's space")
 	}
@@ -242,7 +242,7 @@ func spiceRel(tu view.Tuple) *v1.Relationship {
 // revoked on pds-b was live again.
 func TestUnownedMigratedRepoIsNotTakenBackByAnOldPDSRebuild(t *testing.T) {
 	a, b, alice, bob, ra, rb := movedAndRevoked(t)
-	ra, rb = restartWithoutOwners(t, a, b, ra, rb)
+	ra, _ = restartWithoutOwners(t, a, b, ra, rb)
 	rebuildAll(t, ra, "pds-a")
 	if a.Check("view", "space", view.ObjectID(alice, "s"), bob) {
 		t.Fatalf("pds-a's rebuild took alice's unowned migrated repo back with its stale copy: the grant she revoked on pds-b is live again\nalice now: %v",
