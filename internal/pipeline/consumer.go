@@ -217,6 +217,9 @@ func (c *Consumer) next(ctx context.Context, err error, poison *projector.Poison
 		c.log.Warn("restarting the pipeline from the stored cursor", "poisoned", poison.Len(), "why", err)
 		lease, err := c.client.ReadProjector(ctx, c.cfg.Lease.Name)
 		if err != nil {
+			if ctx.Err() != nil {
+				return c.next(ctx, nil, poison) // stopped meanwhile: a clean stop
+			}
 			return lease, false, err
 		}
 		if lease.Holder != c.cfg.Lease.Holder {
