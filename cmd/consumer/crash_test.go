@@ -71,13 +71,20 @@ func stateRelationships(e *testenv.Env) []string {
 // TestCrashSafetyUnderSIGKILL kills the consumer process many times, at
 // injected points and at random moments, while a randomized workload runs;
 // the final SpiceDB state must equal an uninterrupted run's, tuple for
-// tuple, and the oracle computed from the PDS's records.
+// tuple, and the oracle computed from the PDS's records. It runs on SpiceDB's
+// memory datastore and on PostgreSQL.
 func TestCrashSafetyUnderSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills the consumer binary")
 	}
 	bin := buildConsumer(t)
-	e := testenv.New(t)
+	kills := map[testenv.Datastore]int{testenv.Memory: 40, testenv.Postgres: 25}
+	for _, ds := range testenv.Datastores {
+		t.Run(string(ds), func(t *testing.T) { crashSafety(t, bin, testenv.NewOn(t, ds), kills[ds]) })
+	}
+}
+
+func crashSafety(t *testing.T, bin string, e *testenv.Env, kills int) {
 	var dids []string
 	for i := range 5 {
 		r, err := e.PDS.CreateAccount(fmt.Sprintf("user%d", i))
@@ -91,7 +98,6 @@ func TestCrashSafetyUnderSIGKILL(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	points := []string{crashpoint.AfterWrite, crashpoint.BeforeWrite, crashpoint.MidBatch, crashpoint.DuringResync,
 		crashpoint.Reconnect, ""}
-	const kills = 40
 	injected, external, ops := 0, 0, 0
 	countOps := func(s workload.Step) {
 		ops += len(s.Writes)

@@ -176,10 +176,29 @@ type ServeOptions struct {
 	Addr string
 	// Key is the preshared key (default random).
 	Key string
+	// PostgresURI selects the postgres datastore at this URI (migrated
+	// already: Migrate); empty means the memory datastore.
+	PostgresURI string
 }
 
-// StartServe runs `spicedb serve` with the memory datastore and a preshared
-// key, as the e2e suite and the local stack do.
+// Migrate runs `spicedb datastore migrate head` against a PostgreSQL
+// database.
+func Migrate(ctx context.Context, uri string) error {
+	bin, err := Binary()
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, bin, "datastore", "migrate", "head", "--datastore-engine", "postgres",
+		"--datastore-conn-uri", uri, "--skip-release-check", "--log-level", "warn")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("spicedbtest: datastore migrate head: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// StartServe runs `spicedb serve` with a preshared key, on the memory
+// datastore (as the e2e suite and the local stack do by default) or on
+// PostgreSQL (PostgresURI).
 func StartServe(ctx context.Context, o ServeOptions) (*Server, error) {
 	if o.Addr == "" {
 		p, err := FreePort()
@@ -195,9 +214,16 @@ func StartServe(ctx context.Context, o ServeOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return start(ctx, o.Addr, o.Key, "serve", "--grpc-preshared-key", o.Key, "--datastore-engine", "memory",
+	datastore := []string{"--datastore-engine", "memory"}
+	if o.PostgresURI != "" {
+		// The revision quantization window is SpiceDB's default (5s): reads
+		// at a ZedToken or fully consistent are unaffected by it.
+		datastore = []string{"--datastore-engine", "postgres", "--datastore-conn-uri", o.PostgresURI}
+	}
+	args := append([]string{"serve", "--grpc-preshared-key", o.Key}, datastore...)
+	return start(ctx, o.Addr, o.Key, append(args,
 		"--grpc-addr", o.Addr, "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", mp), "--http-enabled=false",
-		"--dispatch-cluster-enabled=false", "--telemetry-endpoint=", "--skip-release-check", "--log-level", "warn")
+		"--dispatch-cluster-enabled=false", "--telemetry-endpoint=", "--skip-release-check", "--log-level", "warn")...)
 }
 
 func start(ctx context.Context, addr, key string, args ...string) (*Server, error) {

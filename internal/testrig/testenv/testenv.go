@@ -1,6 +1,6 @@
 // Package testenv assembles the rig for projection tests: a fake PDS, a
 // real SpiceDB (serve-testing, one isolated datastore per test through its
-// token), the schema, in-process consumers, and an oracle that computes the
+// token; or `spicedb serve` on PostgreSQL, NewOn), the schema, in-process consumers, and an oracle that computes the
 // expected relationships straight from the fake PDS's current records.
 package testenv
 
@@ -22,6 +22,7 @@ import (
 	"github.com/spaces-authz/spaces-authz/deploy"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/fakepds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/pgtest"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
@@ -64,38 +65,64 @@ func New(t testing.TB) *Env {
 	return NewWithSchema(t, deploy.Schema)
 }
 
+// Datastore names the SpiceDB datastore an Env runs on.
+type Datastore string
+
+// The datastores tests run on.
+const (
+	// Memory is `spicedb serve-testing`, one process shared by the tests,
+	// one isolated datastore per test.
+	Memory Datastore = "memory"
+	// Postgres is `spicedb serve` on a database of its own, on the
+	// process's throwaway PostgreSQL cluster (pgtest).
+	Postgres Datastore = "postgres"
+)
+
+// Datastores are the datastores a test that matters on both runs on.
+var Datastores = []Datastore{Memory, Postgres}
+
+// NewOn builds an Env on a given datastore with the shipped schema.
+func NewOn(t testing.TB, ds Datastore) *Env {
+	t.Helper()
+	if ds == Memory {
+		return New(t)
+	}
+	sdb := pgtest.SpiceDB(t)
+	e := &Env{T: t, PDS: fakepds.New(t), SDB: sdb, Token: sdb.Key, Rules: view.DefaultRules(), status: map[string]string{}}
+	e.dial(deploy.Schema)
+	return e
+}
+
+func (e *Env) dial(schema string) {
+	c, err := spice.Dial(e.SpiceConfig())
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	e.T.Cleanup(func() { _ = c.Close() })
+	e.Client = c
+	if err := c.WriteSchema(context.Background(), schema); err != nil {
+		e.T.Fatal(err)
+	}
+}
+
 // NewWithSchema builds an Env with a given schema (to make SpiceDB refuse
 // something the rules allow).
 func NewWithSchema(t testing.TB, schema string) *Env {
 	t.Helper()
 	e := &Env{T: t, PDS: fakepds.New(t), SDB: spicedbtest.Shared(t), Token: spicedbtest.RandomToken(),
 		Rules: view.DefaultRules(), status: map[string]string{}}
-	c, err := spice.Dial(e.SpiceConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	e.Client = c
-	if err := c.WriteSchema(context.Background(), schema); err != nil {
-		t.Fatal(err)
-	}
+	e.dial(schema)
 	return e
 }
 
 // Fork returns an Env over the same fake PDS with a fresh, empty SpiceDB
-// datastore: for a reference run to compare with.
+// datastore (a memory one, whatever e runs on): for a reference run to
+// compare with.
 func (e *Env) Fork() *Env {
 	e.T.Helper()
-	f := &Env{T: e.T, PDS: e.PDS, SDB: e.SDB, Token: spicedbtest.RandomToken(), Rules: e.Rules, status: e.status}
-	c, err := spice.Dial(f.SpiceConfig())
-	if err != nil {
-		e.T.Fatal(err)
-	}
-	e.T.Cleanup(func() { _ = c.Close() })
-	f.Client = c
-	if err := c.WriteSchema(context.Background(), deploy.Schema); err != nil {
-		e.T.Fatal(err)
-	}
+	f := &Env{T: e.T, PDS: e.PDS, SDB: spicedbtest.Shared(e.T), Token: spicedbtest.RandomToken(), Rules: e.Rules,
+		status: e.status}
+	f.dial(deploy.Schema)
 	return f
 }
 
