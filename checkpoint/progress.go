@@ -43,6 +43,7 @@ type Progress struct {
 	mu     sync.Mutex
 	stored State
 	gated  bool // a first run: no cursor until the rebuild marker is stored
+	held   holds
 }
 
 // New starts the progress of a run from what SpiceDB stores.
@@ -87,18 +88,22 @@ type Markers struct {
 func NoMarkers() Markers { return Markers{Place: None, Clear: None} }
 
 // Step plans the progress part of the next write: the cursor moves to the
-// watermark (unless a first run's rebuild marker is not stored yet, and
-// this write does not store it), the rewind marker goes once the cursor
+// watermark, and no further than below the oldest hold (unless a first
+// run's rebuild marker is not stored yet, and this write does not store it), the rewind marker goes once the cursor
 // passes it, and the rebuild marker is placed or cleared as m says.
 func (p *Progress) Step(m Markers) Step {
 	p.mu.Lock()
 	from := p.stored
 	gated := p.gated
+	oldest := p.held.oldest()
 	p.mu.Unlock()
 	to := from
 	opens := gated && m.Place != None
 	if !gated || opens {
 		if wm := p.tracker.Watermark(); wm != None {
+			if oldest != None && oldest-1 < wm {
+				wm = max(oldest-1, from.Cursor) // below the oldest hold, never backwards
+			}
 			to.Cursor = wm
 		}
 	}

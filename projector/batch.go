@@ -35,6 +35,9 @@ type batch struct {
 	// guards are the conditions the write needs (claims of repos: who owned
 	// them and in what state, when it was read).
 	guards []view.Guard
+	// release are the progress holds this batch ends once it commits: the
+	// deferred revs it stores (applier.deferRev).
+	release []int64
 }
 
 // maxBatchGuards bounds the guards of one batch, below what one call may

@@ -3,6 +3,7 @@ package projector
 import (
 	"errors"
 	"log/slog"
+	"time"
 
 	"github.com/bluesky-social/indigo/atproto/syntax"
 
@@ -159,6 +160,10 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 		return err
 	}
 	units := a.recordUnits(d, l, changes)
+	if unitsLen(units) == 0 && d.known && d.owner == e.self() {
+		a.deferRev(d, ev, changes)
+		return nil
+	}
 	a.commitUnits(d, ev, units, a.setRev(d, l, ev.Rev), changes, ev.Rev)
 	return nil
 }
@@ -259,16 +264,104 @@ func (a *applier) project(did, collection, rkey string, value map[string]any) ([
 // setRev moves the repo's stored rev, when the repo has (or now gets)
 // bookkeeping; repos that produce nothing stay out of SpiceDB.
 func (a *applier) setRev(d *didState, l *lineage, rev string) unit {
-	var u unit
-	if d.known || l.size() > 0 {
-		if d.rev != "" && d.rev != rev {
-			u = append(u, view.Update{Op: view.OpDelete, Tuple: view.RevTuple(d.did, d.rev)})
-		}
-		u = append(u, view.Update{Op: view.OpTouch, Tuple: view.RevTuple(d.did, rev)})
-		a.e.markKnown(d)
-	}
 	d.rev = rev
+	if !d.known && l.size() == 0 {
+		return nil
+	}
+	a.e.markKnown(d)
+	return a.storeRev(d)
+}
+
+// storeRev rewrites the repo's rev tuple to its newest applied rev. The
+// commits whose rev was deferred are covered by it: place releases their
+// hold with the batch that stores it.
+func (a *applier) storeRev(d *didState) unit {
+	var u unit
+	if d.placedRev != "" && d.placedRev != d.rev {
+		u = append(u, view.Update{Op: view.OpDelete, Tuple: view.RevTuple(d.did, d.placedRev)})
+	}
+	u = append(u, view.Update{Op: view.OpTouch, Tuple: view.RevTuple(d.did, d.rev)})
+	d.placedRev = d.rev
 	return u
+}
+
+// dropRev removes the repo's rev tuple (the repo is gone).
+func (a *applier) dropRev(d *didState) unit {
+	var u unit
+	if d.placedRev != "" {
+		u = unit{{Op: view.OpDelete, Tuple: view.RevTuple(d.did, d.placedRev)}}
+	}
+	d.rev, d.placedRev = "", ""
+	return u
+}
+
+// deferRev applies a commit of a repo with bookkeeping that changed no
+// projected relationship without a write of its own: the rev moves in
+// memory (gap detection sees it at once) and rides, collapsed per repo,
+// with the repo's next write, or is flushed (flushHeld). Until then the
+// commit holds the stored cursor below it, so a crash replays it and the
+// stored rev never lags behind the cursor (DESIGN §4).
+func (a *applier) deferRev(d *didState, ev *firehose.Event, changes []view.Change) {
+	e := a.e
+	d.rev = ev.Rev
+	if d.holdSeq == 0 {
+		d.holdSeq, d.holdAt = ev.Seq, time.Now()
+		e.cfg.Progress.Hold(ev.Seq)
+		a.held = append(a.held, heldRev{d: d, seq: ev.Seq})
+		a.heldRepos++
+		e.cfg.Metrics.setHeld(a.heldRepos)
+	}
+	e.cfg.Metrics.revDeferred()
+	// Read-your-writes: the commit changed nothing in the view, so it is
+	// visible once the repo's earlier writes are.
+	if d.lastBatch > e.committed.Load() {
+		a.pending.noteRev(d.did, ev.Rev)
+	} else {
+		e.applied.commit(map[string]string{d.did: ev.Rev}, "")
+	}
+	a.settle(ev, changes)
+}
+
+// heldRev is a repo whose rev is deferred, in the order the holds began
+// (an entry whose seq is no longer the repo's holdSeq is stale).
+type heldRev struct {
+	d   *didState
+	seq int64
+}
+
+// release ends d's hold with batch b: b stores d's newest rev.
+func (a *applier) release(d *didState, b *batch) {
+	if d.holdSeq == 0 || d.placedRev != d.rev {
+		return
+	}
+	b.release = append(b.release, d.holdSeq)
+	d.holdSeq = 0
+	a.heldRepos--
+	a.e.cfg.Metrics.setHeld(a.heldRepos)
+}
+
+// flushHeld writes deferred revs on their own: those older than
+// RevFlushAfter (and the oldest past maxHeldEntries), or all of them.
+func (a *applier) flushHeld(now time.Time, all bool) {
+	n := 0
+	for len(a.held) > 0 {
+		h := a.held[0]
+		d := h.d
+		if d.holdSeq != h.seq {
+			a.held = a.held[1:] // released by a write of the repo
+			continue
+		}
+		if !all && now.Sub(d.holdAt) < a.e.cfg.RevFlushAfter && len(a.held) <= maxHeldEntries {
+			break
+		}
+		a.held = a.held[1:]
+		a.place(nil, a.storeRev(d), nil, d)
+		n++
+	}
+	if len(a.held) == 0 {
+		a.held = nil
+	}
+	a.e.cfg.Metrics.revsFlushed(n)
 }
 
 // commitUnits places an event's units (final last) and completes the event
@@ -354,9 +447,8 @@ func (a *applier) decideAccount(d *didState, ev *firehose.Event) error {
 		for path := range l.byRecord {
 			units = append(units, l.recordChange(d.did, path, nil, prev == "", nil))
 		}
-		if d.rev != "" {
-			units = append(units, unit{{Op: view.OpDelete, Tuple: view.RevTuple(d.did, d.rev)}})
-			d.rev = ""
+		if u := a.dropRev(d); len(u) > 0 {
+			units = append(units, u)
 		}
 		e.log.Info("repo deleted; removing everything it produced", "did", d.did, "seq", ev.Seq)
 	case prev == "":

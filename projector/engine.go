@@ -32,6 +32,10 @@ const (
 	DefaultHeldPerRepo       = 1000
 	DefaultResyncConcurrency = 4
 	DefaultFlushEvery        = time.Second
+	DefaultRevFlushAfter     = 10 * time.Second
+	// maxHeldEntries bounds the queue of deferred revs (stale entries
+	// included): past it the oldest are written at once.
+	maxHeldEntries = 100000
 	DefaultResyncAttempts    = 6
 	inputDepth               = 256
 )
@@ -88,6 +92,13 @@ type Config struct {
 	// FlushEvery: when idle, the cursor and heartbeat are written this
 	// often (default 1s).
 	FlushEvery time.Duration
+	// RevFlushAfter bounds how long a commit that changed no projected
+	// relationship may leave its repo's rev unstored (default 10s). Such a
+	// rev rides, collapsed per repo, with the repo's next write; past this
+	// age (or when the stream is idle, or at shutdown) it is written on its
+	// own. Until then the stored cursor stays below that commit, so a crash
+	// replays at most this much of the stream (DESIGN §4).
+	RevFlushAfter time.Duration
 	Logger     *slog.Logger
 	Metrics    *Metrics
 }
@@ -180,6 +191,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.FlushEvery <= 0 {
 		cfg.FlushEvery = DefaultFlushEvery
 	}
+	if cfg.RevFlushAfter <= 0 {
+		cfg.RevFlushAfter = DefaultRevFlushAfter
+	}
 	if cfg.Poison == nil {
 		cfg.Poison = NewPoison()
 	}
@@ -224,7 +238,7 @@ func (e *Engine) Load(ctx context.Context) error {
 		if st == "active" {
 			st = ""
 		}
-		d := &didState{did: r.DID, known: true, owner: r.Source, rev: r.Rev, status: st, statusSeq: r.StatusSeq,
+		d := &didState{did: r.DID, known: true, owner: r.Source, rev: r.Rev, placedRev: r.Rev, status: st, statusSeq: r.StatusSeq,
 			hasStatus: r.Status != "", desync: r.Desync, desyncSeq: r.DesyncSeq,
 			incomplete: r.Incomplete, incompleteSeq: r.IncompleteSeq}
 		e.states[r.DID] = d
@@ -283,8 +297,15 @@ type didState struct {
 	known bool // bookkeeping is stored (or decided) for this repo
 	// owner is the source that owns the repo ("" when none is recorded);
 	// guarded by Engine.mu like known, since the lanes read it.
-	owner     string
+	owner string
+	// rev is the newest applied rev (gap detection); placedRev is the rev
+	// whose tuple SpiceDB stores or a placed batch will store. They differ
+	// while a commit that changed no projected relationship holds the
+	// cursor (holdSeq, since holdAt) until its rev rides with a write.
 	rev       string
+	placedRev string
+	holdSeq   int64
+	holdAt    time.Time
 	status    string // "" when active, else the account status
 	statusSeq int64
 	hasStatus bool     // a status tuple is stored (or decided); its seq may be 0
@@ -566,8 +587,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	writeCh := make(chan *batch)
 	doneCh := make(chan batchResult, 1)
-	g.Go(func() error { return e.writeLoop(gctx, writeCh, doneCh) })
-	g.Go(func() error { return e.applyLoop(gctx, writeCh, doneCh) })
+	appDone := make(chan struct{})
+	g.Go(func() error { return e.writeLoop(gctx, writeCh, doneCh, appDone) })
+	g.Go(func() error { defer close(appDone); return e.applyLoop(gctx, writeCh, doneCh) })
 	g.Go(func() error { return e.heartbeatLoop(gctx) })
 	err := g.Wait()
 	e.wg.Wait()

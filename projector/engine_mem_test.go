@@ -8,6 +8,7 @@ package projector
 // claims to test what SpiceDB stores or answers.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,6 +36,8 @@ type memView struct {
 	mu     sync.Mutex
 	rels   map[view.Tuple]bool
 	writes int
+	// revUpdates counts the updates of rev tuples written.
+	revUpdates int
 }
 
 // errGuard stands in for spice.ErrOwnership.
@@ -61,6 +64,9 @@ func (m *memView) Write(_ context.Context, updates, progress []view.Update, guar
 		return fmt.Sprint(m.writes), nil
 	}
 	for _, u := range slices.Concat(updates, progress) {
+		if u.Tuple.Relation == view.RelRev {
+			m.revUpdates++
+		}
 		if u.Op == view.OpTouch {
 			m.rels[u.Tuple] = true
 		} else {
@@ -230,6 +236,9 @@ type memHarness struct {
 	stopped chan error
 	stop    func()
 	pub     *memPublisher // nil: no fan-out
+	// flushEvery and revFlushAfter tune the engine (0: 5 ms and the
+	// default).
+	flushEvery, revFlushAfter time.Duration
 }
 
 // memPublisher records what the engine fans out, accepting it at once.
@@ -279,7 +288,8 @@ func (h *memHarness) start(stored checkpoint.State) {
 	}
 	h.reg = prometheus.NewRegistry()
 	cfg := Config{Rules: view.DefaultRules(), Store: h.view, Writer: h.view, Fetcher: h.pds,
-		Progress: h.prog, FlushEvery: 5 * time.Millisecond, Metrics: NewMetrics(h.reg),
+		Progress: h.prog, FlushEvery: cmp.Or(h.flushEvery, 5*time.Millisecond), RevFlushAfter: h.revFlushAfter,
+		Metrics: NewMetrics(h.reg),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if h.pub != nil {
 		cfg.Publisher = h.pub

@@ -45,6 +45,12 @@ type applier struct {
 	// failed: the claim is asked again.
 	claimRetries map[string]*retry
 	incomplete   []*incompleteRebuild
+	// held are the repos whose rev is deferred, oldest hold first
+	// (heldRepos counts the live ones); decided says an event was decided
+	// since the last tick (an idle stream flushes them all).
+	held      []heldRev
+	heldRepos int
+	decided   bool
 }
 
 func (a *applier) newBatch() *batch {
@@ -100,6 +106,7 @@ func (a *applier) place(units []unit, final unit, guards []view.Guard, dids ...*
 	a.pending.guard(guards...)
 	for _, d := range dids {
 		d.lastBatch = a.pending.id
+		a.release(d, a.pending)
 	}
 	return a.pending
 }
@@ -141,6 +148,7 @@ func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-
 		case <-ctx.Done():
 			return nil
 		case ev := <-in:
+			a.decided = true
 			e.dequeued(ev.DID)
 			if err := a.decide(ev); err != nil {
 				return err
@@ -174,11 +182,13 @@ func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-
 		case now := <-ticker.C:
 			flush = true
 			a.retryDue(now)
+			a.flushHeld(now, !a.decided)
+			a.decided = false
 		}
 	}
 }
 
-func (e *Engine) writeLoop(ctx context.Context, writeCh <-chan *batch, doneCh chan<- batchResult) error {
+func (e *Engine) writeLoop(ctx context.Context, writeCh <-chan *batch, doneCh chan<- batchResult, appDone <-chan struct{}) error {
 	// Writes outlive the run context by shutdownGrace so that a batch in
 	// flight when a shutdown starts is finished rather than abandoned.
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -188,6 +198,7 @@ func (e *Engine) writeLoop(ctx context.Context, writeCh <-chan *batch, doneCh ch
 	for {
 		select {
 		case <-ctx.Done():
+			<-appDone // the applier's state is the writer's from here on
 			return e.finalFlush(wctx)
 		case b := <-writeCh:
 			err := e.write(wctx, b)
@@ -202,9 +213,11 @@ func (e *Engine) writeLoop(ctx context.Context, writeCh <-chan *batch, doneCh ch
 	}
 }
 
-// finalFlush stores the watermark reached, so a clean restart replays
-// nothing that was applied.
+// finalFlush stores the deferred revs it may and the watermark reached, so
+// a clean restart replays nothing that was applied. It runs once the
+// applier has stopped.
 func (e *Engine) finalFlush(ctx context.Context) error {
+	e.flushHeldAtStop(ctx)
 	step := e.cfg.Progress.Step(checkpoint.NoMarkers())
 	if step.Empty() {
 		return nil // nothing moved, or a first run stopped before its rebuild marker was stored
@@ -217,6 +230,44 @@ func (e *Engine) finalFlush(ctx context.Context) error {
 	}
 	e.cfg.Progress.Committed(step)
 	return nil
+}
+
+// flushHeldAtStop writes the deferred revs of repos whose every placed
+// write has committed (the batches still waiting are abandoned, and their
+// repos' revs with them: their events replay), and releases their holds.
+func (e *Engine) flushHeldAtStop(ctx context.Context) {
+	a := e.app
+	committed := e.committed.Load()
+	var ups []view.Update
+	var rel []int64
+	flush := func() bool {
+		if len(ups) == 0 {
+			return true
+		}
+		if _, err := e.cfg.Writer.Write(ctx, ups, nil, nil); err != nil {
+			if !errors.Is(err, context.Canceled) {
+				e.log.Warn("writing deferred revs at shutdown failed; the next start replays their commits", "err", err)
+			}
+			return false
+		}
+		e.cfg.Progress.Release(rel...)
+		e.cfg.Metrics.revsFlushed(len(rel))
+		ups, rel = ups[:0], rel[:0]
+		return true
+	}
+	for _, h := range a.held {
+		d := h.d
+		if d.holdSeq != h.seq || d.lastBatch > committed || d.owner != e.self() {
+			continue
+		}
+		if len(ups)+2 > e.cfg.BatchUpdates && !flush() {
+			return
+		}
+		ups = append(ups, a.storeRev(d)...)
+		rel = append(rel, d.holdSeq)
+		d.holdSeq = 0
+	}
+	flush()
 }
 
 // write commits one batch with the progress step it carries, then settles
@@ -235,6 +286,7 @@ func (e *Engine) write(ctx context.Context, b *batch) error {
 		return err
 	}
 	e.cfg.Progress.Committed(step)
+	e.cfg.Progress.Release(b.release...)
 	if tok != "" {
 		e.token.Store(&tok)
 	}

@@ -26,6 +26,9 @@ type Metrics struct {
 	desynced    prometheus.Gauge
 	claims      prometheus.Counter
 	claimsStale prometheus.Counter
+	deferred    prometheus.Counter
+	revFlushes  prometheus.Counter
+	heldRepos   prometheus.Gauge
 }
 
 // Resync triggers (the `trigger` label).
@@ -84,6 +87,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Repos taken over from another source (or with no owner recorded) because this source's PDS serves them."})
 	m.claimsStale = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "repo_claims_refused_total",
 		Help: "Takeovers refused because this source's copy of the repo is not newer than the stored one (an old PDS of a migrated account)."})
+	m.deferred = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "revs_deferred_total",
+		Help: "Commits that changed no projected relationship: their rev rides with a later write instead of one of its own."})
+	m.revFlushes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "rev_flushes_total",
+		Help: "Deferred revs written on their own (aged past --rev-flush-after, idle stream, or shutdown), one per repo."})
+	m.heldRepos = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "deferred_rev_repos",
+		Help: "Repos whose newest rev is not stored yet; the stored cursor stays below their oldest such commit."})
 	m.rebuilds = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "rebuilds_total",
 		Help: "Rebuilds started (first run, OutdatedCursor, reset, command)."})
 	m.reconciled = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "reconcile_repos_total",
@@ -94,7 +103,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.drift.WithLabelValues(k)
 	}
 	reg.MustRegister(m.applied, m.rejected, m.resyncs, m.resyncFails, m.duplicates, m.cycles, m.unreadable, m.cachedRepos,
-		m.restarts, m.desynced, m.claims, m.claimsStale, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
+		m.restarts, m.desynced, m.claims, m.claimsStale, m.deferred, m.revFlushes,
+		m.heldRepos, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
 	for _, r := range view.AllReasons {
 		m.rejected.WithLabelValues(string(r))
 	}
@@ -215,5 +225,23 @@ func (m *Metrics) Reconciled(drift []Drift) {
 	m.reconciled.Inc()
 	for _, d := range drift {
 		m.drift.WithLabelValues(d.Kind).Inc()
+	}
+}
+
+func (m *Metrics) revDeferred() {
+	if m != nil {
+		m.deferred.Inc()
+	}
+}
+
+func (m *Metrics) revsFlushed(n int) {
+	if m != nil {
+		m.revFlushes.Add(float64(n))
+	}
+}
+
+func (m *Metrics) setHeld(n int) {
+	if m != nil {
+		m.heldRepos.Set(float64(n))
 	}
 }

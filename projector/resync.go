@@ -344,10 +344,7 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 	case r.notFound:
 		e.log.Info("resync: the PDS has no such repo; removing everything it produced", "did", d.did)
 		w.units = a.removeAll(d, l, r.data)
-		if d.rev != "" {
-			w.final = append(w.final, view.Update{Op: view.OpDelete, Tuple: view.RevTuple(d.did, d.rev)})
-			d.rev = ""
-		}
+		w.final = append(w.final, a.dropRev(d)...)
 		if d.status != statusDeleted {
 			w.final = append(w.final, a.setStatus(d, statusDeleted, max(d.statusSeq, trigSeq))...)
 			d.status = statusDeleted
@@ -508,7 +505,7 @@ func (a *applier) claimWrites(d *didState, l *lineage, job *resyncJob, r *resync
 	// From here on the repo is this source's, active, with no stored
 	// bookkeeping but what this write stores.
 	e.setOwner(d, self)
-	d.rev, d.status, d.statusSeq, d.hasStatus, d.desync = "", "", 0, false, false
+	d.rev, d.placedRev, d.status, d.statusSeq, d.hasStatus, d.desync = "", "", "", 0, false, false
 	d.incomplete, d.incompleteSeq = false, 0
 	var diff []view.Change
 	w.units, diff = a.resyncDiff(d, l, r, trigSeq, trigTime)

@@ -30,6 +30,7 @@ type runFlags struct {
 	maxConsistencyWaiters                      int
 	holder                                     string
 	leaseTimeout, heartbeatEvery, flushEvery   time.Duration
+	revFlushAfter                              time.Duration
 	takeover, noAutoRebuild                    bool
 	workers, queueDepth, maxInFlight, maxFrame int
 	maxRepoBytes                               int64
@@ -55,6 +56,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	durationFlag(fs, &f.leaseTimeout, "lease-timeout", spice.DefaultLeaseTimeout, "a holder silent this long loses the lease")
 	durationFlag(fs, &f.heartbeatEvery, "heartbeat-every", spice.DefaultHeartbeatEvery, "how often the lease heartbeat is written")
 	durationFlag(fs, &f.flushEvery, "flush-every", time.Second, "when idle, how often the cursor is written")
+	durationFlag(fs, &f.revFlushAfter, "rev-flush-after", projector.DefaultRevFlushAfter,
+		"how long a commit that changed no projected record may leave its repo's rev unstored (a crash replays at most this much)")
 	fs.BoolVar(&f.takeover, "takeover", false, "take the lease even from a live holder (it gets fenced)")
 	fs.BoolVar(&f.noAutoRebuild, "no-auto-rebuild", false, "exit instead of rebuilding when SpiceDB was reset under the consumer")
 	fs.IntVar(&f.workers, "workers", 4, "per-DID delivery lanes (parallelism across DIDs)")
@@ -100,7 +103,7 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 			MaxRepoRecords: f.maxRepoRecords},
 		Engine: pipeline.EngineConfig{Rules: rules, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
 			HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, ResyncRate: f.resyncRate,
-			FlushEvery: f.flushEvery, PublishAllCollections: f.publishAll},
+			FlushEvery: f.flushEvery, RevFlushAfter: f.revFlushAfter, PublishAllCollections: f.publishAll},
 		NATS: f.nats.config(f.natsMaxAge), ReconcileEvery: f.reconcileEvery, NoAutoRebuild: f.noAutoRebuild,
 		Logger: log, Registry: reg}, nil
 }

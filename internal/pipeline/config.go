@@ -98,6 +98,9 @@ type EngineConfig struct {
 	// marked desynchronized (retried with backoff from then on).
 	ResyncAttempts int
 	FlushEvery     time.Duration
+	// RevFlushAfter bounds how long a deferred rev stays unstored (see
+	// projector.Config.RevFlushAfter).
+	RevFlushAfter time.Duration
 	// PublishAllCollections publishes every record op of every collection
 	// (raw mode); the rules file can turn it on too.
 	PublishAllCollections bool
