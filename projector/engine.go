@@ -35,9 +35,9 @@ const (
 	DefaultRevFlushAfter     = 10 * time.Second
 	// maxHeldEntries bounds the queue of deferred revs (stale entries
 	// included): past it the oldest are written at once.
-	maxHeldEntries = 100000
-	DefaultResyncAttempts    = 6
-	inputDepth               = 256
+	maxHeldEntries        = 100000
+	DefaultResyncAttempts = 6
+	inputDepth            = 256
 )
 
 // ErrRestart is returned by Run after SpiceDB refused a relationship: the
@@ -99,8 +99,8 @@ type Config struct {
 	// own. Until then the stored cursor stays below that commit, so a crash
 	// replays at most this much of the stream (DESIGN §4).
 	RevFlushAfter time.Duration
-	Logger     *slog.Logger
-	Metrics    *Metrics
+	Logger        *slog.Logger
+	Metrics       *Metrics
 }
 
 // Validate names the first missing field.
