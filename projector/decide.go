@@ -160,7 +160,7 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 		return err
 	}
 	units := a.recordUnits(d, l, changes)
-	if unitsLen(units) == 0 && d.known && d.owner == e.self() {
+	if unitsLen(units) == 0 && d.known && d.owner == e.self() && e.cfg.RevFlushAfter > 0 {
 		a.deferRev(d, ev, changes)
 		return nil
 	}

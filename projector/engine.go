@@ -97,7 +97,8 @@ type Config struct {
 	// rev rides, collapsed per repo, with the repo's next write; past this
 	// age (or when the stream is idle, or at shutdown) it is written on its
 	// own. Until then the stored cursor stays below that commit, so a crash
-	// replays at most this much of the stream (DESIGN §4).
+	// replays at most this much of the stream (DESIGN §4). Negative: every
+	// commit writes its rev with its own batch (nothing is deferred).
 	RevFlushAfter time.Duration
 	Logger        *slog.Logger
 	Metrics       *Metrics
@@ -191,7 +192,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.FlushEvery <= 0 {
 		cfg.FlushEvery = DefaultFlushEvery
 	}
-	if cfg.RevFlushAfter <= 0 {
+	if cfg.RevFlushAfter == 0 {
 		cfg.RevFlushAfter = DefaultRevFlushAfter
 	}
 	if cfg.Poison == nil {

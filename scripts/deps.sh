@@ -4,6 +4,8 @@
 #   - Go modules (go mod download)
 #   - SpiceDB v1.56.2   (go install, ~3-5 min on 2 cores the first time)
 #   - nats-server v2.15.2 (go install)
+#   - PostgreSQL >= 15 (Debian's postgresql package, only when absent; the
+#     tests start throwaway clusters of their own, never the system one)
 #   - Node 22 + the reference PDS from npm (e2e/pds/setup.sh, ~90 s the first time)
 # Idempotent: a second run takes a second or two.
 set -euo pipefail
@@ -39,6 +41,32 @@ if want nats-server "$NATS_VERSION" --version; then
   echo "cached: $BIN/nats-server" >&2
 else
   go install "github.com/nats-io/nats-server/v2@$NATS_VERSION"
+fi
+
+if [[ "${DEPS_PG:-1}" == 1 ]]; then
+  step "PostgreSQL >= 15 (OS package)"
+  pg_ok() {
+    local d
+    for d in /usr/lib/postgresql/*/bin; do
+      [[ -x "$d/initdb" && -x "$d/postgres" && -x "$d/pg_isready" ]] || continue
+      (( $(basename "$(dirname "$d")") >= 15 )) && { echo "found: $d" >&2; return 0; }
+    done
+    return 1
+  }
+  if ! pg_ok; then
+    SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
+    # The package's own cluster is not used; a temporary policy-rc.d keeps
+    # it from starting.
+    policy=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod +x "$policy"
+    fi
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    [[ -z "$policy" ]] || $SUDO rm -f "$policy"
+    pg_ok || { echo "PostgreSQL >= 15 not found after apt-get install postgresql" >&2; exit 1; }
+  fi
 fi
 
 if [[ "${DEPS_LINT:-0}" == 1 ]]; then

@@ -9,6 +9,7 @@ import (
 // Metrics of SpiceDB writes and the lease. A nil *Metrics records nothing.
 type Metrics struct {
 	updates     *prometheus.CounterVec
+	repoUpdates prometheus.Counter
 	batchSize   prometheus.Histogram
 	writeDur    prometheus.Histogram
 	writeErrors *prometheus.CounterVec
@@ -27,6 +28,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		updates: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer",
 			Name: "relationship_updates_total", Help: "Relationship updates committed to SpiceDB, by operation."}, []string{"op"}),
+		repoUpdates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "repo_bookkeeping_updates_total",
+			Help: "Of consumer_relationship_updates_total, the updates of repos' bookkeeping (rev, status, source, markers); the rest is data and lineage."}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "consumer", Name: "write_batch_updates",
 			Help: "Updates per WriteRelationships call.", Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000}}),
 		writeDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "consumer", Name: "write_duration_seconds",
@@ -36,7 +39,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		leaseState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "consumer", Name: "lease_state",
 			Help: "1 for the consumer's current lease state (waiting, held, fenced)."}, []string{"state"}),
 	}
-	reg.MustRegister(m.updates, m.batchSize, m.writeDur, m.writeErrors, m.leaseState)
+	reg.MustRegister(m.updates, m.repoUpdates, m.batchSize, m.writeDur, m.writeErrors, m.leaseState)
 	for _, op := range []string{"touch", "delete"} {
 		m.updates.WithLabelValues(op)
 	}
@@ -49,12 +52,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) written(touch, del int, d time.Duration) {
+func (m *Metrics) written(touch, del, repo int, d time.Duration) {
 	if m == nil {
 		return
 	}
 	m.updates.WithLabelValues("touch").Add(float64(touch))
 	m.updates.WithLabelValues("delete").Add(float64(del))
+	m.repoUpdates.Add(float64(repo))
 	m.batchSize.Observe(float64(touch + del))
 	m.writeDur.Observe(d.Seconds())
 }

@@ -169,15 +169,18 @@ func (w *Writer) withHeartbeat(updates, progress []view.Update) (all []view.Upda
 
 // committed records a successful write.
 func (w *Writer) committed(updates []view.Update, newHB int64, tok string, took time.Duration) {
-	touch, del := 0, 0
+	touch, del, repo := 0, 0, 0
 	for _, u := range updates {
 		if u.Op == view.OpTouch {
 			touch++
 		} else {
 			del++
 		}
+		if u.Tuple.ResourceType == view.TypeRepo {
+			repo++
+		}
 	}
-	w.cfg.Metrics.written(touch, del, took)
+	w.cfg.Metrics.written(touch, del, repo, took)
 	if newHB != 0 {
 		w.hb = newHB
 	}

@@ -57,7 +57,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	durationFlag(fs, &f.heartbeatEvery, "heartbeat-every", spice.DefaultHeartbeatEvery, "how often the lease heartbeat is written")
 	durationFlag(fs, &f.flushEvery, "flush-every", time.Second, "when idle, how often the cursor is written")
 	durationFlag(fs, &f.revFlushAfter, "rev-flush-after", projector.DefaultRevFlushAfter,
-		"how long a commit that changed no projected record may leave its repo's rev unstored (a crash replays at most this much)")
+		"how long a commit that changed no projected record may leave its repo's rev unstored (a crash replays at most this much; 0: write every commit's rev)")
 	fs.BoolVar(&f.takeover, "takeover", false, "take the lease even from a live holder (it gets fenced)")
 	fs.BoolVar(&f.noAutoRebuild, "no-auto-rebuild", false, "exit instead of rebuilding when SpiceDB was reset under the consumer")
 	fs.IntVar(&f.workers, "workers", 4, "per-DID delivery lanes (parallelism across DIDs)")
@@ -103,7 +103,7 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 			MaxRepoRecords: f.maxRepoRecords},
 		Engine: pipeline.EngineConfig{Rules: rules, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
 			HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, ResyncRate: f.resyncRate,
-			FlushEvery: f.flushEvery, RevFlushAfter: f.revFlushAfter, PublishAllCollections: f.publishAll},
+			FlushEvery: f.flushEvery, RevFlushAfter: revFlushAfter(f.revFlushAfter), PublishAllCollections: f.publishAll},
 		NATS: f.nats.config(f.natsMaxAge), ReconcileEvery: f.reconcileEvery, NoAutoRebuild: f.noAutoRebuild,
 		Logger: log, Registry: reg}, nil
 }
@@ -230,4 +230,13 @@ func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus
 	}
 	cfg.Logger.Info("consumer stopped")
 	return nil
+}
+
+// revFlushAfter maps the flag to projector.Config.RevFlushAfter: 0 turns
+// deferral off.
+func revFlushAfter(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

@@ -87,7 +87,13 @@ func NewOn(t testing.TB, ds Datastore) *Env {
 	if ds == Memory {
 		return New(t)
 	}
-	sdb := pgtest.SpiceDB(t)
+	return NewOnSpiceDB(t, pgtest.SpiceDB(t))
+}
+
+// NewOnSpiceDB builds an Env on a SpiceDB started with `spicedb serve` (its
+// preshared key is the Env's token), with the shipped schema.
+func NewOnSpiceDB(t testing.TB, sdb *spicedbtest.Server) *Env {
+	t.Helper()
 	e := &Env{T: t, PDS: fakepds.New(t), SDB: sdb, Token: sdb.Key, Rules: view.DefaultRules(), status: map[string]string{}}
 	e.dial(deploy.Schema)
 	return e
