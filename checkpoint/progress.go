@@ -16,6 +16,9 @@ type Config struct {
 	// MaxInFlight bounds the events between Begin and the watermark
 	// (default DefaultMaxInFlight).
 	MaxInFlight int
+	// MaxInFlightBytes bounds their frame bytes (default
+	// DefaultMaxInFlightBytes).
+	MaxInFlightBytes int64
 	// Metrics (optional).
 	Metrics *Metrics
 }
@@ -54,6 +57,7 @@ func New(cfg Config) (*Progress, error) {
 	p := &Progress{source: cfg.Source, metrics: cfg.Metrics, rewind: cfg.Stored.Rewind, stored: cfg.Stored,
 		gated: cfg.Stored.FirstRun()}
 	p.tracker = NewTracker(cfg.Stored.Cursor, cfg.MaxInFlight, cfg.Metrics)
+	p.tracker.SetMaxBytes(cfg.MaxInFlightBytes)
 	cfg.Metrics.stored(cfg.Stored.Cursor)
 	return p, nil
 }

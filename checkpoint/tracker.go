@@ -11,6 +11,11 @@ import (
 // point where the watermark passes them.
 const DefaultMaxInFlight = 20000
 
+// DefaultMaxInFlightBytes bounds the frame bytes of those events: a stream
+// of large commits (many projected records each) stops the reader long
+// before the event count does.
+const DefaultMaxInFlightBytes = 32 << 20
+
 // Tracker keeps the watermark of completed events (DESIGN §4): every seq at
 // or below Watermark() has been marked Done. Events are begun in stream
 // order and may finish in any order; the watermark is one less than the
@@ -26,12 +31,16 @@ type Tracker struct {
 	head    int
 	max     int
 	space   chan struct{} // one token per admitted entry
-	changed chan struct{} // closed and replaced when the watermark moves
-	metrics *Metrics
+	// bytes are the frame bytes of the admitted entries; BeginSized waits
+	// while a new entry would take them past maxBytes.
+	bytes, maxBytes int64
+	changed         chan struct{} // closed and replaced when the watermark moves
+	metrics         *Metrics
 }
 
 type entry struct {
 	seq  int64
+	size int64
 	done bool
 }
 
@@ -42,28 +51,57 @@ func NewTracker(cursor int64, maxInFlight int, m *Metrics) *Tracker {
 	if maxInFlight <= 0 {
 		maxInFlight = DefaultMaxInFlight
 	}
-	t := &Tracker{wm: cursor, highest: cursor, max: maxInFlight,
+	t := &Tracker{wm: cursor, highest: cursor, max: maxInFlight, maxBytes: DefaultMaxInFlightBytes,
 		space: make(chan struct{}, maxInFlight), changed: make(chan struct{}), metrics: m}
 	m.tracked(t.wm, t.highest, 0)
 	return t
 }
 
+// SetMaxBytes bounds the frame bytes in flight (<= 0: the default). Call
+// it before the first Begin.
+func (t *Tracker) SetMaxBytes(n int64) {
+	if n <= 0 {
+		n = DefaultMaxInFlightBytes
+	}
+	t.mu.Lock()
+	t.maxBytes = n
+	t.mu.Unlock()
+}
+
 // Begin admits seq, which must be greater than every seq begun before. It
 // blocks while the tracker is full.
-func (t *Tracker) Begin(ctx context.Context, seq int64) error {
+func (t *Tracker) Begin(ctx context.Context, seq int64) error { return t.BeginSized(ctx, seq, 0) }
+
+// BeginSized admits seq, an event read from a frame of size bytes. It
+// blocks while the tracker holds MaxInFlight events, or while their frames
+// and this one would pass the byte bound (an event is always admitted when
+// nothing else is in flight, whatever its size).
+func (t *Tracker) BeginSized(ctx context.Context, seq, size int64) error {
 	select {
 	case t.space <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	t.mu.Lock()
+	for t.bytes > 0 && t.bytes+size > t.maxBytes {
+		ch := t.changed
+		t.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			<-t.space
+			return ctx.Err()
+		}
+		t.mu.Lock()
+	}
 	defer t.mu.Unlock()
 	if seq <= t.highest {
 		<-t.space
 		return fmt.Errorf("checkpoint: tracker: seq %d begun after %d", seq, t.highest)
 	}
 	t.highest = seq
-	t.q = append(t.q, entry{seq: seq})
+	t.bytes += size
+	t.q = append(t.q, entry{seq: seq, size: size})
 	t.metrics.tracked(t.wm, t.highest, len(t.q)-t.head)
 	return nil
 }
@@ -82,6 +120,7 @@ func (t *Tracker) Done(seq int64) {
 	moved := false
 	for t.head < len(t.q) && t.q[t.head].done {
 		t.wm = t.q[t.head].seq
+		t.bytes -= t.q[t.head].size
 		t.head++
 		<-t.space
 		moved = true
@@ -113,6 +152,14 @@ func (t *Tracker) Highest() int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.highest
+}
+
+// InFlightBytes returns the frame bytes of the events begun and not yet
+// passed by the watermark.
+func (t *Tracker) InFlightBytes() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.bytes
 }
 
 // InFlight returns the number of events begun and not yet passed by the

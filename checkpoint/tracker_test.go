@@ -94,3 +94,50 @@ func TestTrackerBlocksWhenFull(t *testing.T) {
 		t.Fatal("Begin on a full tracker ignored a cancelled context")
 	}
 }
+
+// TestTrackerBoundsBytesInFlight: BeginSized blocks while the frames in
+// flight and the new one would pass the byte bound, and goes on once the
+// watermark passes enough of them; one event is always admitted alone.
+func TestTrackerBoundsBytesInFlight(t *testing.T) {
+	tr := NewTracker(0, 100, nil)
+	tr.SetMaxBytes(1000)
+	ctx := context.Background()
+	for seq := int64(1); seq <= 3; seq++ {
+		if err := tr.BeginSized(ctx, seq, 300); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admitted := make(chan error, 1)
+	go func() { admitted <- tr.BeginSized(ctx, 4, 300) }()
+	select {
+	case err := <-admitted:
+		t.Fatalf("1,200 bytes admitted under a 1,000-byte bound (err %v)", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	tr.Done(2) // not passed by the watermark yet: still in flight
+	select {
+	case err := <-admitted:
+		t.Fatalf("admitted before the watermark moved (err %v)", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	tr.Done(1)
+	if err := <-admitted; err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.InFlightBytes(); got != 600 {
+		t.Fatalf("in flight %d bytes, want 600", got)
+	}
+	tr.Done(3)
+	tr.Done(4)
+	if err := tr.BeginSized(ctx, 5, 5000); err != nil { // alone, whatever its size
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := tr.BeginSized(cctx, 6, 1); err == nil {
+		t.Fatal("admitted past the bound on a canceled context")
+	}
+	if tr.InFlight() != 1 {
+		t.Fatalf("in flight %d events, want 1 (a canceled Begin must give its slot back)", tr.InFlight())
+	}
+}

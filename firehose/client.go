@@ -454,7 +454,7 @@ func (c *Client) readEvents(ctx context.Context, conn *websocket.Conn, lanes []c
 		}
 		// The frame buffer is reused; DecodeFrame copies everything it
 		// keeps (cbor-gen allocates byte strings), so f holds no reference.
-		if err := c.cfg.Tracker.Begin(ctx, ev.Seq); err != nil {
+		if err := c.cfg.Tracker.BeginSized(ctx, ev.Seq, int64(len(frame))); err != nil {
 			if ctx.Err() != nil {
 				return n, nil
 			}

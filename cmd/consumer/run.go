@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/fanout"
 	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/httpapi"
@@ -33,7 +34,7 @@ type runFlags struct {
 	revFlushAfter                              time.Duration
 	takeover, noAutoRebuild                    bool
 	workers, queueDepth, maxInFlight, maxFrame int
-	maxRepoBytes                               int64
+	maxRepoBytes, maxInFlightBytes             int64
 	maxRepoRecords                             int
 	batchUpdates, cacheRepos, heldPerRepo      int
 	resyncConcurrency                          int
@@ -63,6 +64,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.workers, "workers", 4, "per-DID delivery lanes (parallelism across DIDs)")
 	fs.IntVar(&f.queueDepth, "queue-depth", 64, "events queued per lane")
 	fs.IntVar(&f.maxInFlight, "max-in-flight", 20000, "events read but not yet applied, at most")
+	fs.Int64Var(&f.maxInFlightBytes, "max-in-flight-bytes", checkpoint.DefaultMaxInFlightBytes,
+		"frame bytes of the events read but not yet applied, at most (bounds memory on streams of large commits)")
 	fs.IntVar(&f.maxFrame, "max-frame-bytes", 8<<20, "frames larger than this are counted and skipped")
 	fs.Int64Var(&f.maxRepoBytes, "max-repo-bytes", firehose.DefaultMaxRepoBytes,
 		"getRepo CARs larger than this are refused (the repo is desynchronized and retried); spooled to $TMPDIR")
@@ -99,7 +102,7 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 		Lease: pipeline.LeaseConfig{Name: f.name, Holder: f.holder, Timeout: f.leaseTimeout,
 			HeartbeatEvery: f.heartbeatEvery, Takeover: f.takeover},
 		Stream: pipeline.StreamConfig{Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
-			MaxInFlight: f.maxInFlight, MaxRepoBytes: f.maxRepoBytes,
+			MaxInFlight: f.maxInFlight, MaxInFlightBytes: f.maxInFlightBytes, MaxRepoBytes: f.maxRepoBytes,
 			MaxRepoRecords: f.maxRepoRecords},
 		Engine: pipeline.EngineConfig{Rules: rules, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
 			HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, ResyncRate: f.resyncRate,

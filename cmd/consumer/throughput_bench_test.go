@@ -82,6 +82,7 @@ func scrape(addr string, names ...string) (map[string]float64, error) {
 //
 //	go test ./cmd/consumer -run '^$' -bench ReplayDistinct -benchtime 1x
 func BenchmarkReplayDistinct(b *testing.B) {
+	parent := b
 	n := 100000
 	if s := os.Getenv("BENCH_FRAMES"); s != "" {
 		var err error
@@ -112,7 +113,7 @@ func BenchmarkReplayDistinct(b *testing.B) {
 								if cluster, err = pgtest.Start(context.Background(), pgtest.Options{Durable: true}); err != nil {
 									b.Fatal(err)
 								}
-								defer cluster.Remove()
+								parent.Cleanup(cluster.Remove)
 							}
 							sdb, _ := pgtest.SpiceDBOn(b, cluster)
 							e = testenv.NewOnSpiceDB(b, sdb)

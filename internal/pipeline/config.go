@@ -79,6 +79,9 @@ type StreamConfig struct {
 	// MaxInFlight bounds events read and not yet applied (see
 	// checkpoint.Config).
 	MaxInFlight int
+	// MaxInFlightBytes bounds the frame bytes of those events (default
+	// checkpoint.DefaultMaxInFlightBytes).
+	MaxInFlightBytes int64
 	// MaxRepoBytes bounds one getRepo CAR; a larger repo is refused and
 	// desynchronized (see firehose.SyncConfig).
 	MaxRepoBytes int64

@@ -328,7 +328,7 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 // newRun builds a run's parts from the lease state.
 func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, adopt bool) (*run, error) {
 	progress, err := checkpoint.New(checkpoint.Config{Source: c.cfg.Lease.Name, Stored: lease.Progress,
-		MaxInFlight: c.cfg.Stream.MaxInFlight, Metrics: c.cm})
+		MaxInFlight: c.cfg.Stream.MaxInFlight, MaxInFlightBytes: c.cfg.Stream.MaxInFlightBytes, Metrics: c.cm})
 	if err != nil {
 		return nil, err
 	}
