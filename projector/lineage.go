@@ -1,52 +1,54 @@
 package projector
 
-import "github.com/spaces-authz/spaces-authz/view"
+import (
+	"slices"
+
+	"github.com/spaces-authz/spaces-authz/view"
+)
 
 // lineage is the in-memory view of which record produces which data tuple,
 // for one repo. It is the overlay of DESIGN §3: it includes every decision
 // already taken, committed to SpiceDB or not.
+//
+// It is kept small because the cache holds it for thousands of repos: a
+// record produces one or a few tuples, so each record's tuples are a slice
+// (a set: no tuple twice), and each tuple keeps only how many records
+// produce it. (Small maps per entry cost about 1 KB per record.)
 type lineage struct {
-	byRecord  map[string]map[view.Tuple]struct{} // record path → tuples it produces
-	producers map[view.Tuple]map[string]struct{} // tuple → record paths producing it
+	byRecord  map[string][]view.Tuple // record path → tuples it produces
+	producers map[view.Tuple]int32    // tuple → how many records produce it
 }
 
 func newLineage() *lineage {
-	return &lineage{byRecord: map[string]map[view.Tuple]struct{}{}, producers: map[view.Tuple]map[string]struct{}{}}
+	return &lineage{byRecord: map[string][]view.Tuple{}, producers: map[view.Tuple]int32{}}
 }
 
 func (l *lineage) add(t view.Tuple, path string) {
 	r := l.byRecord[path]
-	if r == nil {
-		r = map[view.Tuple]struct{}{}
-		l.byRecord[path] = r
+	if slices.Contains(r, t) {
+		return
 	}
-	r[t] = struct{}{}
-	p := l.producers[t]
-	if p == nil {
-		p = map[string]struct{}{}
-		l.producers[t] = p
-	}
-	p[path] = struct{}{}
+	l.byRecord[path] = append(r, t)
+	l.producers[t]++
 }
 
 // remove drops one producer and reports whether the tuple has none left.
 func (l *lineage) remove(t view.Tuple, path string) (orphaned bool) {
-	if r := l.byRecord[path]; r != nil {
-		delete(r, t)
-		if len(r) == 0 {
-			delete(l.byRecord, path)
-		}
+	r := l.byRecord[path]
+	i := slices.Index(r, t)
+	if i < 0 {
+		return l.producers[t] == 0
 	}
-	p := l.producers[t]
-	if p == nil {
-		return true
+	if len(r) == 1 {
+		delete(l.byRecord, path)
+	} else {
+		l.byRecord[path] = slices.Delete(r, i, i+1)
 	}
-	delete(p, path)
-	if len(p) == 0 {
-		delete(l.producers, t)
-		return true
+	if l.producers[t]--; l.producers[t] > 0 {
+		return false
 	}
-	return false
+	delete(l.producers, t)
+	return true
 }
 
 func (l *lineage) size() int { return len(l.producers) }
@@ -71,7 +73,7 @@ func (l *lineage) recordChange(did, path string, want []view.Tuple, active bool,
 		out = append(out, view.Update{Op: view.OpTouch, Tuple: view.LineageTuple(t, rid)})
 		l.add(t, path)
 	}
-	for t := range l.byRecord[path] {
+	for _, t := range slices.Clone(l.byRecord[path]) {
 		if _, keep := wantSet[t]; keep {
 			continue
 		}

@@ -695,21 +695,18 @@ func unreadable(err *firehose.OpError) bool {
 	return err != nil && (err.Reason == firehose.ReasonMissingBlock || err.Reason == firehose.ReasonCIDMismatch)
 }
 
-func tupleList(set map[view.Tuple]struct{}) []view.Tuple {
-	out := make([]view.Tuple, 0, len(set))
-	for t := range set {
-		out = append(out, t)
-	}
+func tupleList(set []view.Tuple) []view.Tuple {
+	out := slices.Clone(set)
 	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
 	return out
 }
 
-func sameTuples(old map[view.Tuple]struct{}, now []view.Tuple) bool {
+func sameTuples(old, now []view.Tuple) bool {
 	if len(old) != len(now) {
 		return false
 	}
 	for _, t := range now {
-		if _, ok := old[t]; !ok {
+		if !slices.Contains(old, t) {
 			return false
 		}
 	}
