@@ -192,7 +192,8 @@ func replayDistinct(b *testing.B, bin string, e *testenv.Env, frames []replay.Fr
 	stored := time.Now()
 	took := applied.Sub(start)
 	m, err := scrape(addr, "consumer_relationship_updates_total", "consumer_repo_bookkeeping_updates_total",
-		"consumer_duplicate_events_total", "consumer_resyncs_total")
+		"consumer_duplicate_events_total", "consumer_resyncs_total", "consumer_write_batch_updates_sum",
+		"consumer_write_batch_updates_count")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -207,7 +208,8 @@ func replayDistinct(b *testing.B, bin string, e *testenv.Env, frames []replay.Fr
 	b.ReportMetric(total, "updates")
 	b.ReportMetric(total/max(data, 1), "updates/data-update")
 	b.ReportMetric(float64(peak)/(1<<20), "peak-RSS-MB")
-	b.Logf("%d frames applied in %v (cursor stored %v later): %.0f frames/s; %.0f updates (%.0f data and lineage, %.0f repo bookkeeping, %.2f× the data), %.0f updates/s; %.0f resyncs; peak RSS %.1f MB",
+	writes := m["consumer_write_batch_updates_count"]
+	b.Logf("%d frames applied in %v (cursor stored %v later): %.0f frames/s; %.0f updates (%.0f data and lineage, %.0f repo bookkeeping, %.2f× the data), %.0f updates/s in %.0f writes; %.0f resyncs; peak RSS %.1f MB",
 		srv.Total(), took.Round(time.Millisecond), stored.Sub(applied).Round(time.Millisecond), fps, total, data, repo, total/max(data, 1), total/took.Seconds(),
-		m["consumer_resyncs_total"], float64(peak)/(1<<20))
+		writes, m["consumer_resyncs_total"], float64(peak)/(1<<20))
 }
