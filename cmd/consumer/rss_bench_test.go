@@ -18,28 +18,9 @@ import (
 	"github.com/spaces-authz/spaces-authz/internal/tools/synth"
 )
 
-// synthCapture returns a cached synthetic capture of n frames.
-func synthCapture(b *testing.B, n int) string {
-	b.Helper()
-	cache, err := spicedbtest.CacheDir()
-	if err != nil {
-		b.Fatal(err)
-	}
-	dir := filepath.Join(cache, "bench")
-	_ = os.MkdirAll(dir, 0o755)
-	path := filepath.Join(dir, fmt.Sprintf("synth-%d-seed1.zst", n))
-	if _, err := os.Stat(path); err == nil {
-		return path
-	}
-	tmp := path + ".tmp"
-	if _, err := synth.Write(tmp, synth.Options{Events: n, Accounts: 1000, Seed: 1}); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		b.Fatal(err)
-	}
-	return path
-}
+// synthCapture returns a cached synthetic capture of n frames (3 % of
+// commits projected).
+func synthCapture(b *testing.B, n int) string { return synthCaptureOf(b, n, 0.03) }
 
 // procStatus reads VmRSS and VmHWM (peak RSS) of a process, in bytes.
 func procStatus(pid int) (rss, hwm int64) {
