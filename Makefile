@@ -42,10 +42,13 @@ test-e2e:
 	go test -count=1 -timeout 45m -tags e2e -v $(GO_TEST_FLAGS) ./e2e/ ./internal/testrig/localpds/ 2>&1 | tee .cache/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; test $${PIPESTATUS[0]} -eq 0
 
 # The main job: a local stack on loopback (PDS + PLC, SpiceDB, NATS, the
-# consumer), seeded with a demo, running until Ctrl-C.
+# consumer), seeded with a demo, running until Ctrl-C. SpiceDB runs on its
+# memory datastore; `make up DATASTORE=postgres` runs it on a throwaway
+# PostgreSQL cluster instead.
+DATASTORE ?= memory
 up: deps build
 	go build -o bin/localstack ./cmd/localstack
-	bin/localstack --consumer bin/consumer
+	bin/localstack --consumer bin/consumer --datastore $(DATASTORE)
 
 # The performance figures of BENCHMARKS.md, each against its baseline.
 bench: deps

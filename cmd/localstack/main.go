@@ -4,6 +4,10 @@
 // group and grants, prints permission checks that show the derived view,
 // then prints every relationship change as it is projected until Ctrl-C,
 // when it stops everything it started. `make up` builds and runs it.
+//
+// SpiceDB runs on its memory datastore, or with --datastore postgres on a
+// throwaway PostgreSQL cluster (pgtest, fsync on) in a temporary directory
+// that is removed at exit (`make up DATASTORE=postgres`).
 package main
 
 import (
@@ -23,6 +27,7 @@ import (
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
 	"github.com/spaces-authz/spaces-authz/internal/testrig/localpds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/pgtest"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/procs"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
 	"github.com/spaces-authz/spaces-authz/spice"
@@ -33,10 +38,15 @@ func main() {
 	consumerBin := flag.String("consumer", "bin/consumer", "consumer binary (make build)")
 	natsBin := flag.String("nats-server", envOr("NATS_SERVER_BIN", ".cache/bin/nats-server"), "nats-server binary")
 	httpAddr := flag.String("http-addr", "127.0.0.1:9464", "consumer HTTP address")
+	datastore := flag.String("datastore", "memory", "SpiceDB datastore: memory, or postgres (a throwaway PostgreSQL cluster in a temporary directory, removed at exit)")
 	flag.Parse()
+	if *datastore != "memory" && *datastore != "postgres" {
+		fmt.Fprintf(os.Stderr, "localstack: --datastore %q: use memory or postgres\n", *datastore)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *consumerBin, *natsBin, *httpAddr); err != nil && !errors.Is(err, context.Canceled) {
+	if err := run(ctx, *consumerBin, *natsBin, *httpAddr, *datastore); err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintf(os.Stderr, "localstack: %v\n", err)
 		os.Exit(1)
 	}
@@ -51,7 +61,7 @@ func envOr(k, def string) string {
 
 const password = "demo-password"
 
-func run(ctx context.Context, consumerBin, natsBin, httpAddr string) error {
+func run(ctx context.Context, consumerBin, natsBin, httpAddr, datastore string) error {
 	logDir, err := os.MkdirTemp("", "spaces-authz-localstack-")
 	if err != nil {
 		return err
@@ -65,8 +75,25 @@ func run(ctx context.Context, consumerBin, natsBin, httpAddr string) error {
 	}
 	defer func() { _ = pds.Stop() }()
 
-	say("starting SpiceDB (serve, memory datastore) ...")
-	sdb, err := spicedbtest.StartServe(ctx, spicedbtest.ServeOptions{})
+	var serve spicedbtest.ServeOptions
+	dsInfo := "memory datastore"
+	if datastore == "postgres" {
+		say("starting PostgreSQL (a throwaway cluster, fsync on) and migrating SpiceDB's datastore ...")
+		pg, err := pgtest.Start(ctx, pgtest.Options{Durable: true})
+		if err != nil {
+			return fmt.Errorf("%w (run `make deps`)", err)
+		}
+		defer pg.Remove()
+		if serve.PostgresURI, err = pg.CreateDB(ctx, "spicedb"); err != nil {
+			return err
+		}
+		if err := spicedbtest.Migrate(ctx, serve.PostgresURI); err != nil {
+			return err
+		}
+		dsInfo = "postgres datastore at " + serve.PostgresURI
+	}
+	say("starting SpiceDB (serve, %s) ...", dsInfo)
+	sdb, err := spicedbtest.StartServe(ctx, serve)
 	if err != nil {
 		return err
 	}
@@ -112,11 +139,11 @@ func run(ctx context.Context, consumerBin, natsBin, httpAddr string) error {
 	fmt.Printf(`
 running (everything on loopback):
   PDS        %s   (PLC %s, admin password %s)
-  SpiceDB    %s   (preshared key %s)
+  SpiceDB    %s   (preshared key %s; %s)
   NATS       %s   (JetStream)
   consumer   http://%s   (/metrics /healthz /readyz /v1/status /v1/consistency)
   logs       %s
-`, pds.URL, pds.PLCURL, pds.AdminPassword, sdb.Addr, sdb.Key, natsURL, httpAddr, logDir)
+`, pds.URL, pds.PLCURL, pds.AdminPassword, sdb.Addr, sdb.Key, dsInfo, natsURL, httpAddr, logDir)
 
 	seed, err := seedDemo(ctx, pds, client, httpAddr)
 	if err != nil {

@@ -132,6 +132,17 @@ func (e *Env) Fork() *Env {
 	return f
 }
 
+// ForkOnSpiceDB is Fork on a given SpiceDB started with `spicedb serve`
+// (its preshared key is the fork's token): the same fake PDS and oracle
+// over, say, a fresh PostgreSQL database (pgtest.SpiceDBOn), so that a
+// reference run uses the same datastore as the run it is compared with.
+func (e *Env) ForkOnSpiceDB(sdb *spicedbtest.Server) *Env {
+	e.T.Helper()
+	f := &Env{T: e.T, PDS: e.PDS, SDB: sdb, Token: sdb.Key, Rules: e.Rules, Name: e.Name, status: e.status}
+	f.dial(deploy.Schema)
+	return f
+}
+
 // SpiceConfig reaches this test's datastore.
 func (e *Env) SpiceConfig() spice.Config {
 	return spice.Config{Endpoint: e.SDB.Addr, Token: e.Token, Insecure: true}
