@@ -38,6 +38,13 @@ type batch struct {
 	// release are the progress holds this batch ends once it commits: the
 	// deferred revs it stores (applier.deferRev).
 	release []int64
+	// newRevs are the rev tuples this batch creates (TOUCHed where the
+	// unit also deleted the repo's previous rev): a later rev of the same
+	// repo in this batch drops them instead of deleting them, so a repo
+	// costs one DELETE and one TOUCH of its rev per batch, however many
+	// of its commits the batch holds.
+	newRevs map[view.Tuple]bool
+	dropped bool // some tuple left ups after it was ordered
 }
 
 // maxBatchGuards bounds the guards of one batch, below what one call may
@@ -63,7 +70,27 @@ func (b *batch) empty() bool {
 }
 
 func (b *batch) addUnit(u unit) {
+	replacesRev := false
 	for _, up := range u {
+		replacesRev = replacesRev || (up.Op == view.OpDelete && isRev(up.Tuple))
+	}
+	for _, up := range u {
+		if isRev(up.Tuple) {
+			if up.Op == view.OpDelete && b.newRevs[up.Tuple] {
+				// Created by this batch and superseded in it: it never
+				// needs to exist.
+				delete(b.ups, up.Tuple)
+				delete(b.newRevs, up.Tuple)
+				b.dropped = true
+				continue
+			}
+			if up.Op == view.OpTouch && replacesRev {
+				if b.newRevs == nil {
+					b.newRevs = map[view.Tuple]bool{}
+				}
+				b.newRevs[up.Tuple] = true
+			}
+		}
 		if _, seen := b.ups[up.Tuple]; !seen {
 			b.order = append(b.order, up.Tuple)
 		}
@@ -71,15 +98,28 @@ func (b *batch) addUnit(u unit) {
 	}
 }
 
+func isRev(t view.Tuple) bool { return t.Relation == view.RelRev && t.ResourceType == view.TypeRepo }
+
 // fits reports whether n more updates surely fit (collapsing can only
 // shrink them).
 func (b *batch) fits(n int) bool { return len(b.ups)+n <= b.limit }
 
 // updates lists the collapsed updates in first-decided order.
 func (b *batch) updates() []view.Update {
-	out := make([]view.Update, 0, len(b.order))
+	out := make([]view.Update, 0, len(b.ups))
+	var emitted map[view.Tuple]bool
+	if b.dropped {
+		emitted = make(map[view.Tuple]bool, len(b.ups)) // a dropped tuple may be ordered twice
+	}
 	for _, t := range b.order {
-		out = append(out, view.Update{Op: b.ups[t], Tuple: t})
+		op, ok := b.ups[t]
+		if !ok || emitted[t] {
+			continue
+		}
+		if emitted != nil {
+			emitted[t] = true
+		}
+		out = append(out, view.Update{Op: op, Tuple: t})
 	}
 	return out
 }
