@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spaces-authz/spaces-authz/internal/httpapi"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/workload"
 )
 
@@ -89,9 +90,11 @@ func TestPostgresSpiceDBRestartResumesWithoutRebuild(t *testing.T) {
 
 // TestPostgresRestartUnderLoad stops PostgreSQL (an immediate shutdown:
 // crash recovery at the start) for a few seconds while a workload writes
-// through the PDS. SpiceDB fails meanwhile; the consumer must neither exit
-// nor move its cursor, and must retry until PostgreSQL is back; then every
-// write of the workload is applied and SpiceDB matches the oracle.
+// through the PDS, then once more while the consumer is idle and a new
+// account writes (its events need a read of SpiceDB: a cache miss). SpiceDB
+// fails meanwhile; the consumer must neither exit nor move its cursor, and
+// must retry until PostgreSQL is back; then every write is applied and
+// SpiceDB matches the oracle, with no rebuild.
 func TestPostgresRestartUnderLoad(t *testing.T) {
 	s := newStack(t, stackOpts{postgres: true})
 	d := s.newDriver("user", 3, workload.Seed(t, "E2E_SEED"), workload.Options{})
@@ -100,49 +103,77 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 	s.waitReady()
 	s.waitRebuildDone()
 	rebuilds := s.metricValue(rebuildsTotal)
+	// outage stops PostgreSQL for about 5 s, runs meanwhile (after 2 s),
+	// checks that the consumer lives and its cursor stays, and starts
+	// PostgreSQL again.
+	outage := func(meanwhile func()) (time.Duration, httpapi.Status) {
+		t.Helper()
+		s.pg.Stop(true)
+		down := time.Now()
+		time.Sleep(2 * time.Second)
+		before := s.status()
+		meanwhile()
+		time.Sleep(time.Until(down.Add(5 * time.Second)))
+		during := s.status()
+		if !p.Running() {
+			t.Fatalf("the consumer exited while PostgreSQL was down:\n%s", tail(p.Output(), 3000))
+		}
+		if during.Cursor != before.Cursor {
+			t.Fatalf("the cursor moved from %d to %d while PostgreSQL was down", before.Cursor, during.Cursor)
+		}
+		if err := s.pg.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return time.Since(down), during
+	}
+
+	// 1. Under load.
 	workDone := make(chan error, 1)
 	go func() { workDone <- d.run(ctx, 600) }()
 	for d.ops.Load() < 100 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	waitCursor(t, s, 1)
-
-	s.pg.Stop(true)
-	down := time.Now()
-	time.Sleep(2 * time.Second)
-	before := s.status()
-	opsBefore := d.ops.Load()
-	time.Sleep(3 * time.Second)
-	during := s.status()
-	if !p.Running() {
-		t.Fatalf("the consumer exited while PostgreSQL was down:\n%s", tail(p.Output(), 3000))
-	}
-	if during.Cursor != before.Cursor {
-		t.Fatalf("the cursor moved from %d to %d while PostgreSQL was down", before.Cursor, during.Cursor)
-	}
-	if d.ops.Load() == opsBefore {
-		t.Fatal("the workload stalled while PostgreSQL was down: the outage was not under load")
-	}
-	if err := s.pg.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	outage := time.Since(down)
+	down1, during1 := outage(func() {
+		ops := d.ops.Load()
+		time.Sleep(time.Second)
+		if d.ops.Load() == ops {
+			t.Fatal("the workload stalled while PostgreSQL was down: the outage was not under load")
+		}
+	})
 	must(t, <-workDone)
 	n, took := s.waitOracle(3 * time.Minute)
 	d.confirmLastRevs()
+
+	// 2. Idle, and a repo the consumer has not seen writes.
+	var late = s.account("late")
+	var lateRev string
+	down2, during2 := outage(func() {
+		lateRev = s.apply(late, create(spaceC, "s", space(false)),
+			create(relC, "v", rel("space", late.DID+"/s", "viewer", "acct", d.sessions[0].DID, "")))
+	})
+	if _, err := s.consistent(late.DID, lateRev); err != nil {
+		t.Fatalf("the commit a new account wrote during the outage is not applied: %v", err)
+	}
+	n2, took2 := s.waitOracle(time.Minute)
+	d.confirmLastRevs()
+
 	if !p.Running() {
 		t.Fatalf("the consumer exited after PostgreSQL came back:\n%s", tail(p.Output(), 3000))
 	}
 	out := p.Output()
 	if !strings.Contains(out, "retrying") {
-		t.Fatalf("the consumer logged no retry during the outage:\n%s", tail(out, 3000))
+		t.Fatalf("the consumer logged no retry during the outages:\n%s", tail(out, 3000))
 	}
 	if got := s.metricValue(rebuildsTotal); got != rebuilds || strings.Contains(out, "SpiceDB was reset") {
-		t.Fatalf("the PostgreSQL restart was taken for a reset (%s %v → %v):\n%s", rebuildsTotal, rebuilds, got, tail(out, 3000))
+		t.Fatalf("a PostgreSQL restart was taken for a reset (%s %v → %v):\n%s", rebuildsTotal, rebuilds, got, tail(out, 3000))
 	}
 	t.Logf("PostgreSQL down %v under load (cursor held at %d, status %q, last error %q); %d record operations; "+
-		"%d relationships match the oracle (%v after the workload)", outage.Round(time.Millisecond), during.Cursor,
-		during.State, during.LastError, d.ops.Load(), n, took)
+		"%d relationships match the oracle (%v after the workload)", down1.Round(time.Millisecond), during1.Cursor,
+		during1.State, during1.LastError, d.ops.Load(), n, took)
+	t.Logf("PostgreSQL down %v while idle, a new account writing (cursor held at %d, status %q, last error %q); "+
+		"%d relationships match the oracle (%v); pipeline restarts %d", down2.Round(time.Millisecond), during2.Cursor,
+		during2.State, during2.LastError, n2, took2, s.status().PipelineRestarts)
 }
 
 // TestPostgresReadYourWrites is TestReadYourWrites on PostgreSQL: the
