@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -45,6 +44,9 @@ func killNineDuringWorkload(t *testing.T, o stackOpts, minOps int64, minKills in
 	go func() { workDone <- d.run(context.Background(), minOps) }()
 
 	rng := rand.New(rand.NewPCG(seed, 3))
+	// A bound on the time, not on the kills: how many kills fit in the
+	// workload depends on how fast the PDS takes it on a shared machine.
+	deadline := time.Now().Add(10 * time.Minute)
 	kills := 0
 	var workErr error
 	finished := false
@@ -64,8 +66,8 @@ func killNineDuringWorkload(t *testing.T, o stackOpts, minOps int64, minKills in
 		if workErr != nil {
 			t.Fatal(workErr)
 		}
-		if kills > 200 {
-			t.Fatal(errors.New("workload did not finish"))
+		if time.Now().After(deadline) {
+			t.Fatalf("the workload did not finish in 10 minutes: %d record operations, %d kills", d.ops.Load(), kills)
 		}
 	}
 	s.startConsumer()
