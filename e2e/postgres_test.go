@@ -110,14 +110,19 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 		t.Helper()
 		s.pg.Stop(true)
 		down := time.Now()
+		alive := func() {
+			t.Helper()
+			if !p.Running() {
+				t.Fatalf("the consumer exited while PostgreSQL was down:\n%s", tail(p.Output(), 3000))
+			}
+		}
 		time.Sleep(2 * time.Second)
+		alive()
 		before := s.status()
 		meanwhile()
 		time.Sleep(time.Until(down.Add(5 * time.Second)))
+		alive()
 		during := s.status()
-		if !p.Running() {
-			t.Fatalf("the consumer exited while PostgreSQL was down:\n%s", tail(p.Output(), 3000))
-		}
 		if during.Cursor != before.Cursor {
 			t.Fatalf("the cursor moved from %d to %d while PostgreSQL was down", before.Cursor, during.Cursor)
 		}
