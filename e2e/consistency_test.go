@@ -60,15 +60,19 @@ func (s *stack) checkAt(token, perm, resourceID, subjectDID string) (bool, error
 // grant to the PDS, take the commit rev, ask /v1/consistency, then check
 // with the returned token: allowed on the first try. The revoke, the same
 // way: denied on the first try.
-func TestReadYourWrites(t *testing.T) {
-	s := newStack(t, stackOpts{})
+func TestReadYourWrites(t *testing.T) { readYourWrites(t, stackOpts{}, 100) }
+
+// readYourWrites runs the read-your-writes flow rounds times on a stack
+// made with o.
+func readYourWrites(t *testing.T, o stackOpts, rounds int) {
+	s := newStack(t, o)
 	alice, bob := s.account("alice"), s.account("bob")
 	s.startConsumer()
 	s.waitReady()
 	ctx := context.Background()
 	s.apply(alice, create(spaceC, "s", space(true)))
 	sp := view.ObjectID(alice.DID, "s")
-	for i := range 100 {
+	for i := range rounds {
 		ref, err := s.xrpc.CreateRecord(ctx, alice, relC, "g", map[string]any{"$type": relC, "resourceType": "space",
 			"resource": alice.DID + "/s", "permission": "viewer", "subjectType": "acct", "subject": bob.DID})
 		if err != nil {
@@ -100,9 +104,17 @@ func TestReadYourWrites(t *testing.T) {
 // answer (the commit exists) to /v1/consistency answering (the grant is
 // committed in SpiceDB). Targets (DESIGN §10): p50 ≤ 20 ms, p99 ≤ 100 ms.
 //
+// It runs on both SpiceDB datastores (sub-benchmarks memory and postgres).
+//
 //	go test -tags e2e ./e2e -run '^$' -bench CommitToVisible -benchtime 1x
 func BenchmarkCommitToVisible(b *testing.B) {
-	s := newStack(b, stackOpts{})
+	for _, o := range []stackOpts{{}, {postgres: true}} {
+		b.Run(o.datastore(), func(b *testing.B) { commitToVisible(b, o) })
+	}
+}
+
+func commitToVisible(b *testing.B, o stackOpts) {
+	s := newStack(b, o)
 	const writers, perWriter = 8, 250
 	var sessions []localpds.Session
 	for i := range writers / 2 {

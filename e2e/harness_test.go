@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,7 +22,9 @@ import (
 	indigorepo "github.com/bluesky-social/indigo/atproto/repo"
 	"github.com/ipfs/go-cid"
 
+	"github.com/spaces-authz/spaces-authz/internal/httpapi"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/localpds"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/pgtest"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/procs"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
@@ -71,10 +75,26 @@ type stack struct {
 	accounts map[string]localpds.Session // by handle
 	httpAddr string
 	seen     map[string][]localpds.Record
+	// pg is the stack's own PostgreSQL cluster and pgURI SpiceDB's
+	// database on it, on the postgres datastore (nil and "" on memory).
+	pg    *pgtest.Cluster
+	pgURI string
 }
 
 type stackOpts struct {
 	backfill time.Duration
+	// postgres runs SpiceDB on the postgres datastore, on a PostgreSQL
+	// cluster of the stack's own (so a test can restart PostgreSQL and
+	// SpiceDB on the same data); the default is the memory datastore.
+	postgres bool
+}
+
+// datastore names a stack's SpiceDB datastore (subtest names).
+func (o stackOpts) datastore() string {
+	if o.postgres {
+		return "postgres"
+	}
+	return "memory"
 }
 
 func newStack(t testing.TB, o stackOpts) *stack {
@@ -87,24 +107,42 @@ func newStack(t testing.TB, o stackOpts) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = pds.Stop() })
-	sdb, err := spicedbtest.StartServe(ctx, spicedbtest.ServeOptions{})
-	if err != nil {
-		t.Fatal(err)
+	var (
+		sdb   *spicedbtest.Server
+		pg    *pgtest.Cluster
+		pgURI string
+	)
+	if o.postgres {
+		if pg, err = pgtest.Start(ctx, pgtest.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("PostgreSQL log (tail):\n%s", tail(pg.Log(), 3000))
+			}
+			pg.Remove()
+		})
+		sdb, pgURI = pgtest.SpiceDBOn(t, pg) // stopped with the test
+	} else {
+		if sdb, err = spicedbtest.StartServe(ctx, spicedbtest.ServeOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(sdb.Stop)
 	}
-	t.Cleanup(sdb.Stop)
 	logDir := t.TempDir()
 	if d := os.Getenv("E2E_LOG_DIR"); d != "" { // keep the processes' logs, e.g. to study a failure
-		logDir = filepath.Join(d, fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano()))
+		logDir = filepath.Join(d, fmt.Sprintf("%s-%d", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano()))
 		if err := os.MkdirAll(logDir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("logs in %s", logDir)
 	}
 	s := &stack{t: t, pds: pds, xrpc: pds.Client(), sdb: sdb, rules: view.DefaultRules(), logDir: logDir,
-		accounts: map[string]localpds.Session{}, seen: map[string][]localpds.Record{}}
+		accounts: map[string]localpds.Session{}, seen: map[string][]localpds.Record{}, pg: pg, pgURI: pgURI}
 	s.dial()
 	s.cli("schema", "apply")
-	t.Logf("stack up in %v: PDS %s, SpiceDB %s", time.Since(t0).Round(time.Millisecond), pds.URL, sdb.Addr)
+	t.Logf("stack up in %v: PDS %s, SpiceDB %s on %s", time.Since(t0).Round(time.Millisecond), pds.URL, sdb.Addr,
+		o.datastore())
 	return s
 }
 
@@ -437,6 +475,37 @@ func (s *stack) metrics() string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// metricValue is the value of one series of the consumer's /metrics, as
+// printed (name{labels}); -1 when it is absent.
+func (s *stack) metricValue(series string) float64 {
+	s.t.Helper()
+	for _, l := range strings.Split(s.metrics(), "\n") {
+		if name, v, ok := strings.Cut(l, " "); ok && name == series {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				s.t.Fatalf("metric %s: %v", l, err)
+			}
+			return f
+		}
+	}
+	return -1
+}
+
+// status reads the consumer's /v1/status.
+func (s *stack) status() httpapi.Status {
+	s.t.Helper()
+	var st httpapi.Status
+	resp, err := http.Get("http://" + s.httpAddr + "/v1/status")
+	if err != nil {
+		s.t.Fatalf("status: %v", err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		s.t.Fatalf("status: %v", err)
+	}
+	return st
 }
 
 func grep(text, sub string) string {

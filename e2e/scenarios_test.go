@@ -205,21 +205,34 @@ func TestSpiceDBResetRebuildsAutomatically(t *testing.T) {
 	t.Logf("rebuilt after the SpiceDB reset: %d relationships match the oracle (%v)", n, took)
 }
 
-// restartSpiceDB stops SpiceDB and starts it again on the same address and
-// key: the memory datastore comes back empty, and the schema is applied
-// again (as an operator would).
+// restartSpiceDB kills SpiceDB (SIGKILL) and starts it again on the same
+// address and key. The memory datastore comes back empty, and the schema is
+// applied again (as an operator would); on PostgreSQL it serves the same
+// database, whose schema and relationships survive (nothing is applied).
 func (s *stack) restartSpiceDB() {
 	s.t.Helper()
-	addr, key := s.sdb.Addr, s.sdb.Key
-	s.sdb.Stop()
-	sdb, err := spicedbtest.StartServe(context.Background(), spicedbtest.ServeOptions{Addr: addr, Key: key})
+	s.stopSpiceDB()
+	s.startSpiceDB()
+}
+
+// stopSpiceDB kills SpiceDB (SIGKILL); startSpiceDB starts it again.
+func (s *stack) stopSpiceDB() { s.sdb.Stop() }
+
+// startSpiceDB starts SpiceDB on the address, key and database of the one
+// stopSpiceDB killed.
+func (s *stack) startSpiceDB() {
+	s.t.Helper()
+	sdb, err := spicedbtest.StartServe(context.Background(),
+		spicedbtest.ServeOptions{Addr: s.sdb.Addr, Key: s.sdb.Key, PostgresURI: s.pgURI})
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	s.t.Cleanup(sdb.Stop)
 	s.sdb = sdb
 	s.dial()
-	s.cli("schema", "apply")
+	if s.pg == nil {
+		s.cli("schema", "apply")
+	}
 }
 
 // TestIdenticalRecordsInSeparateCommits: records with the same content have

@@ -191,21 +191,6 @@ func (sd *side) mustRun(args ...string) string {
 	return out
 }
 
-// status reads the daemon's /v1/status.
-func (sd *side) status() httpapi.Status {
-	sd.t.Helper()
-	var st httpapi.Status
-	resp, err := http.Get("http://" + sd.httpAddr + "/v1/status")
-	if err != nil {
-		sd.t.Fatalf("%s status: %v", sd.name, err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		sd.t.Fatalf("%s status: %v", sd.name, err)
-	}
-	return st
-}
-
 // caughtUp waits until the daemon has applied every event its PDS emitted
 // so far: an account of this PDS writes a record no rule projects, the
 // daemon's /v1/consistency confirms its rev (so the daemon has read every

@@ -15,6 +15,7 @@ import (
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/fanout"
 	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/backoff"
 	"github.com/spaces-authz/spaces-authz/internal/redact"
 	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
@@ -51,6 +52,7 @@ type Consumer struct {
 	fenced   bool
 	restarts int
 	rebuilt  int
+	retry    backoff.Backoff // between runs that end on an unavailable SpiceDB
 }
 
 // run is one start of the pipeline from the stored cursor.
@@ -210,28 +212,57 @@ func (c *Consumer) next(ctx context.Context, err error, poison *projector.Poison
 		// (another source took one over, or one this run claimed moved
 		// first). Either way, nothing of the failed write was applied:
 		// start again from the stored cursor with a fresh repo index.
-		c.pm.Restarted()
-		c.mu.Lock()
-		c.restarts++
-		c.mu.Unlock()
-		c.log.Warn("restarting the pipeline from the stored cursor", "poisoned", poison.Len(), "why", err)
-		lease, err := c.client.ReadProjector(ctx, c.cfg.Lease.Name)
-		if err != nil {
-			if ctx.Err() != nil {
-				return c.next(ctx, nil, poison) // stopped meanwhile: a clean stop
-			}
-			return lease, false, err
-		}
-		if lease.Holder != c.cfg.Lease.Holder {
-			return lease, false, fmt.Errorf("%w (holder now %q)", spice.ErrFenced, lease.Holder)
-		}
-		return lease, true, nil
+		return c.restart(ctx, err, poison, false)
 	case err == nil || ctx.Err() != nil:
 		c.setState(StateStopped, nil)
 		c.release()
 		return spice.ProjectorState{}, false, nil
+	case spice.Classify(err) == spice.ClassTransient:
+		// A read of the run failed while SpiceDB or its datastore was
+		// unavailable (writes retry in place). Nothing past the stored
+		// cursor is lost: start again from it once SpiceDB answers.
+		return c.restart(ctx, err, poison, true)
 	default:
 		return spice.ProjectorState{}, false, c.fail(err)
+	}
+}
+
+// restart starts a new run from the stored cursor after a run that ended
+// with why. It re-reads the lease, waiting with backoff while SpiceDB is
+// unavailable; after a transient failure it first waits too, so that a
+// SpiceDB that keeps failing is not asked in a tight loop.
+func (c *Consumer) restart(ctx context.Context, why error, poison *projector.Poison, transient bool) (
+	spice.ProjectorState, bool, error) {
+	c.pm.Restarted()
+	c.mu.Lock()
+	c.restarts++
+	c.mu.Unlock()
+	c.log.Warn("restarting the pipeline from the stored cursor", "poisoned", poison.Len(), "why", why)
+	if transient {
+		c.setState(StateRetrying, why)
+	}
+	for {
+		if transient {
+			if err := c.retry.Wait(ctx); err != nil {
+				return c.next(ctx, nil, poison) // stopped meanwhile: a clean stop
+			}
+		}
+		lease, err := c.client.ReadProjector(ctx, c.cfg.Lease.Name)
+		switch {
+		case err == nil:
+			c.retry.Reset()
+			if lease.Holder != c.cfg.Lease.Holder {
+				return lease, false, fmt.Errorf("%w (holder now %q)", spice.ErrFenced, lease.Holder)
+			}
+			return lease, true, nil
+		case ctx.Err() != nil:
+			return c.next(ctx, nil, poison) // stopped meanwhile: a clean stop
+		case spice.Classify(err) != spice.ClassTransient:
+			return lease, false, err
+		}
+		transient = true
+		c.setState(StateRetrying, err)
+		c.log.Warn("SpiceDB unavailable; waiting to restart the pipeline", "err", err, "attempt", c.retry.Attempts())
 	}
 }
 

@@ -22,6 +22,9 @@ const (
 	StateResetRebuild
 	StateStopped
 	StateFailed
+	// StateRetrying: a run ended on an unavailable SpiceDB (or datastore);
+	// the consumer waits for it to start again from the stored cursor.
+	StateRetrying
 )
 
 func (s State) String() string {
@@ -40,6 +43,8 @@ func (s State) String() string {
 		return "stopped"
 	case StateFailed:
 		return "failed"
+	case StateRetrying:
+		return "waiting for SpiceDB"
 	}
 	return "unknown"
 }
