@@ -147,6 +147,9 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 		}
 	})
 	must(t, <-workDone)
+	if during1.LastError == "" {
+		t.Fatal("/v1/status showed no last_error while every write was failing: an operator could not tell")
+	}
 	n, took := s.waitOracle(3 * time.Minute)
 	d.confirmLastRevs()
 

@@ -45,9 +45,12 @@ type WriterConfig struct {
 	HeartbeatEvery time.Duration
 	// BackoffMin and BackoffMax bound retries of transient errors.
 	BackoffMin, BackoffMax time.Duration
-	Logger                 *slog.Logger
-	Metrics                *Metrics
-	Now                    func() time.Time
+	// OnRetry (optional) hears every transient failure a write retries
+	// (SpiceDB or its datastore unavailable), so that status can say so.
+	OnRetry func(error)
+	Logger  *slog.Logger
+	Metrics *Metrics
+	Now     func() time.Time
 }
 
 // Writer writes the projector's batches under the lease. It is safe for
@@ -197,6 +200,9 @@ func (w *Writer) failed(ctx context.Context, err error, bo *backoff.Backoff, pre
 	w.cfg.Metrics.writeError(class)
 	switch class {
 	case ClassTransient:
+		if w.cfg.OnRetry != nil {
+			w.cfg.OnRetry(err)
+		}
 		d := bo.Next()
 		w.log.Warn("SpiceDB write failed; retrying", "err", err, "attempt", bo.Attempts(), "delay", d, "updates", n)
 		select {

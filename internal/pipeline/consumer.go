@@ -137,6 +137,14 @@ func (c *Consumer) connectNATS(ctx context.Context) error {
 	return nil
 }
 
+// noteError records an error the pipeline retries (status shows it as
+// last_error while the state stays what it is).
+func (c *Consumer) noteError(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lastErr = err
+}
+
 func (c *Consumer) setState(s State, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -366,6 +374,7 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 	r := &run{progress: progress}
 	r.writer = spice.NewWriter(spice.WriterConfig{Client: c.client, Name: c.cfg.Lease.Name, Holder: c.cfg.Lease.Holder,
 		HeartbeatMs: lease.HeartbeatMs, Epoch: lease.Epoch, HeartbeatEvery: c.cfg.Lease.HeartbeatEvery, Logger: c.log,
+		OnRetry: c.noteError,
 		Metrics: c.sm})
 	if r.sync, err = firehose.NewSyncClient(firehose.SyncConfig{URL: c.cfg.PDSURL, Metrics: c.fhm,
 		MaxRepoBytes: c.cfg.Stream.MaxRepoBytes, MaxRepoRecords: c.cfg.Stream.MaxRepoRecords}); err != nil {
