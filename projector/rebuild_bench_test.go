@@ -2,9 +2,9 @@ package projector_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strconv"
-	"fmt"
 	"testing"
 	"time"
 
