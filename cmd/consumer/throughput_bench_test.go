@@ -77,7 +77,8 @@ func scrape(addr string, names ...string) (map[string]float64, error) {
 // updates over data and lineage updates) and the binary's peak RSS. On the
 // 3 % stream it also runs the consumer with every commit writing its own rev
 // (`--rev-flush-after 0`, the behaviour before deferred revs) as the
-// baseline of the same run. BENCH_FRAMES sets the frames (default 100,000;
+// baseline of the same run, and with BENCH_BASELINE_BIN the binary of an
+// earlier commit. BENCH_FRAMES sets the frames (default 100,000;
 // BENCHMARKS.md uses 1,000,000 too).
 //
 //	go test ./cmd/consumer -run '^$' -bench ReplayDistinct -benchtime 1x
@@ -100,6 +101,9 @@ func BenchmarkReplayDistinct(b *testing.B) {
 			modes := []string{"deferred"}
 			if projected == 0.03 {
 				modes = []string{"per-commit", "deferred"}
+				if os.Getenv("BENCH_BASELINE_BIN") != "" {
+					modes = append([]string{"before"}, modes...)
+				}
 			}
 			for _, mode := range modes {
 				name := fmt.Sprintf("datastore=%s/projected=%g%%/revs=%s", ds, projected*100, mode)
@@ -120,7 +124,7 @@ func BenchmarkReplayDistinct(b *testing.B) {
 						} else {
 							e = testenv.New(b)
 						}
-						replayDistinct(b, bin, e, frames, mode == "per-commit")
+						replayDistinct(b, bin, e, frames, mode)
 					}
 				})
 			}
@@ -141,7 +145,10 @@ func loadFrames(b *testing.B, n int, projected float64) []replay.Frame {
 	return frames
 }
 
-func replayDistinct(b *testing.B, bin string, e *testenv.Env, frames []replay.Frame, perCommit bool) {
+// replayDistinct runs one replay: mode "deferred" (the default), "per-commit"
+// (--rev-flush-after 0) or "before" (the binary $BENCH_BASELINE_BIN, built
+// from an earlier commit: the same-run baseline of a change).
+func replayDistinct(b *testing.B, bin string, e *testenv.Env, frames []replay.Frame, mode string) {
 	srv, err := replay.New(frames, 1, "")
 	if err != nil {
 		b.Fatal(err)
@@ -152,8 +159,11 @@ func replayDistinct(b *testing.B, bin string, e *testenv.Env, frames []replay.Fr
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	args := []string{"run", "--pds-url", srv.URL(), "--spicedb-endpoint", e.SDB.Addr, "--spicedb-insecure",
 		"--http-addr", addr, "--log-level", "warn"}
-	if perCommit {
+	switch mode {
+	case "per-commit":
 		args = append(args, "--rev-flush-after", "0")
+	case "before":
+		bin = os.Getenv("BENCH_BASELINE_BIN")
 	}
 	p, err := procs.Start(bin, args, []string{"CONSUMER_SPICEDB_TOKEN=" + e.Token},
 		filepath.Join(b.TempDir(), "consumer.log"), nil)
