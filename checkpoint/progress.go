@@ -96,6 +96,10 @@ func NoMarkers() Markers { return Markers{Place: None, Clear: None} }
 // run's rebuild marker is not stored yet, and this write does not store it), the rewind marker goes once the cursor
 // passes it, and the rebuild marker is placed or cleared as m says.
 func (p *Progress) Step(m Markers) Step {
+	// The watermark is read before the holds: an event is held before it
+	// is marked done, so a watermark that covers a held event is always
+	// seen with its hold.
+	wm := p.tracker.Watermark()
 	p.mu.Lock()
 	from := p.stored
 	gated := p.gated
@@ -104,7 +108,7 @@ func (p *Progress) Step(m Markers) Step {
 	to := from
 	opens := gated && m.Place != None
 	if !gated || opens {
-		if wm := p.tracker.Watermark(); wm != None {
+		if wm != None {
 			if oldest != None && oldest-1 < wm {
 				wm = max(oldest-1, from.Cursor) // below the oldest hold, never backwards
 			}

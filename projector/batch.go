@@ -84,7 +84,11 @@ func (b *batch) addUnit(u unit) {
 				b.dropped = true
 				continue
 			}
-			if up.Op == view.OpTouch && replacesRev {
+			// A rev touched where its unit replaces a rev is new, unless
+			// this batch deletes it: then it was stored before the batch
+			// (a same-rev claim deletes and touches the stored rev) and
+			// is not the batch's to drop.
+			if op, had := b.ups[up.Tuple]; up.Op == view.OpTouch && replacesRev && (!had || op != view.OpDelete) {
 				if b.newRevs == nil {
 					b.newRevs = map[view.Tuple]bool{}
 				}

@@ -317,7 +317,7 @@ func (a *applier) deferRev(d *didState, ev *firehose.Event, changes []view.Chang
 	if d.lastBatch > e.committed.Load() {
 		a.pending.noteRev(d.did, ev.Rev)
 	} else {
-		e.applied.commit(map[string]string{d.did: ev.Rev}, "")
+		e.applied.commit(map[string]string{d.did: ev.Rev}, e.Token())
 	}
 	a.settle(ev, changes)
 }

@@ -252,6 +252,7 @@ func (e *Engine) flushHeldAtStop(ctx context.Context) {
 		}
 		e.cfg.Progress.Release(rel...)
 		e.cfg.Metrics.revsFlushed(len(rel))
+		e.cfg.Metrics.setHeld(a.heldRepos)
 		ups, rel = ups[:0], rel[:0]
 		return true
 	}
@@ -266,6 +267,7 @@ func (e *Engine) flushHeldAtStop(ctx context.Context) {
 		ups = append(ups, a.storeRev(d)...)
 		rel = append(rel, d.holdSeq)
 		d.holdSeq = 0
+		a.heldRepos--
 	}
 	flush()
 }
