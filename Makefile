@@ -52,7 +52,7 @@ up: deps build
 
 # The performance figures of BENCHMARKS.md, each against its baseline.
 bench: deps
-	go test -run '^$$' -bench . -benchtime 1x ./firehose ./projector ./fanout ./cmd/consumer
+	go test -run '^$$' -bench . -benchtime 1x -timeout 120m ./firehose ./projector ./fanout ./spice ./cmd/consumer
 	go test -tags e2e -run '^$$' -bench . -benchtime 1x ./e2e
 
 clean:
