@@ -164,3 +164,34 @@ func TestMemCleanStopStoresDeferredRevs(t *testing.T) {
 		t.Fatalf("stored rev after a clean stop %s, want %s", got, want)
 	}
 }
+
+// TestMemLineageCacheBoundedByRecords: the cached lineage is bounded by
+// records, not only by repos (a few repos with many records each), and an
+// evicted repo's lineage is read back when it is needed again.
+func TestMemLineageCacheBoundedByRecords(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.cacheRecords = 5
+	h.start(checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	for _, did := range []string{memAlice, memBob} {
+		h.commit(did, map[string]map[string]any{spaceCol + "root": space(false),
+			relCol + "g1": grant(did, "root", "viewer", memBob), relCol + "g2": grant(did, "root", "editor", memBob),
+			relCol + "g3": grant(did, "root", "viewer", memAlice)})
+	}
+	h.assertView("two repos of 4 records")
+	h.commit(memBob, map[string]map[string]any{postCol + "p": post(0)}) // a batch commits: eviction runs
+	h.assertView("a post")
+	cached := 0
+	h.engine.mu.Lock()
+	for el := h.engine.lru.Front(); el != nil; el = el.Next() {
+		if l := el.Value.(*didState).lin; l != nil {
+			cached += len(l.byRecord)
+		}
+	}
+	h.engine.mu.Unlock()
+	if cached > 5 {
+		t.Fatalf("%d records of lineage cached, want at most 5", cached)
+	}
+	// Alice's lineage was evicted: changing her records reads it back.
+	h.commit(memAlice, map[string]map[string]any{relCol + "g1": nil, relCol + "g3": grant(memAlice, "root", "admin", memBob)})
+	h.assertView("after reading an evicted lineage back")
+}

@@ -26,9 +26,12 @@ import (
 const (
 	// MaxBatchUpdates is SpiceDB's 1,000 updates a call minus the
 	// heartbeat (2) and the progress step (checkpoint.MaxStepUpdates).
-	MaxBatchUpdates          = 1000 - 2 - checkpoint.MaxStepUpdates
-	DefaultBatchUpdates      = MaxBatchUpdates
-	DefaultCacheRepos        = 10000
+	MaxBatchUpdates     = 1000 - 2 - checkpoint.MaxStepUpdates
+	DefaultBatchUpdates = MaxBatchUpdates
+	DefaultCacheRepos   = 10000
+	// DefaultCacheRecords bounds the records whose lineage is cached
+	// (~250 bytes each: about 50 MB).
+	DefaultCacheRecords      = 200000
 	DefaultHeldPerRepo       = 1000
 	DefaultResyncConcurrency = 4
 	DefaultFlushEvery        = time.Second
@@ -69,8 +72,10 @@ type Config struct {
 	// BatchUpdates bounds the updates of one write (default and at most
 	// MaxBatchUpdates).
 	BatchUpdates int
-	// CacheRepos bounds the repos whose lineage is kept in memory.
-	CacheRepos int
+	// CacheRepos bounds the repos whose lineage is kept in memory, and
+	// CacheRecords the records of their lineage (a few repos with many
+	// records each must not grow memory without bound).
+	CacheRepos, CacheRecords int
 	// HeldPerRepo bounds the live events held while a repo resyncs.
 	HeldPerRepo int
 	// ResyncConcurrency bounds concurrent getRepo calls (default 4).
@@ -179,6 +184,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.CacheRepos <= 0 {
 		cfg.CacheRepos = DefaultCacheRepos
+	}
+	if cfg.CacheRecords <= 0 {
+		cfg.CacheRecords = DefaultCacheRecords
 	}
 	if cfg.HeldPerRepo <= 0 {
 		cfg.HeldPerRepo = DefaultHeldPerRepo
@@ -559,17 +567,27 @@ func (e *Engine) lineageOf(ctx context.Context, d *didState) (*lineage, error) {
 	return d.lin, nil
 }
 
-// evict drops cached lineage of clean repos beyond CacheRepos, least
-// recently used first. Repos with uncommitted decisions or a resync in
-// flight stay.
+// evict drops cached lineage of clean repos beyond CacheRepos repos or
+// CacheRecords records, least recently used first. Repos with uncommitted
+// decisions or a resync in flight stay. It runs on the applier goroutine,
+// which alone changes lineage.
 func (e *Engine) evict() {
 	committed := e.committed.Load()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for el := e.lru.Back(); el != nil && e.lru.Len() > e.cfg.CacheRepos; {
+	records := 0
+	for el := e.lru.Front(); el != nil; el = el.Next() {
+		if l := el.Value.(*didState).lin; l != nil {
+			records += len(l.byRecord)
+		}
+	}
+	for el := e.lru.Back(); el != nil && (e.lru.Len() > e.cfg.CacheRepos || records > e.cfg.CacheRecords); {
 		d := el.Value.(*didState)
 		prev := el.Prev()
 		if d.lastBatch <= committed && d.resync == nil && d.queued == 0 {
+			if d.lin != nil {
+				records -= len(d.lin.byRecord)
+			}
 			e.lru.Remove(el)
 			d.elem, d.lin = nil, nil
 			d.gen++

@@ -239,6 +239,7 @@ type memHarness struct {
 	// flushEvery and revFlushAfter tune the engine (0: 5 ms and the
 	// default).
 	flushEvery, revFlushAfter time.Duration
+	cacheRecords              int // 0: the default
 }
 
 // memPublisher records what the engine fans out, accepting it at once.
@@ -289,7 +290,7 @@ func (h *memHarness) start(stored checkpoint.State) {
 	h.reg = prometheus.NewRegistry()
 	cfg := Config{Rules: view.DefaultRules(), Store: h.view, Writer: h.view, Fetcher: h.pds,
 		Progress: h.prog, FlushEvery: cmp.Or(h.flushEvery, 5*time.Millisecond), RevFlushAfter: h.revFlushAfter,
-		Metrics: NewMetrics(h.reg),
+		CacheRecords: h.cacheRecords, Metrics: NewMetrics(h.reg),
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if h.pub != nil {
 		cfg.Publisher = h.pub

@@ -37,6 +37,7 @@ type runFlags struct {
 	maxRepoBytes, maxInFlightBytes             int64
 	maxRepoRecords                             int
 	batchUpdates, cacheRepos, heldPerRepo      int
+	cacheRecords                               int
 	resyncConcurrency                          int
 	resyncRate                                 float64
 	reconcileEvery                             time.Duration
@@ -73,6 +74,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 		"getRepo snapshots with more projected records than this are refused like too large repos (each is held in memory while the repo is diffed)")
 	fs.IntVar(&f.batchUpdates, "batch-updates", projector.DefaultBatchUpdates, "relationship updates per SpiceDB write, at most")
 	fs.IntVar(&f.cacheRepos, "cache-repos", 10000, "repos whose lineage is cached in memory")
+	fs.IntVar(&f.cacheRecords, "cache-records", projector.DefaultCacheRecords,
+		"records whose lineage is cached in memory, over all cached repos (~250 bytes each)")
 	fs.IntVar(&f.heldPerRepo, "held-per-repo", 1000, "live events held per repo while it resyncs")
 	fs.IntVar(&f.resyncConcurrency, "resync-concurrency", 4, "concurrent getRepo calls")
 	fs.Float64Var(&f.resyncRate, "resync-rate", 20, "getRepo calls per second at most, to be polite to the PDS (0: no limit)")
@@ -104,7 +107,7 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 		Stream: pipeline.StreamConfig{Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
 			MaxInFlight: f.maxInFlight, MaxInFlightBytes: f.maxInFlightBytes, MaxRepoBytes: f.maxRepoBytes,
 			MaxRepoRecords: f.maxRepoRecords},
-		Engine: pipeline.EngineConfig{Rules: rules, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos,
+		Engine: pipeline.EngineConfig{Rules: rules, BatchUpdates: f.batchUpdates, CacheRepos: f.cacheRepos, CacheRecords: f.cacheRecords,
 			HeldPerRepo: f.heldPerRepo, ResyncConcurrency: f.resyncConcurrency, ResyncRate: f.resyncRate,
 			FlushEvery: f.flushEvery, RevFlushAfter: revFlushAfter(f.revFlushAfter), PublishAllCollections: f.publishAll},
 		NATS: f.nats.config(f.natsMaxAge), ReconcileEvery: f.reconcileEvery, NoAutoRebuild: f.noAutoRebuild,

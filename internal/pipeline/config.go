@@ -95,6 +95,8 @@ type EngineConfig struct {
 	// Rules (default: the embedded defaults).
 	Rules                                                    *view.Rules
 	BatchUpdates, CacheRepos, HeldPerRepo, ResyncConcurrency int
+	// CacheRecords bounds the records of the cached lineage.
+	CacheRecords int
 	// ResyncRate bounds getRepo calls per second (0: unlimited).
 	ResyncRate float64
 	// ResyncAttempts: getRepo tries before a resync fails and its repo is

@@ -387,7 +387,7 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 	ec := c.cfg.Engine
 	r.engine, err = projector.New(projector.Config{Rules: ec.Rules, Store: spice.NewStore(c.client), Writer: r.writer,
 		Fetcher: r.sync, Progress: progress, Publisher: publisher, Poison: poison, AdoptUnowned: adopt, BatchUpdates: ec.BatchUpdates,
-		CacheRepos: ec.CacheRepos, HeldPerRepo: ec.HeldPerRepo, ResyncConcurrency: ec.ResyncConcurrency,
+		CacheRepos: ec.CacheRepos, CacheRecords: ec.CacheRecords, HeldPerRepo: ec.HeldPerRepo, ResyncConcurrency: ec.ResyncConcurrency,
 		ResyncRate: ec.ResyncRate, ResyncAttempts: ec.ResyncAttempts, FlushEvery: ec.FlushEvery,
 		RevFlushAfter: ec.RevFlushAfter, Logger: c.log, Metrics: c.pm, OnRebuilt: func() {
 			c.mu.Lock()
