@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -26,12 +27,9 @@ import (
 const (
 	// MaxBatchUpdates is SpiceDB's 1,000 updates a call minus the
 	// heartbeat (2) and the progress step (checkpoint.MaxStepUpdates).
-	MaxBatchUpdates     = 1000 - 2 - checkpoint.MaxStepUpdates
-	DefaultBatchUpdates = MaxBatchUpdates
-	DefaultCacheRepos   = 10000
-	// DefaultCacheRecords bounds the records whose lineage is cached
-	// (~250 bytes each: about 50 MB).
-	DefaultCacheRecords      = 200000
+	MaxBatchUpdates          = 1000 - 2 - checkpoint.MaxStepUpdates
+	DefaultBatchUpdates      = MaxBatchUpdates
+	DefaultCacheRepos        = 10000
 	DefaultHeldPerRepo       = 1000
 	DefaultResyncConcurrency = 4
 	DefaultFlushEvery        = time.Second
@@ -73,8 +71,11 @@ type Config struct {
 	// MaxBatchUpdates).
 	BatchUpdates int
 	// CacheRepos bounds the repos whose lineage is kept in memory, and
-	// CacheRecords the records of their lineage (a few repos with many
-	// records each must not grow memory without bound).
+	// CacheRecords (0: no bound) the records of their lineage. A bound
+	// below the working set makes every evicted repo's next event read
+	// its lineage back from SpiceDB: on the memory datastore, whose
+	// prefix reads scan, a 50 %-projected stream fell from 3,000 to 57
+	// frames/s with 200,000 records for a working set of 670,000.
 	CacheRepos, CacheRecords int
 	// HeldPerRepo bounds the live events held while a repo resyncs.
 	HeldPerRepo int
@@ -186,7 +187,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.CacheRepos = DefaultCacheRepos
 	}
 	if cfg.CacheRecords <= 0 {
-		cfg.CacheRecords = DefaultCacheRecords
+		cfg.CacheRecords = math.MaxInt
 	}
 	if cfg.HeldPerRepo <= 0 {
 		cfg.HeldPerRepo = DefaultHeldPerRepo

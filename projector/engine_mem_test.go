@@ -291,7 +291,7 @@ func (h *memHarness) start(stored checkpoint.State) {
 	cfg := Config{Rules: view.DefaultRules(), Store: h.view, Writer: h.view, Fetcher: h.pds,
 		Progress: h.prog, FlushEvery: cmp.Or(h.flushEvery, 5*time.Millisecond), RevFlushAfter: h.revFlushAfter,
 		CacheRecords: h.cacheRecords, Metrics: NewMetrics(h.reg),
-		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil))}
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if h.pub != nil {
 		cfg.Publisher = h.pub
 	}

@@ -74,8 +74,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 		"getRepo snapshots with more projected records than this are refused like too large repos (each is held in memory while the repo is diffed)")
 	fs.IntVar(&f.batchUpdates, "batch-updates", projector.DefaultBatchUpdates, "relationship updates per SpiceDB write, at most")
 	fs.IntVar(&f.cacheRepos, "cache-repos", 10000, "repos whose lineage is cached in memory")
-	fs.IntVar(&f.cacheRecords, "cache-records", projector.DefaultCacheRecords,
-		"records whose lineage is cached in memory, over all cached repos (~250 bytes each)")
+	fs.IntVar(&f.cacheRecords, "cache-records", 0,
+		"records whose lineage is cached in memory, over all cached repos (~500 bytes each; 0: no bound but --cache-repos)")
 	fs.IntVar(&f.heldPerRepo, "held-per-repo", 1000, "live events held per repo while it resyncs")
 	fs.IntVar(&f.resyncConcurrency, "resync-concurrency", 4, "concurrent getRepo calls")
 	fs.Float64Var(&f.resyncRate, "resync-rate", 20, "getRepo calls per second at most, to be polite to the PDS (0: no limit)")
