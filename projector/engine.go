@@ -577,9 +577,11 @@ func (e *Engine) evict() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	records := 0
-	for el := e.lru.Front(); el != nil; el = el.Next() {
-		if l := el.Value.(*didState).lin; l != nil {
-			records += len(l.byRecord)
+	if e.cfg.CacheRecords != math.MaxInt { // counted only when bounded: this runs after every write
+		for el := e.lru.Front(); el != nil; el = el.Next() {
+			if l := el.Value.(*didState).lin; l != nil {
+				records += len(l.byRecord)
+			}
 		}
 	}
 	for el := e.lru.Back(); el != nil && (e.lru.Len() > e.cfg.CacheRepos || records > e.cfg.CacheRecords); {
