@@ -31,8 +31,9 @@ lint:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-# The test command: installs SpiceDB, nats-server, Node 22 and the reference
-# PDS, then runs the unit, integration, crash and e2e tests for real.
+# The test command: installs SpiceDB, nats-server, PostgreSQL (when absent),
+# Node 22 and the reference PDS, then runs the unit, integration, crash and
+# e2e tests for real.
 test: deps vet test-unit test-e2e
 
 test-unit:
