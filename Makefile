@@ -40,7 +40,8 @@ test-unit:
 	go test -race -count=1 -timeout 30m $(GO_TEST_FLAGS) ./...
 
 test-e2e:
-	go test -count=1 -timeout 45m -tags e2e -v $(GO_TEST_FLAGS) ./e2e/ ./internal/testrig/localpds/ 2>&1 | tee .cache/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; test $${PIPESTATUS[0]} -eq 0
+	go test -count=1 -timeout 45m -tags e2e -v $(GO_TEST_FLAGS) ./e2e/ ./internal/testrig/localpds/ 2>&1 | tee .cache/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; \
+	rc=$${PIPESTATUS[0]}; if [ $$rc -ne 0 ]; then scripts/failed-output.sh .cache/e2e.log; fi; exit $$rc
 
 # The main job: a local stack on loopback (PDS + PLC, SpiceDB, NATS, the
 # consumer), seeded with a demo, running until Ctrl-C. SpiceDB runs on its

@@ -23,7 +23,12 @@ import (
 // consistent is what an app does after a write: ask the consumer for the
 // ZedToken that covers the commit's rev.
 func (s *stack) consistent(did, rev string) (string, error) {
-	q := url.Values{"did": {did}, "rev": {rev}, "timeout": {"5s"}}
+	return s.consistentWithin(did, rev, 5*time.Second)
+}
+
+// consistentWithin is consistent with the wait /v1/consistency is given.
+func (s *stack) consistentWithin(did, rev string, wait time.Duration) (string, error) {
+	q := url.Values{"did": {did}, "rev": {rev}, "timeout": {wait.String()}}
 	resp, err := http.Get("http://" + s.httpAddr + "/v1/consistency?" + q.Encode())
 	if err != nil {
 		return "", err
