@@ -50,9 +50,9 @@ func (s *stack) consistentWithin(did, rev string, wait time.Duration) (string, e
 func (s *stack) checkAt(token, perm, resourceID, subjectDID string) (bool, error) {
 	resp, err := s.client.API().CheckPermission(context.Background(), &v1.CheckPermissionRequest{
 		Consistency: spice.Consistency(token),
-		Resource:    &v1.ObjectReference{ObjectType: view.TypeSpace, ObjectId: resourceID},
+		Resource:    &v1.ObjectReference{ObjectType: s.client.Namespace().Type(view.TypeSpace), ObjectId: resourceID},
 		Permission:  perm,
-		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: view.TypeAcct,
+		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: s.client.Namespace().Type(view.TypeAcct),
 			ObjectId: view.EncodeDID(subjectDID)}},
 	})
 	if err != nil {
@@ -188,7 +188,7 @@ func rawWriteLatency(b *testing.B, s *stack) {
 			Relation: "viewer", SubjectType: view.TypeAcct, SubjectID: view.EncodeDID(fmt.Sprintf("did:plc:raw%04d", i))}
 		start := time.Now()
 		_, err := s.client.API().WriteRelationships(ctx, &v1.WriteRelationshipsRequest{Updates: []*v1.RelationshipUpdate{
-			{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: spice.ToV1(t)}}})
+			{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: s.client.ToV1(t)}}})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -420,9 +420,9 @@ func (s *stack) check(perm, resourceID, subjectDID string) bool {
 	s.t.Helper()
 	resp, err := s.client.API().CheckPermission(context.Background(), &v1.CheckPermissionRequest{
 		Consistency: spice.Consistency(""),
-		Resource:    &v1.ObjectReference{ObjectType: view.TypeSpace, ObjectId: resourceID},
+		Resource:    &v1.ObjectReference{ObjectType: s.client.Namespace().Type(view.TypeSpace), ObjectId: resourceID},
 		Permission:  perm,
-		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: view.TypeAcct,
+		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: s.client.Namespace().Type(view.TypeAcct),
 			ObjectId: view.EncodeDID(subjectDID)}},
 	})
 	if err != nil {

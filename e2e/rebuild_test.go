@@ -14,7 +14,6 @@ import (
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 
 	"github.com/spaces-authz/spaces-authz/internal/testrig/procs"
-	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )
 
@@ -69,8 +68,8 @@ func TestReconcileReportsAndFixesDrift(t *testing.T) {
 	forged := view.Tuple{ResourceType: "space", ResourceID: view.ObjectID(a, "s"), Relation: "admin",
 		SubjectType: "acct", SubjectID: view.EncodeDID(carol.DID)}
 	_, err := s.client.API().WriteRelationships(ctx, &v1.WriteRelationshipsRequest{Updates: []*v1.RelationshipUpdate{
-		{Operation: v1.RelationshipUpdate_OPERATION_DELETE, Relationship: spice.ToV1(gone)},
-		{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: spice.ToV1(forged)},
+		{Operation: v1.RelationshipUpdate_OPERATION_DELETE, Relationship: s.client.ToV1(gone)},
+		{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: s.client.ToV1(forged)},
 	}})
 	if err != nil {
 		t.Fatal(err)

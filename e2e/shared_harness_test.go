@@ -435,7 +435,7 @@ func (w *world) snapshotOf(epochOf string, dids ...string) snapshot {
 	out := snapshot{}
 	for _, f := range filters {
 		stream, err := w.client.API().ReadRelationships(context.Background(), &v1.ReadRelationshipsRequest{
-			Consistency: spice.Consistency(""), RelationshipFilter: f})
+			Consistency: spice.Consistency(""), RelationshipFilter: w.client.Namespace().Filter(f)})
 		if err != nil {
 			w.t.Fatal(err)
 		}
@@ -452,7 +452,7 @@ func (w *world) snapshotOf(epochOf string, dids ...string) snapshot {
 			if err != nil {
 				w.t.Fatal(err)
 			}
-			out[hex.EncodeToString(b)] = spice.FromV1(rel).String()
+			out[hex.EncodeToString(b)] = w.client.FromV1(rel).String()
 		}
 	}
 	return out

@@ -340,7 +340,7 @@ func writeRels(t testing.TB, w *world, op v1.RelationshipUpdate_Operation, ts ..
 	t.Helper()
 	var ups []*v1.RelationshipUpdate
 	for _, tu := range ts {
-		ups = append(ups, &v1.RelationshipUpdate{Operation: op, Relationship: spice.ToV1(tu)})
+		ups = append(ups, &v1.RelationshipUpdate{Operation: op, Relationship: w.client.ToV1(tu)})
 	}
 	if _, err := w.client.API().WriteRelationships(context.Background(), &v1.WriteRelationshipsRequest{Updates: ups}); err != nil {
 		t.Fatal(err)
@@ -385,7 +385,7 @@ func (s *sampler) stop() int64 {
 func (s *sampler) loop() {
 	defer close(s.done)
 	ctx := context.Background()
-	api := s.w.client.API()
+	api, ns := s.w.client.API(), s.w.client.Namespace()
 	seenNew := false
 	start := time.Now()
 	for {
@@ -405,8 +405,9 @@ func (s *sampler) loop() {
 				cons = &v1.Consistency{Requirement: &v1.Consistency_AtExactSnapshot{AtExactSnapshot: at}}
 			}
 			resp, err := api.CheckPermission(ctx, &v1.CheckPermissionRequest{Consistency: cons,
-				Resource: &v1.ObjectReference{ObjectType: view.TypeSpace, ObjectId: c.space}, Permission: c.perm,
-				Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: view.TypeAcct, ObjectId: view.EncodeDID(c.who)}}})
+				Resource: &v1.ObjectReference{ObjectType: ns.Type(view.TypeSpace), ObjectId: c.space}, Permission: c.perm,
+				Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: ns.Type(view.TypeAcct),
+					ObjectId: view.EncodeDID(c.who)}}})
 			if err != nil {
 				s.err = err
 				return
@@ -446,7 +447,8 @@ func (s *sampler) loop() {
 func (s *sampler) repoAt(ctx context.Context, at *v1.ZedToken) (source, status string, err error) {
 	stream, err := s.w.client.API().ReadRelationships(ctx, &v1.ReadRelationshipsRequest{
 		Consistency:        &v1.Consistency{Requirement: &v1.Consistency_AtExactSnapshot{AtExactSnapshot: at}},
-		RelationshipFilter: &v1.RelationshipFilter{ResourceType: view.TypeRepo, OptionalResourceId: view.RepoID(s.did)}})
+		RelationshipFilter: s.w.client.Namespace().Filter(&v1.RelationshipFilter{ResourceType: view.TypeRepo,
+			OptionalResourceId: view.RepoID(s.did)})})
 	if err != nil {
 		return "", "", err
 	}
@@ -458,7 +460,7 @@ func (s *sampler) repoAt(ctx context.Context, at *v1.ZedToken) (source, status s
 		if err != nil {
 			return "", "", err
 		}
-		t := spice.FromV1(resp.GetRelationship())
+		t := s.w.client.FromV1(resp.GetRelationship())
 		switch t.Relation {
 		case view.RelSource:
 			source = t.SubjectID

@@ -144,7 +144,7 @@ func TestMessagesSubjectsAndSchema(t *testing.T) {
 				m.msg.Relationships, w.subject, w.id, w.seq, w.rels)
 		}
 	}
-	if got := msgs[4].msg.Relationships[0]; got != "space:"+view.ObjectID(alice, "s")+"#editor@acct:"+view.EncodeDID(bob) {
+	if got := msgs[4].msg.Relationships[0]; got != "spaces_authz/space:"+view.ObjectID(alice, "s")+"#editor@spaces_authz/acct:"+view.EncodeDID(bob) {
 		t.Errorf("update's relationship %s", got)
 	}
 	if msgs[2].msg.Rejected == nil || msgs[2].msg.Rejected.Reason != "foreign_resource" {

@@ -67,13 +67,13 @@ type Rejected struct {
 
 // build turns a change into its messages: the change itself, and for a
 // rejected record a dead-letter message too.
-func build(c view.Change, token, source, prefix string, maxRecord int) ([]outMsg, error) {
+func build(c view.Change, token, source, prefix string, maxRecord int, rel func(view.Tuple) string) ([]outMsg, error) {
 	m := Message{V: Version, Kind: KindChange, Seq: c.Seq, OpIndex: c.OpIndex, DID: c.DID, Rev: c.Rev, Time: c.Time,
 		URI: "at://" + c.DID + "/" + c.Collection + "/" + c.RKey, Collection: c.Collection, RKey: c.RKey, Action: c.Action,
 		CID: c.CID, Projected: c.Projected, Resync: c.Resync, ZedToken: token, Relationships: []string{}}
 	for _, t := range c.Produces {
 		if c.Rejected == "" {
-			m.Relationships = append(m.Relationships, t.String())
+			m.Relationships = append(m.Relationships, rel(t))
 		}
 	}
 	if c.Record != nil {

@@ -54,6 +54,10 @@ type Config struct {
 	MaxRecordBytes int
 	// Source names the PDS in message IDs (required; e.g. its host).
 	Source string
+	// Relationship renders a relationship in a message as SpiceDB names it
+	// (under the schema prefix), so that a subscriber can check it there
+	// (default view.Tuple.String, unprefixed).
+	Relationship func(view.Tuple) string
 	// Options are extra NATS connection options (tests).
 	Options []nats.Option
 	Logger  *slog.Logger
@@ -72,6 +76,9 @@ func (c *Config) defaults() error {
 	}
 	if c.SubjectPrefix == "" {
 		c.SubjectPrefix = DefaultSubjectPrefix
+	}
+	if c.Relationship == nil {
+		c.Relationship = view.Tuple.String
 	}
 	if c.MaxAge <= 0 {
 		c.MaxAge = DefaultMaxAge
@@ -225,7 +232,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		case j := <-p.queue:
 			var msgs []outMsg
 			for _, c := range j.changes {
-				ms, err := build(c, j.token, p.cfg.Source, p.cfg.SubjectPrefix, p.cfg.MaxRecordBytes)
+				ms, err := build(c, j.token, p.cfg.Source, p.cfg.SubjectPrefix, p.cfg.MaxRecordBytes, p.cfg.Relationship)
 				if err != nil {
 					return err
 				}

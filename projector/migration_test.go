@@ -219,19 +219,14 @@ func TestAdminResyncSurvivesARestart(t *testing.T) {
 func moveEpoch(t *testing.T, e *testenv.Env, source string, n int64) {
 	t.Helper()
 	_, err := e.Client.API().WriteRelationships(t.Context(), &v1.WriteRelationshipsRequest{Updates: []*v1.RelationshipUpdate{
-		{Operation: v1.RelationshipUpdate_OPERATION_DELETE, Relationship: spiceRel(view.EpochTuple(source, n))},
-		{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: spiceRel(view.EpochTuple(source, n+1))},
+		{Operation: v1.RelationshipUpdate_OPERATION_DELETE, Relationship: e.Client.ToV1(view.EpochTuple(source, n))},
+		{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: e.Client.ToV1(view.EpochTuple(source, n+1))},
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-func spiceRel(tu view.Tuple) *v1.Relationship {
-	return &v1.Relationship{Resource: &v1.ObjectReference{ObjectType: tu.ResourceType, ObjectId: tu.ResourceID},
-		Relation: tu.Relation, Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: tu.SubjectType,
-			ObjectId: tu.SubjectID}}}
-}
 
 // TestUnownedMigratedRepoIsNotTakenBackByAnOldPDSRebuild: like
 // TestOldPDSRebuildDoesNotTakeAMigratedRepoBack, but the repo has no owner

@@ -119,7 +119,7 @@ func wipe(t *testing.T, e *testenv.Env) {
 	t.Helper()
 	for _, typ := range []string{"space", "group", "lineage", "repo", "projector"} {
 		_, err := e.Client.API().DeleteRelationships(context.Background(), &v1.DeleteRelationshipsRequest{
-			RelationshipFilter: &v1.RelationshipFilter{ResourceType: typ}})
+			RelationshipFilter: e.Client.Namespace().Filter(&v1.RelationshipFilter{ResourceType: typ})})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -327,9 +327,9 @@ func stripOwners(t *testing.T, e *testenv.Env) {
 			continue
 		}
 		if _, err := e.Client.API().DeleteRelationships(t.Context(), &v1.DeleteRelationshipsRequest{
-			RelationshipFilter: &v1.RelationshipFilter{ResourceType: view.TypeRepo,
+			RelationshipFilter: e.Client.Namespace().Filter(&v1.RelationshipFilter{ResourceType: view.TypeRepo,
 				OptionalResourceId: strings.TrimPrefix(strings.Split(rel, "#")[0], "repo:"),
-				OptionalRelation:   view.RelSource}}); err != nil {
+				OptionalRelation:   view.RelSource})}); err != nil {
 			t.Fatal(err)
 		}
 	}

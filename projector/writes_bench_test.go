@@ -225,7 +225,7 @@ func write(b *testing.B, c *spice.Client, ups []view.Update) {
 		if u.Op == view.OpDelete {
 			op = v1.RelationshipUpdate_OPERATION_DELETE
 		}
-		req.Updates = append(req.Updates, &v1.RelationshipUpdate{Operation: op, Relationship: spice.ToV1(u.Tuple)})
+		req.Updates = append(req.Updates, &v1.RelationshipUpdate{Operation: op, Relationship: c.ToV1(u.Tuple)})
 	}
 	if _, err := c.API().WriteRelationships(context.Background(), req); err != nil {
 		b.Fatal(err)

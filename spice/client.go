@@ -43,6 +43,26 @@ type Config struct {
 	CAPath string
 	// CallTimeout bounds each call (default 30s).
 	CallTimeout time.Duration
+	// Prefix of the project's definitions in SpiceDB (default
+	// DefaultPrefix); Unprefixed uses the bare names of the versions before
+	// the prefix instead (only for the upgrade, DESIGN §3).
+	Prefix     string
+	Unprefixed bool
+}
+
+// Namespace is the configuration's namespace.
+func (c *Config) Namespace() (Namespace, error) {
+	if c.Unprefixed {
+		return Namespace{}, nil
+	}
+	if c.Prefix == "" {
+		return Namespace{prefix: DefaultPrefix}, nil
+	}
+	n, err := NewNamespace(c.Prefix)
+	if err != nil {
+		return Namespace{}, fmt.Errorf("spice: config: %w", err)
+	}
+	return n, nil
 }
 
 // Validate names the first invalid field.
@@ -52,6 +72,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Token == "" {
 		return errors.New("spice: config: Token is required (set CONSUMER_SPICEDB_TOKEN or --spicedb-token-file)")
+	}
+	if _, err := c.Namespace(); err != nil {
+		return err
 	}
 	if c.Insecure && !c.InsecureRemote && !IsLoopback(c.Endpoint) {
 		return fmt.Errorf("spice: config: Insecure (--spicedb-insecure) would send the preshared key in plaintext "+
@@ -100,6 +123,7 @@ func IsLoopback(endpoint string) bool {
 type Client struct {
 	api     *authzed.Client
 	timeout time.Duration
+	ns      Namespace
 }
 
 // Dial connects (lazily, as gRPC does) to SpiceDB.
@@ -134,7 +158,8 @@ func Dial(cfg Config) (*Client, error) {
 	if t <= 0 {
 		t = DefaultCallTimeout
 	}
-	return &Client{api: api, timeout: t}, nil
+	ns, _ := cfg.Namespace() // validated above
+	return &Client{api: api, timeout: t, ns: ns}, nil
 }
 
 // Close closes the connection.

@@ -29,13 +29,13 @@ func BenchmarkImportVsTouch(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(cluster.Remove)
-	rels := make([]*v1.Relationship, 0, n)
+	tuples := make([]view.Tuple, 0, n)
 	for i := range n / 2 {
 		did := fmt.Sprintf("did:plc:bench%05d", i/50)
 		t := view.Tuple{ResourceType: view.TypeSpace, ResourceID: view.ObjectID(did, "s"), Relation: "viewer",
 			SubjectType: view.TypeAcct, SubjectID: view.EncodeDID(fmt.Sprintf("did:plc:other%06d", i))}
 		rid := view.RecordID(did, "com.atproto.space.relation", fmt.Sprintf("r%d", i))
-		rels = append(rels, spice.ToV1(t), spice.ToV1(view.LineageTuple(t, rid)))
+		tuples = append(tuples, t, view.LineageTuple(t, rid))
 	}
 	for _, way := range []string{"import", "touch"} {
 		b.Run(way, func(b *testing.B) {
@@ -47,8 +47,12 @@ func BenchmarkImportVsTouch(b *testing.B) {
 				}
 				defer c.Close()
 				ctx := context.Background()
-				if err := c.WriteSchema(ctx, deploy.Schema); err != nil {
+				if _, err := c.ApplySchema(ctx, deploy.Schema); err != nil {
 					b.Fatal(err)
+				}
+				rels := make([]*v1.Relationship, len(tuples))
+				for i, t := range tuples {
+					rels[i] = c.ToV1(t)
 				}
 				start := time.Now()
 				if way == "import" {

@@ -262,8 +262,8 @@ func exactFilter(t view.Tuple) *v1.RelationshipFilter {
 func (c *Client) write(ctx context.Context, updates []view.Update, pre []*v1.Precondition) (string, error) {
 	ctx, cancel := c.callCtx(ctx)
 	defer cancel()
-	resp, err := c.api.WriteRelationships(ctx, &v1.WriteRelationshipsRequest{Updates: toV1Updates(updates),
-		OptionalPreconditions: pre})
+	resp, err := c.api.WriteRelationships(ctx, &v1.WriteRelationshipsRequest{Updates: c.ns.updates(updates),
+		OptionalPreconditions: c.ns.preconditions(pre)})
 	if err != nil {
 		return "", err
 	}

@@ -3,7 +3,6 @@ package spice
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/spaces-authz/spaces-authz/view"
 )
@@ -21,41 +20,55 @@ var requiredRelations = [][2]string{
 }
 
 // CheckSchema fails with ErrSchema when SpiceDB's schema lacks a definition
-// or relation the projector writes (an empty schema lacks them all).
+// or relation the projector writes (an empty schema lacks them all), under
+// the client's namespace.
 func (c *Client) CheckSchema(ctx context.Context) error {
 	s, err := c.ReadSchema(ctx)
 	if err != nil {
 		return err
 	}
-	if missing := missingDefinitions(s); len(missing) > 0 {
-		return fmt.Errorf("%w: definition %q is missing", ErrSchema, missing[0])
+	return checkSchema(s, c.ns)
+}
+
+func checkSchema(schema string, ns Namespace) error {
+	items, _, err := ParseSchema(schema)
+	if err != nil {
+		return fmt.Errorf("%w: SpiceDB's schema could not be read: %w", ErrSchema, err)
+	}
+	defs := map[string]string{}
+	for _, it := range items {
+		if it.Kind == "definition" {
+			defs[it.Name] = it.body()
+		}
+	}
+	for _, def := range requiredDefinitions {
+		if _, ok := defs[ns.Type(def)]; !ok {
+			return fmt.Errorf("%w: definition %q is missing", ErrSchema, ns.Type(def))
+		}
 	}
 	for _, dr := range requiredRelations {
-		if !strings.Contains(definitionBody(s, dr[0]), "relation "+dr[1]+":") {
-			return fmt.Errorf("%w: definition %q lacks relation %q (written by an older version)", ErrSchema, dr[0], dr[1])
+		declared := false
+		for _, m := range memberRe.FindAllStringSubmatch(defs[ns.Type(dr[0])], -1) {
+			declared = declared || m[1] == "relation" && m[2] == dr[1]
+		}
+		if !declared {
+			return fmt.Errorf("%w: definition %q lacks relation %q (written by an older version)", ErrSchema, ns.Type(dr[0]), dr[1])
 		}
 	}
 	return nil
 }
 
-// missingDefinitions lists the required definitions that schema lacks.
-func missingDefinitions(schema string) []string {
-	var out []string
-	for _, def := range requiredDefinitions {
-		if !strings.Contains(schema, "definition "+def+" ") {
-			out = append(out, def)
+// hasDefinition reports whether schema defines name (false when schema
+// cannot be parsed).
+func hasDefinition(schema, name string) bool {
+	items, _, err := ParseSchema(schema)
+	if err != nil {
+		return false
+	}
+	for _, it := range items {
+		if it.Kind == "definition" && it.Name == name {
+			return true
 		}
 	}
-	return out
-}
-
-// definitionBody is the text between `definition name {` and its closing
-// brace ("" when absent). Bookkeeping definitions hold no nested braces.
-func definitionBody(schema, name string) string {
-	_, rest, ok := strings.Cut(schema, "definition "+name+" {")
-	if !ok {
-		return ""
-	}
-	body, _, _ := strings.Cut(rest, "}")
-	return body
+	return false
 }

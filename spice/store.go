@@ -44,7 +44,7 @@ func (c *Client) readPage(ctx context.Context, filter *v1.RelationshipFilter, to
 	ctx, cancel := c.callCtx(ctx)
 	defer cancel()
 	stream, err := c.api.ReadRelationships(ctx, &v1.ReadRelationshipsRequest{
-		Consistency: Consistency(token), RelationshipFilter: filter, OptionalLimit: pageSize, OptionalCursor: after})
+		Consistency: Consistency(token), RelationshipFilter: c.ns.Filter(filter), OptionalLimit: pageSize, OptionalCursor: after})
 	if err != nil {
 		return 0, nil, wrapf(err, "read %s", filter.GetResourceType())
 	}
@@ -60,7 +60,7 @@ func (c *Client) readPage(ctx context.Context, filter *v1.RelationshipFilter, to
 		}
 		n++
 		last = resp.GetAfterResultCursor()
-		if err := fn(FromV1(resp.GetRelationship())); err != nil {
+		if err := fn(c.ns.FromV1(resp.GetRelationship())); err != nil {
 			return n, nil, err
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -243,7 +242,7 @@ func (w *Writer) failed(ctx context.Context, err error, bo *backoff.Backoff, pre
 // restarted memory datastore has no schema at all, and that is a reset.
 func (w *Writer) schemaError(ctx context.Context, err error) error {
 	s, rerr := w.cfg.Client.ReadSchema(ctx)
-	if rerr == nil && slices.Contains(missingDefinitions(s), view.TypeProjector) {
+	if rerr == nil && !hasDefinition(s, w.cfg.Client.ns.Type(view.TypeProjector)) {
 		return fmt.Errorf("%w (its schema is gone too: %w)", ErrReset, err)
 	}
 	return fmt.Errorf("%w: %w", ErrSchema, err)

@@ -68,6 +68,7 @@ type common struct {
 	// spiceInsecureRemote allows --spicedb-insecure to a non-loopback host.
 	spiceInsecureRemote bool
 	spiceCA             string
+	schemaPrefix        string
 	name                string
 	rulesPath           string
 	logLevel            string
@@ -83,6 +84,8 @@ func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
 	fs.BoolVar(&c.spiceInsecureRemote, "spicedb-insecure-remote", false,
 		"allow --spicedb-insecure to a non-loopback endpoint (a private network you trust, e.g. compose)")
 	fs.StringVar(&c.spiceCA, "spicedb-ca", "", "PEM CA bundle to verify SpiceDB's TLS certificate (default: system roots)")
+	fs.StringVar(&c.schemaPrefix, "schema-prefix", spice.DefaultPrefix,
+		"prefix of the project's SpiceDB definitions (spaces_authz/space, …); \"\" for the bare names of versions before 0.2 (upgrade only)")
 	fs.StringVar(&c.name, "name", pipeline.DefaultName, "projector name in SpiceDB: one per PDS stream")
 	fs.StringVar(&c.rulesPath, "rules", "", "rules file (default: the built-in rules of DESIGN §2)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -139,7 +142,7 @@ func (c *common) spiceConfig() (spice.Config, error) {
 		return spice.Config{}, err
 	}
 	cfg := spice.Config{Endpoint: c.spiceEndpoint, Token: tok, Insecure: c.spiceInsecure,
-		InsecureRemote: c.spiceInsecureRemote, CAPath: c.spiceCA}
+		InsecureRemote: c.spiceInsecureRemote, CAPath: c.spiceCA, Prefix: c.schemaPrefix, Unprefixed: c.schemaPrefix == ""}
 	if err := cfg.Validate(); err != nil {
 		return spice.Config{}, &exitError{code: 2, err: err}
 	}

@@ -118,7 +118,7 @@ func fillView(b *testing.B, c *spice.Client, repos, perRepo int) int {
 		stream = nil
 	}
 	add := func(t view.Tuple) {
-		batch = append(batch, spice.ToV1(t))
+		batch = append(batch, c.ToV1(t))
 		if len(batch) == 5000 {
 			flush()
 		}

@@ -247,15 +247,16 @@ func seedDemo(ctx context.Context, pds *localpds.PDS, client *spice.Client, http
 		if ok {
 			mark = "YES"
 		}
-		fmt.Printf("  %s  can %-5s %-10s %s\n", mark, c.name, c.perm, "space "+c.space)
+		fmt.Printf("  %s  can %-5s %-10s %s\n", mark, c.name, c.perm, client.Namespace().Type(view.TypeSpace)+" "+c.space)
 	}
 	return demo{alice: a, bob: bob.DID, carol: carol.DID}, nil
 }
 
 func check(ctx context.Context, c *spice.Client, token, perm, resource, did string) (bool, error) {
 	resp, err := c.API().CheckPermission(ctx, &v1.CheckPermissionRequest{Consistency: spice.Consistency(token),
-		Resource: &v1.ObjectReference{ObjectType: "space", ObjectId: resource}, Permission: perm,
-		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: "acct", ObjectId: view.EncodeDID(did)}}})
+		Resource: &v1.ObjectReference{ObjectType: c.Namespace().Type(view.TypeSpace), ObjectId: resource}, Permission: perm,
+		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: c.Namespace().Type(view.TypeAcct),
+			ObjectId: view.EncodeDID(did)}}})
 	if err != nil {
 		return false, err
 	}
@@ -270,7 +271,7 @@ func watch(ctx context.Context, c *spice.Client, consumer *procs.Proc) error {
 		cur := map[string]bool{}
 		for _, typ := range []string{"space", "group"} {
 			_ = c.Read(ctx, &v1.RelationshipFilter{ResourceType: typ}, "", func(t view.Tuple) error {
-				cur[t.String()] = true
+				cur[c.Namespace().String(t)] = true
 				return nil
 			})
 		}

@@ -128,6 +128,9 @@ func (c *Consumer) connectNATS(ctx context.Context) error {
 		nc.Source = u.Host
 	}
 	nc.Logger, nc.Metrics = c.log, c.nm
+	if nc.Relationship == nil {
+		nc.Relationship = c.client.Namespace().String
+	}
 	pub, err := fanout.Connect(ctx, nc)
 	if err != nil {
 		return err

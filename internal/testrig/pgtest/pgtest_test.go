@@ -38,12 +38,12 @@ func TestSpiceDBOnPostgresKeepsStateAcrossRestarts(t *testing.T) {
 		return c
 	}
 	c := dial(sdb)
-	if err := c.WriteSchema(ctx, deploy.Schema); err != nil {
+	if _, err := c.ApplySchema(ctx, deploy.Schema); err != nil {
 		t.Fatal(err)
 	}
 	rev := view.RevTuple("did:plc:alice", "3kaaaaaaaaaa2")
 	_, err = c.API().WriteRelationships(ctx, &v1.WriteRelationshipsRequest{Updates: []*v1.RelationshipUpdate{
-		{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: spice.ToV1(rev)}}})
+		{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: c.ToV1(rev)}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -106,7 +106,7 @@ func (e *Env) dial(schema string) {
 	}
 	e.T.Cleanup(func() { _ = c.Close() })
 	e.Client = c
-	if err := c.WriteSchema(context.Background(), schema); err != nil {
+	if _, err := c.ApplySchema(context.Background(), schema); err != nil {
 		e.T.Fatal(err)
 	}
 }
@@ -429,9 +429,10 @@ func (e *Env) Check(permission, resourceType, resourceID, subjectDID string) boo
 	e.T.Helper()
 	resp, err := e.Client.API().CheckPermission(context.Background(), &v1.CheckPermissionRequest{
 		Consistency: spice.Consistency(""),
-		Resource:    &v1.ObjectReference{ObjectType: resourceType, ObjectId: resourceID},
+		Resource:    &v1.ObjectReference{ObjectType: e.Client.Namespace().Type(resourceType), ObjectId: resourceID},
 		Permission:  permission,
-		Subject:     &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: view.TypeAcct, ObjectId: view.EncodeDID(subjectDID)}},
+		Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: e.Client.Namespace().Type(view.TypeAcct),
+			ObjectId: view.EncodeDID(subjectDID)}},
 	})
 	if err != nil {
 		e.T.Fatalf("check %s on %s:%s for %s: %v", permission, resourceType, resourceID, subjectDID, err)

@@ -1,0 +1,336 @@
+package spice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// QualifySchema writes a schema template in the view's names (such as
+// deploy/spicedb/schema.zed) under a namespace: every definition it
+// declares is renamed <prefix>/<name>, and so is every reference to one in a
+// relation's allowed types. Comments are left as they are.
+func QualifySchema(template string, ns Namespace) (string, error) {
+	items, tail, err := ParseSchema(template)
+	if err != nil {
+		return "", err
+	}
+	if ns.prefix == "" {
+		return template, nil
+	}
+	defined := map[string]bool{}
+	for _, it := range items {
+		if it.Kind == "definition" {
+			defined[it.Name] = true
+		}
+	}
+	var b strings.Builder
+	for _, it := range items {
+		if it.Kind != "definition" {
+			b.WriteString(it.Text)
+			continue
+		}
+		lines := strings.SplitAfter(it.Text, "\n")
+		for _, line := range lines {
+			b.WriteString(qualifyLine(line, defined, ns))
+		}
+	}
+	b.WriteString(tail)
+	return b.String(), nil
+}
+
+var (
+	definitionLine = regexp.MustCompile(`^(\s*definition\s+)([a-z][a-z0-9_]*)(\s*\{.*)$`)
+	relationLine   = regexp.MustCompile(`^(\s*relation\s+[a-z][a-z0-9_]*\s*:)([^/\n]*?)(\s*(//.*)?\n?)$`)
+	typeRef        = regexp.MustCompile(`\b([a-z][a-z0-9_]*)(:\*|#[a-z][a-z0-9_]*)?\b`)
+)
+
+func qualifyLine(line string, defined map[string]bool, ns Namespace) string {
+	body, nl := strings.CutSuffix(line, "\n")
+	if m := definitionLine.FindStringSubmatch(body); m != nil && defined[m[2]] {
+		if nl {
+			return m[1] + ns.Type(m[2]) + m[3] + "\n"
+		}
+		return m[1] + ns.Type(m[2]) + m[3]
+	}
+	m := relationLine.FindStringSubmatch(line)
+	if m == nil {
+		return line
+	}
+	types := typeRef.ReplaceAllStringFunc(m[2], func(ref string) string {
+		sm := typeRef.FindStringSubmatch(ref)
+		if !defined[sm[1]] {
+			return ref // "with", a caveat's name, another application's type
+		}
+		return ns.Type(sm[1]) + sm[2]
+	})
+	return m[1] + types + m[3]
+}
+
+// A SchemaChange is what applying the project's schema changes in one
+// definition (or caveat) under its namespace.
+type SchemaChange struct {
+	Kind string // "add", "change" or "remove"
+	Name string
+	// Old and New are the definition's texts before and after ("" when
+	// added or removed), as SpiceDB shows them and as the schema file
+	// writes them.
+	Old, New string
+}
+
+// SchemaPlan is the merge of the project's schema into the schema a
+// SpiceDB holds: every definition under the namespace (and, unprefixed,
+// every definition of the project's names) is replaced by the project's;
+// every other item is kept byte for byte.
+type SchemaPlan struct {
+	// Schema is the merged text to write.
+	Schema string
+	// Changes lists what differs under the namespace; none means that
+	// applying is a no-op.
+	Changes []SchemaChange
+	// Kept names the other applications' items that are kept.
+	Kept []string
+}
+
+// ErrSchemaConflict is returned when the project's schema cannot be merged
+// without breaking another application's definitions.
+var ErrSchemaConflict = errors.New("schema conflict")
+
+// PlanSchema merges ours (the project's schema, already qualified) into
+// current (what SpiceDB holds; "" for none). It fails with
+// ErrSchemaConflict when a kept item refers to a definition or relation
+// under the namespace that the merge would remove, or when current cannot
+// be parsed.
+func PlanSchema(current, ours string, ns Namespace) (SchemaPlan, error) {
+	cur, _, err := ParseSchema(current)
+	if err != nil {
+		return SchemaPlan{}, fmt.Errorf("%w: SpiceDB's current schema could not be read (%w): "+
+			"refusing to rewrite what it cannot parse", ErrSchemaConflict, err)
+	}
+	mine, _, err := ParseSchema(ours)
+	if err != nil {
+		return SchemaPlan{}, fmt.Errorf("the project's schema: %w", err)
+	}
+	ourNames := map[string]SchemaItem{}
+	for _, it := range mine {
+		ourNames[it.Kind+" "+it.Name] = it
+	}
+	isOurs := func(it SchemaItem) bool {
+		if it.Kind == "use" {
+			return false
+		}
+		_, named := ourNames[it.Kind+" "+it.Name]
+		return named || ns.Owns(it.Name)
+	}
+	var plan SchemaPlan
+	var kept []string
+	seen := map[string]bool{}
+	for _, it := range cur {
+		if !isOurs(it) {
+			kept = append(kept, it.Text)
+			plan.Kept = append(plan.Kept, strings.TrimSpace(it.Kind+" "+it.Name))
+			continue
+		}
+		seen[it.Kind+" "+it.Name] = true
+		if nw, ok := ourNames[it.Kind+" "+it.Name]; !ok {
+			plan.Changes = append(plan.Changes, SchemaChange{Kind: "remove", Name: it.Name, Old: strings.TrimSpace(it.body())})
+		} else if it.normalized() != nw.normalized() {
+			plan.Changes = append(plan.Changes, SchemaChange{Kind: "change", Name: it.Name,
+				Old: strings.TrimSpace(it.body()), New: strings.TrimSpace(nw.body())})
+		}
+	}
+	for _, it := range mine {
+		if it.Kind != "use" && !seen[it.Kind+" "+it.Name] {
+			plan.Changes = append(plan.Changes, SchemaChange{Kind: "add", Name: it.Name, New: strings.TrimSpace(it.body())})
+		}
+	}
+	if err := checkReferences(kept, mine, ns); err != nil {
+		return SchemaPlan{}, err
+	}
+	var b strings.Builder
+	for _, k := range kept {
+		b.WriteString(k)
+	}
+	// Directives the project's schema needs but the current one lacks go
+	// first: SpiceDB wants them before any definition.
+	var ourUse, ourDefs strings.Builder
+	for _, it := range mine {
+		if it.Kind == "use" {
+			if !slices.ContainsFunc(cur, func(c SchemaItem) bool { return c.Kind == "use" && c.Name == it.Name }) {
+				ourUse.WriteString(strings.TrimSpace(it.Text) + "\n")
+			}
+			continue
+		}
+		ourDefs.WriteString(it.Text)
+	}
+	merged := ourUse.String() + strings.TrimRight(b.String(), " \t\n")
+	if merged != "" {
+		merged += "\n\n"
+	}
+	plan.Schema = merged + strings.TrimLeft(ourDefs.String(), "\n") + "\n"
+	return plan, nil
+}
+
+// checkReferences fails when a kept item refers to a definition under the
+// namespace that ours does not define, or to a relation or permission that
+// ours does not declare on it.
+func checkReferences(kept []string, ours []SchemaItem, ns Namespace) error {
+	if ns.prefix == "" {
+		return nil // SpiceDB itself refuses a schema that refers to a missing definition
+	}
+	members := map[string]map[string]bool{}
+	for _, it := range ours {
+		if it.Kind != "definition" {
+			continue
+		}
+		m := map[string]bool{}
+		for _, sm := range memberRe.FindAllStringSubmatch(it.body(), -1) {
+			m[sm[2]] = true
+		}
+		members[it.Name] = m
+	}
+	var problems []string
+	for _, text := range kept {
+		it := SchemaItem{Text: text}
+		items, _, _ := ParseSchema(text)
+		if len(items) == 1 {
+			it = items[0]
+		}
+		for _, ref := range prefixedRefs(text, ns.prefix) {
+			name, rel, _ := strings.Cut(ref, "#")
+			m, ok := members[name]
+			switch {
+			case !ok:
+				problems = append(problems, fmt.Sprintf("%s %s refers to %s, which this version does not define", it.Kind, it.Name, name))
+			case rel != "" && !m[rel]:
+				problems = append(problems, fmt.Sprintf("%s %s refers to %s#%s, which this version does not declare", it.Kind, it.Name, name, rel))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		slices.Sort(problems)
+		problems = slices.Compact(problems)
+		return fmt.Errorf("%w: applying would break another application's definitions: %s; "+
+			"change them first, or deploy a version that still has what they use", ErrSchemaConflict, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+var memberRe = regexp.MustCompile(`(relation|permission)\s+([a-z][a-z0-9_]*)`)
+
+// PlanApply reads SpiceDB's schema and plans the merge of template (the
+// project's schema in the view's names, such as deploy.Schema) under the
+// client's namespace.
+func (c *Client) PlanApply(ctx context.Context, template string) (SchemaPlan, error) {
+	ours, err := QualifySchema(template, c.ns)
+	if err != nil {
+		return SchemaPlan{}, fmt.Errorf("spice: the project's schema: %w", err)
+	}
+	current, err := c.ReadSchema(ctx)
+	if err != nil {
+		return SchemaPlan{}, err
+	}
+	return PlanSchema(current, ours, c.ns)
+}
+
+// ApplySchema merges template into SpiceDB's schema (PlanApply) and writes
+// it unless nothing under the namespace changes. It returns the plan.
+func (c *Client) ApplySchema(ctx context.Context, template string) (SchemaPlan, error) {
+	plan, err := c.PlanApply(ctx, template)
+	if err != nil {
+		return plan, err
+	}
+	if len(plan.Changes) == 0 {
+		return plan, nil
+	}
+	return plan, c.WriteSchema(ctx, plan.Schema)
+}
+
+// Diff renders the plan's changes for a person: one block per definition
+// added (+), removed (-) or changed (~, with its statements' line diff),
+// comments and layout left out. It is "" when nothing changes.
+func (p SchemaPlan) Diff() string {
+	var b strings.Builder
+	for _, c := range p.Changes {
+		switch c.Kind {
+		case "add":
+			fmt.Fprintf(&b, "+ %s (new)\n", c.Name)
+			for _, l := range statements(c.New) {
+				fmt.Fprintf(&b, "    + %s\n", l)
+			}
+		case "remove":
+			fmt.Fprintf(&b, "- %s (removed)\n", c.Name)
+			for _, l := range statements(c.Old) {
+				fmt.Fprintf(&b, "    - %s\n", l)
+			}
+		case "change":
+			fmt.Fprintf(&b, "~ %s\n", c.Name)
+			for _, l := range lineDiff(statements(c.Old), statements(c.New)) {
+				fmt.Fprintf(&b, "    %s\n", l)
+			}
+		}
+	}
+	return b.String()
+}
+
+// statements are a definition's lines with comments dropped and white
+// space collapsed, empty ones left out, spaced out the way a person writes
+// them.
+func statements(text string) []string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		n := normalize(l)
+		if n == "" {
+			continue
+		}
+		n = strings.ReplaceAll(n, ":*", "\x00") // acct:* is one token
+		n = readable.Replace(n)
+		out = append(out, strings.TrimSpace(strings.ReplaceAll(n, "\x00", ":*")))
+	}
+	return out
+}
+
+var readable = strings.NewReplacer("{", " {", ":", ": ", "|", " | ", "=", " = ", "+", " + ", "&", " & ")
+
+// lineDiff is a longest-common-subsequence diff of two short lists of
+// lines: "  " kept, "- " removed, "+ " added.
+func lineDiff(a, b []string) []string {
+	lcs := make([][]int, len(a)+1)
+	for i := range lcs {
+		lcs[i] = make([]int, len(b)+1)
+	}
+	for i := len(a) - 1; i >= 0; i-- {
+		for j := len(b) - 1; j >= 0; j-- {
+			if a[i] == b[j] {
+				lcs[i][j] = lcs[i+1][j+1] + 1
+			} else {
+				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
+			}
+		}
+	}
+	var out []string
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		switch {
+		case a[i] == b[j]:
+			out = append(out, "  "+a[i])
+			i, j = i+1, j+1
+		case lcs[i+1][j] >= lcs[i][j+1]:
+			out = append(out, "- "+a[i])
+			i++
+		default:
+			out = append(out, "+ "+b[j])
+			j++
+		}
+	}
+	for ; i < len(a); i++ {
+		out = append(out, "- "+a[i])
+	}
+	for ; j < len(b); j++ {
+		out = append(out, "+ "+b[j])
+	}
+	return out
+}
