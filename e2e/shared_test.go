@@ -446,7 +446,7 @@ func (s *sampler) loop() {
 // repoAt reads the repo's source and status at the exact snapshot at.
 func (s *sampler) repoAt(ctx context.Context, at *v1.ZedToken) (source, status string, err error) {
 	stream, err := s.w.client.API().ReadRelationships(ctx, &v1.ReadRelationshipsRequest{
-		Consistency:        &v1.Consistency{Requirement: &v1.Consistency_AtExactSnapshot{AtExactSnapshot: at}},
+		Consistency: &v1.Consistency{Requirement: &v1.Consistency_AtExactSnapshot{AtExactSnapshot: at}},
 		RelationshipFilter: s.w.client.Namespace().Filter(&v1.RelationshipFilter{ResourceType: view.TypeRepo,
 			OptionalResourceId: view.RepoID(s.did)})})
 	if err != nil {

@@ -227,7 +227,6 @@ func moveEpoch(t *testing.T, e *testenv.Env, source string, n int64) {
 	}
 }
 
-
 // TestUnownedMigratedRepoIsNotTakenBackByAnOldPDSRebuild: like
 // TestOldPDSRebuildDoesNotTakeAMigratedRepoBack, but the repo has no owner
 // recorded (stored before ownership, in a SpiceDB two projectors share).
