@@ -171,16 +171,6 @@ func (k kustomization) find(kind, name string) (object, bool) {
 	return object{}, false
 }
 
-func (k kustomization) count(kind string) int {
-	n := 0
-	for _, o := range k.objs {
-		if o.Kind == kind {
-			n++
-		}
-	}
-	return n
-}
-
 func (k kustomization) deployment(t *testing.T) *appsv1.Deployment {
 	t.Helper()
 	o, ok := k.find("Deployment", consumerName)

@@ -40,21 +40,6 @@ func docs(t *testing.T, path string) []map[string]any {
 	}
 }
 
-// walk calls fn for every map in v, recursively.
-func walk(v any, fn func(map[string]any)) {
-	switch x := v.(type) {
-	case map[string]any:
-		fn(x)
-		for _, c := range x {
-			walk(c, fn)
-		}
-	case []any:
-		for _, c := range x {
-			walk(c, fn)
-		}
-	}
-}
-
 var pinned = regexp.MustCompile(`^[a-z0-9./_-]+(:[A-Za-z0-9._-]+)?(@sha256:[a-f0-9]{64})?$`)
 
 func checkImage(t *testing.T, where, img string) {
@@ -68,16 +53,6 @@ func checkImage(t *testing.T, where, img string) {
 	if tag == "latest" || tag == "" && !strings.Contains(img, "@sha256:") {
 		t.Errorf("%s: image %q uses a floating tag", where, img)
 	}
-}
-
-func anyStrings(v any) []string {
-	var out []string
-	if l, ok := v.([]any); ok {
-		for _, x := range l {
-			out = append(out, x.(string))
-		}
-	}
-	return out
 }
 
 func mustRead(t *testing.T, p string) []byte {
