@@ -106,6 +106,17 @@ func (w *Writer) Write(ctx context.Context, updates, progress []view.Update, gua
 		return "", fmt.Errorf("spice: write: %d guards is over the %d a call may carry", len(guards), MaxGuards)
 	}
 	pre := w.preconditions(guards)
+	// The progress this write replaces must still be stored: a SpiceDB
+	// restored from a backup under the running consumer holds an older
+	// cursor (and lacks what was written since), and moving on from the
+	// cursor in memory would leave that gap in the view forever.
+	var replaced []view.Tuple
+	for _, u := range progress {
+		if u.Op == view.OpDelete && u.Tuple.ResourceType == view.TypeProjector {
+			replaced = append(replaced, u.Tuple)
+			pre = append(pre, mustMatch(u.Tuple))
+		}
+	}
 	bo := backoff.Backoff{Min: w.cfg.BackoffMin, Max: w.cfg.BackoffMax}
 	preconditionRetries := 0
 	for {
@@ -124,7 +135,7 @@ func (w *Writer) Write(ctx context.Context, updates, progress []view.Update, gua
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
-		retry, ferr := w.failed(ctx, err, &bo, &preconditionRetries, len(all), len(guards) > 0)
+		retry, ferr := w.failed(ctx, err, &bo, &preconditionRetries, len(all), len(guards) > 0, replaced)
 		if !retry {
 			return "", ferr
 		}
@@ -194,7 +205,7 @@ func (w *Writer) committed(updates []view.Update, newHB int64, tok string, took 
 // while it still looks held), and anything else is returned, fatal ones
 // marking the writer dead.
 func (w *Writer) failed(ctx context.Context, err error, bo *backoff.Backoff, preconditionRetries *int, n int,
-	guarded bool) (retry bool, _ error) {
+	guarded bool, replaced []view.Tuple) (retry bool, _ error) {
 	class := Classify(err)
 	w.cfg.Metrics.writeError(class)
 	switch class {
@@ -212,6 +223,12 @@ func (w *Writer) failed(ctx context.Context, err error, bo *backoff.Backoff, pre
 		}
 	case ClassPrecondition:
 		lerr := w.leaseError(ctx)
+		if lerr == nil && len(replaced) > 0 {
+			lerr = w.progressError(ctx, replaced)
+		}
+		if errors.Is(lerr, ErrProgressMoved) {
+			return false, lerr // not fatal to the writer's lease: the run restarts from the stored cursor
+		}
 		if lerr == nil && guarded {
 			// The lease and the epoch hold: a guard failed, so a repo this
 			// write claims changed hands or state since it was read.
@@ -246,6 +263,42 @@ func (w *Writer) schemaError(ctx context.Context, err error) error {
 		return fmt.Errorf("%w (its schema is gone too: %w)", ErrReset, err)
 	}
 	return fmt.Errorf("%w: %w", ErrSchema, err)
+}
+
+// ErrProgressMoved: the stored cursor or markers are not the ones this
+// consumer wrote last, though it still holds the lease: SpiceDB was
+// restored from a backup (or someone wrote them). The run must start again
+// from what is stored.
+var ErrProgressMoved = errors.New("spice: the stored cursor is not the one this consumer wrote (SpiceDB restored from a backup?)")
+
+// progressError re-reads the progress after a failed precondition and
+// returns ErrProgressMoved when a progress tuple the write replaces is not
+// stored.
+func (w *Writer) progressError(ctx context.Context, replaced []view.Tuple) error {
+	st, err := w.cfg.Client.ReadProjector(ctx, w.cfg.Name)
+	if err != nil {
+		return fmt.Errorf("spice: re-read progress after a failed precondition: %w", err)
+	}
+	stored := map[view.Tuple]bool{}
+	p := st.Progress
+	for _, t := range []struct {
+		seq int64
+		t   view.Tuple
+	}{
+		{p.Cursor, view.CursorTuple(w.cfg.Name, p.Cursor)},
+		{p.Rewind, view.MarkerTuple(w.cfg.Name, view.RelRewind, p.Rewind)},
+		{p.Rebuild, view.MarkerTuple(w.cfg.Name, view.RelRebuild, p.Rebuild)},
+	} {
+		if t.seq != checkpoint.None {
+			stored[t.t] = true
+		}
+	}
+	for _, t := range replaced {
+		if !stored[t] {
+			return fmt.Errorf("%w: %s is not stored (stored cursor %d)", ErrProgressMoved, t, p.Cursor)
+		}
+	}
+	return nil
 }
 
 // leaseError re-reads the lease after a failed precondition and says why.

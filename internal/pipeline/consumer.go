@@ -218,7 +218,7 @@ func (c *Consumer) next(ctx context.Context, err error, poison *projector.Poison
 	case errors.Is(err, spice.ErrReset):
 		return spice.ProjectorState{}, false,
 			c.fail(fmt.Errorf("%w; not rebuilding (--no-auto-rebuild): check SpiceDB, then run `consumer rebuild`", err))
-	case errors.Is(err, projector.ErrRestart), errors.Is(err, spice.ErrOwnership):
+	case errors.Is(err, projector.ErrRestart), errors.Is(err, spice.ErrOwnership), errors.Is(err, spice.ErrProgressMoved):
 		// A refused relationship is poisoned now; a repo changed hands
 		// (another source took one over, or one this run claimed moved
 		// first). Either way, nothing of the failed write was applied:
