@@ -224,7 +224,7 @@ func TestResumeFromWatermarkAfterDrop(t *testing.T) {
 	}
 	rec.mu.Unlock()
 	// 9..14 were replayed by the PDS and dropped as duplicates.
-	if got := metrictest.Value(t, r.reg, "consumer_firehose_duplicate_events_total"); got != 6 {
+	if got := metrictest.Value(t, r.reg, "spaces_authz_duplicate_events_total", "stage", "stream"); got != 6 {
 		t.Fatalf("duplicates counted %v, want 6", got)
 	}
 }
@@ -338,15 +338,15 @@ func TestBadFramesAreCountedAndSkipped(t *testing.T) {
 	}
 	for reason, want := range map[string]float64{firehose.ReasonMalformedFrame: 2, firehose.ReasonUnknownType: 1,
 		firehose.ReasonOversized: 1} {
-		got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total", "reason", reason)
+		got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_frames_total", "reason", reason)
 		if got != want {
 			t.Errorf("bad frames %s = %v, want %v", reason, got, want)
 		}
 	}
-	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total"); got != 4 {
+	if got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_frames_total"); got != 4 {
 		t.Errorf("%v bad frames in all, want 4", got)
 	}
-	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_ops_total", "reason", firehose.ReasonBadPath); got != 1 {
+	if got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_ops_total", "reason", firehose.ReasonBadPath); got != 1 {
 		t.Errorf("bad ops bad_path = %v, want 1", got)
 	}
 	if pds.Dials() != 1 {
@@ -444,14 +444,14 @@ func TestMalformedOpsAreDeliveredNotSkipped(t *testing.T) {
 		t.Errorf("the commit with an invalid DID was delivered: %+v", ev)
 	}
 	for reason, want := range map[string]float64{firehose.ReasonBadPath: 3, firehose.ReasonBadAction: 2} {
-		if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_ops_total", "reason", reason); got != want {
+		if got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_ops_total", "reason", reason); got != want {
 			t.Errorf("bad ops %s = %v, want %v", reason, got, want)
 		}
 	}
-	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total"); got != 1 {
+	if got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_frames_total"); got != 1 {
 		t.Errorf("%v bad frames, want 1 (the invalid DID)", got)
 	}
-	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total", "reason", firehose.ReasonInvalidDID); got != 1 {
+	if got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_frames_total", "reason", firehose.ReasonInvalidDID); got != 1 {
 		t.Errorf("bad frames invalid_did = %v, want 1", got)
 	}
 }
@@ -537,7 +537,7 @@ func TestSlowConsumerBlocksReader(t *testing.T) {
 	rec.gate = make(chan struct{})
 	rec.hold = true
 	r := start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec, Workers: workers, QueueDepth: depth})
-	headSeq := func() float64 { return metrictest.Value(t, r.reg, "consumer_head_seq") }
+	headSeq := func() float64 { return metrictest.Value(t, r.reg, "spaces_authz_firehose_head_seq") }
 
 	// 1. The handler is stuck: the lanes fill and the reader stops; it has
 	// read at most the lanes' capacity, a frame in each handler and one
