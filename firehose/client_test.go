@@ -84,6 +84,7 @@ func (r *recorder) snapshot() []*firehose.Event {
 type runner struct {
 	client  *firehose.Client
 	metrics *firehose.Metrics
+	source  *firehose.Source
 	reg     *prometheus.Registry
 	done    chan error
 	cancel  context.CancelFunc
@@ -93,6 +94,9 @@ func start(t *testing.T, cfg firehose.Config) *runner {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Metrics = firehose.NewMetrics(reg)
+	if cfg.Source == nil {
+		cfg.Source = firehose.NewSource(reg)
+	}
 	if cfg.BackoffMin == 0 {
 		cfg.BackoffMin, cfg.BackoffMax = 5*time.Millisecond, 50*time.Millisecond
 	}
@@ -101,7 +105,7 @@ func start(t *testing.T, cfg firehose.Config) *runner {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
-	r := &runner{client: c, metrics: cfg.Metrics, reg: reg, done: make(chan error, 1), cancel: cancel}
+	r := &runner{client: c, metrics: cfg.Metrics, source: cfg.Source, reg: reg, done: make(chan error, 1), cancel: cancel}
 	go func() { r.done <- c.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
@@ -547,11 +551,12 @@ func TestSlowConsumerBlocksReader(t *testing.T) {
 		t.Fatalf("stuck handler: reader read up to seq %v (lanes hold %d)", read, workers*depth)
 	}
 	// 2. The handler runs but nothing is done (SpiceDB stalled, say): the
-	// tracker admits exactly maxInFlight events, then the reader blocks.
+	// tracker admits exactly maxInFlight events, then the reader blocks
+	// with the next frame read (the head it has seen) and not admitted.
 	close(rec.gate)
 	waitFor(t, "tracker full", func() bool { return rec.count() == maxInFlight })
 	time.Sleep(200 * time.Millisecond)
-	if read := headSeq(); read != maxInFlight || tr.InFlight() != maxInFlight {
+	if read := headSeq(); read != maxInFlight+1 || tr.InFlight() != maxInFlight {
 		t.Fatalf("tracker bound: read up to seq %v, %d in flight, want %d", read, tr.InFlight(), maxInFlight)
 	}
 	// 3. Finishing events lets the stream go on to the end.
