@@ -87,10 +87,10 @@ func TestMetricsAfterAScriptedRun(t *testing.T) {
 		`spaces_authz_firehose_events_total{kind="identity"}`:            2,
 		`spaces_authz_firehose_events_total{kind="sync"}`:                2,
 		`spaces_authz_rejected_records_total{reason="foreign_resource"}`: 1,
-		`spaces_authz_firehose_head_seq`:      float64(head),
-		`spaces_authz_cursor_seq`:    float64(head),
-		`spaces_authz_watermark_seq`: float64(head),
-		`spaces_authz_lag_events`:    0,
+		`spaces_authz_firehose_head_seq`:                                 float64(head),
+		`spaces_authz_cursor_seq`:                                        float64(head),
+		`spaces_authz_watermark_seq`:                                     float64(head),
+		`spaces_authz_lag_events`:                                        0,
 		// space: owner+inherits and their lineage (4); relation: 1 + 1
 		// lineage; alice's rev twice (bob produced nothing: no rev); the
 		// status once; alice's source (the projector that owns her repo)
@@ -99,8 +99,8 @@ func TestMetricsAfterAScriptedRun(t *testing.T) {
 		// the delete: tuple + lineage + old rev; the deactivation: the 2
 		// space tuples (the viewer grant is gone already).
 		`spaces_authz_spicedb_relationship_updates_total{op="delete"}`: 3 + 2,
-		`spaces_authz_lease_state{state="held"}`:               1,
-		`spaces_authz_ready`:                                   1,
+		`spaces_authz_lease_state{state="held"}`:                       1,
+		`spaces_authz_ready`:                                           1,
 	} {
 		got, ok := value(body, metric)
 		if !ok {

@@ -9,14 +9,14 @@ import (
 
 // Status is the JSON of /v1/status and `consumer status --json`.
 type Status struct {
-	Name             string  `json:"name"`
-	Holder           string  `json:"holder"`
-	State            string  `json:"state"`
-	Ready            bool    `json:"ready"`
-	Fenced           bool    `json:"fenced"`
-	Connected        bool    `json:"connected"`
-	Cursor           int64   `json:"cursor"`
-	Watermark        int64   `json:"watermark"`
+	Name      string `json:"name"`
+	Holder    string `json:"holder"`
+	State     string `json:"state"`
+	Ready     bool   `json:"ready"`
+	Fenced    bool   `json:"fenced"`
+	Connected bool   `json:"connected"`
+	Cursor    int64  `json:"cursor"`
+	Watermark int64  `json:"watermark"`
 	// HeadSeq is the highest seq the PDS has sent (as last seen: kept
 	// while disconnected); LagEvents is HeadSeq minus Watermark, and
 	// LagSeconds the wall-clock lag (0 when caught up, growing while behind
