@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 )
 
 // DefaultMaxInFlight bounds the events a Tracker admits between Begin and the
@@ -36,11 +37,14 @@ type Tracker struct {
 	bytes, maxBytes int64
 	changed         chan struct{} // closed and replaced when the watermark moves
 	metrics         *Metrics
+	// appliedAt is the newest event time the watermark has passed (lag).
+	appliedAt time.Time
 }
 
 type entry struct {
 	seq  int64
 	size int64
+	at   time.Time // the event's time, when known
 	done bool
 }
 
@@ -53,7 +57,7 @@ func NewTracker(cursor int64, maxInFlight int, m *Metrics) *Tracker {
 	}
 	t := &Tracker{wm: cursor, highest: cursor, max: maxInFlight, maxBytes: DefaultMaxInFlightBytes,
 		space: make(chan struct{}, maxInFlight), changed: make(chan struct{}), metrics: m}
-	m.tracked(t.wm, t.highest, 0)
+	m.tracked(t.wm, 0)
 	return t
 }
 
@@ -77,6 +81,12 @@ func (t *Tracker) Begin(ctx context.Context, seq int64) error { return t.BeginSi
 // and this one would pass the byte bound (an event is always admitted when
 // nothing else is in flight, whatever its size).
 func (t *Tracker) BeginSized(ctx context.Context, seq, size int64) error {
+	return t.BeginEvent(ctx, seq, size, time.Time{})
+}
+
+// BeginEvent is BeginSized for an event whose time is at (zero when
+// unknown): Times reports the times of the events around the watermark.
+func (t *Tracker) BeginEvent(ctx context.Context, seq, size int64, at time.Time) error {
 	select {
 	case t.space <- struct{}{}:
 	case <-ctx.Done():
@@ -101,8 +111,8 @@ func (t *Tracker) BeginSized(ctx context.Context, seq, size int64) error {
 	}
 	t.highest = seq
 	t.bytes += size
-	t.q = append(t.q, entry{seq: seq, size: size})
-	t.metrics.tracked(t.wm, t.highest, len(t.q)-t.head)
+	t.q = append(t.q, entry{seq: seq, size: size, at: at})
+	t.metrics.tracked(t.wm, len(t.q)-t.head)
 	return nil
 }
 
@@ -120,6 +130,9 @@ func (t *Tracker) Done(seq int64) {
 	moved := false
 	for t.head < len(t.q) && t.q[t.head].done {
 		t.wm = t.q[t.head].seq
+		if at := t.q[t.head].at; at.After(t.appliedAt) {
+			t.appliedAt = at
+		}
 		t.bytes -= t.q[t.head].size
 		t.head++
 		<-t.space
@@ -136,7 +149,7 @@ func (t *Tracker) Done(seq int64) {
 		close(t.changed)
 		t.changed = make(chan struct{})
 	}
-	t.metrics.tracked(t.wm, t.highest, len(t.q)-t.head)
+	t.metrics.tracked(t.wm, len(t.q)-t.head)
 }
 
 // Watermark returns the highest seq such that it and every seq before it are
@@ -145,6 +158,19 @@ func (t *Tracker) Watermark() int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.wm
+}
+
+// Times returns the newest event time the watermark has passed (the
+// newest applied event's time) and the time of the oldest event in flight;
+// each is zero when unknown (nothing passed or in flight, or begun without
+// a time).
+func (t *Tracker) Times() (applied, pending time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.head < len(t.q) {
+		pending = t.q[t.head].at
+	}
+	return t.appliedAt, pending
 }
 
 // Highest returns the highest seq begun (or the starting cursor).

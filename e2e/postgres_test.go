@@ -16,7 +16,7 @@ import (
 // The production datastore: SpiceDB on PostgreSQL, each test on a cluster
 // of its own, so it can restart SpiceDB and PostgreSQL on the same data.
 
-const rebuildsTotal = "consumer_rebuilds_total"
+const rebuildsTotal = "spaces_authz_rebuilds_total"
 
 // TestPostgresSpiceDBRestartResumesWithoutRebuild kills SpiceDB (on
 // PostgreSQL) under a running consumer while the workload goes on, and

@@ -94,7 +94,7 @@ func TestForeignGrantIsDenied(t *testing.T) {
 			t.Fatalf("a relationship on alice's space names mallory: %s", r)
 		}
 	}
-	if !strings.Contains(s.metrics(), `consumer_rejected_records_total{reason="foreign_resource"} 1`) {
+	if !strings.Contains(s.metrics(), `spaces_authz_rejected_records_total{reason="foreign_resource"} 1`) {
 		t.Fatalf("the rejection was not counted:\n%s", grep(s.metrics(), "rejected"))
 	}
 }
@@ -252,7 +252,7 @@ func TestIdenticalRecordsInSeparateCommits(t *testing.T) {
 	s.apply(alice, update(relC, "r1", grant))
 	s.apply(alice, update(relC, "r2", grant), create(spaceC, "s", space(false)))
 	s.waitOracle(30 * time.Second)
-	for _, line := range strings.Split(grep(s.metrics(), "consumer_firehose_bad_ops_total{"), "\n") {
+	for _, line := range strings.Split(grep(s.metrics(), "spaces_authz_firehose_bad_ops_total{"), "\n") {
 		if line != "" && !strings.HasSuffix(line, " 0") {
 			t.Fatalf("a record was unreadable: %s", line)
 		}

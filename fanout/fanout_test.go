@@ -187,7 +187,7 @@ func TestRewindReplayIsDeduplicated(t *testing.T) {
 	_, _, _ = e.PDS.Commit(alice, testenv.Space("create", "late", false))
 	e.WaitCaughtUp(r2)
 	e.AssertMatchesOracle()
-	dups := metrictest.Value(t, reg2, "consumer_nats_publishes_total", "result", "duplicate")
+	dups := metrictest.Value(t, reg2, "spaces_authz_nats_publishes_total", "result", "duplicate")
 	if dups < 10 {
 		t.Fatalf("JetStream reported %v duplicates on the replay, want at least 10", dups)
 	}

@@ -11,9 +11,9 @@ type Metrics struct {
 // NewMetrics registers the fan-out metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		published: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Name: "nats_publishes_total",
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "nats_publishes_total",
 			Help: "Messages published to JetStream, by result (ok, duplicate, error)."}, []string{"result"}),
-		connected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "nats_connected",
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "nats_connected",
 			Help: "1 while connected to NATS."}),
 	}
 	reg.MustRegister(m.published, m.connected)

@@ -76,6 +76,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics (optional).
 	Metrics *Metrics
+	// Source (optional) keeps the source's head and link state, and the
+	// lag, across the Clients of successive runs; default a new one with no
+	// gauges.
+	Source *Source
 	// Dialer (optional; default a websocket.Dialer with a 10s handshake
 	// timeout).
 	Dialer *websocket.Dialer
@@ -158,6 +162,9 @@ func New(cfg Config) (*Client, error) {
 		cfg.Dialer = &websocket.Dialer{HandshakeTimeout: 10 * time.Second, Proxy: http.ProxyFromEnvironment,
 			ReadBufferSize: 256 << 10}
 	}
+	if cfg.Source == nil {
+		cfg.Source = NewSource(nil)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -180,6 +187,7 @@ func (c *Client) setConnected(up bool, err error) {
 		c.lastErr = err
 	}
 	c.mu.Unlock()
+	c.cfg.Source.link(up, time.Now())
 	c.cfg.Metrics.setConnected(up)
 }
 
@@ -235,6 +243,7 @@ func StreamURL(base string, cursor int64) (string, error) {
 // error: FutureCursor (wrapping ErrFutureCursor) or a Handler error. It
 // reconnects forever otherwise, resuming from the Tracker's watermark.
 func (c *Client) Run(ctx context.Context) error {
+	c.cfg.Source.attach(c.cfg.Tracker)
 	g, ctx := errgroup.WithContext(ctx)
 	lanes := make([]chan *Frame, c.cfg.Workers)
 	for i := range lanes {
@@ -446,6 +455,7 @@ func (c *Client) readEvents(ctx context.Context, conn *websocket.Conn, lanes []c
 			continue
 		}
 		ev := f.Event
+		c.cfg.Metrics.head(c.cfg.Source.saw(ev.Seq, now))
 		if ev.Seq <= delivered {
 			// A replay after reconnecting from the watermark: this event
 			// is already in flight or done in this process.
@@ -454,14 +464,18 @@ func (c *Client) readEvents(ctx context.Context, conn *websocket.Conn, lanes []c
 		}
 		// The frame buffer is reused; DecodeFrame copies everything it
 		// keeps (cbor-gen allocates byte strings), so f holds no reference.
-		if err := c.cfg.Tracker.BeginSized(ctx, ev.Seq, int64(len(frame))); err != nil {
+		ts, ok := parseTime(ev.Time)
+		if !ok {
+			ts = now // the lag of an event without a time counts from its reading
+		}
+		if err := c.cfg.Tracker.BeginEvent(ctx, ev.Seq, int64(len(frame)), ts); err != nil {
 			if ctx.Err() != nil {
 				return n, nil
 			}
 			return n, err
 		}
 		delivered = ev.Seq
-		c.observe(ev, now)
+		c.observe(ev, ts, ok, now)
 		select {
 		case lanes[lane(ev.DID, len(lanes))] <- f:
 		case <-ctx.Done():
@@ -521,9 +535,12 @@ func (c *Client) control(ctx context.Context, f *Frame, cursor int64) error {
 	return nil
 }
 
-// observe records an event read: metrics, the head time, the last read.
-func (c *Client) observe(ev *Event, now time.Time) {
-	ts, _ := parseTime(ev.Time)
+// observe records an event read (with its time ts when hasTime): metrics,
+// the head time, the last read.
+func (c *Client) observe(ev *Event, ts time.Time, hasTime bool, now time.Time) {
+	if !hasTime {
+		ts = time.Time{}
+	}
 	c.cfg.Metrics.event(ev, ts)
 	c.mu.Lock()
 	c.lastRead = now

@@ -84,6 +84,7 @@ func (r *recorder) snapshot() []*firehose.Event {
 type runner struct {
 	client  *firehose.Client
 	metrics *firehose.Metrics
+	source  *firehose.Source
 	reg     *prometheus.Registry
 	done    chan error
 	cancel  context.CancelFunc
@@ -93,6 +94,9 @@ func start(t *testing.T, cfg firehose.Config) *runner {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Metrics = firehose.NewMetrics(reg)
+	if cfg.Source == nil {
+		cfg.Source = firehose.NewSource(reg)
+	}
 	if cfg.BackoffMin == 0 {
 		cfg.BackoffMin, cfg.BackoffMax = 5*time.Millisecond, 50*time.Millisecond
 	}
@@ -101,7 +105,7 @@ func start(t *testing.T, cfg firehose.Config) *runner {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
-	r := &runner{client: c, metrics: cfg.Metrics, reg: reg, done: make(chan error, 1), cancel: cancel}
+	r := &runner{client: c, metrics: cfg.Metrics, source: cfg.Source, reg: reg, done: make(chan error, 1), cancel: cancel}
 	go func() { r.done <- c.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
@@ -224,7 +228,7 @@ func TestResumeFromWatermarkAfterDrop(t *testing.T) {
 	}
 	rec.mu.Unlock()
 	// 9..14 were replayed by the PDS and dropped as duplicates.
-	if got := metrictest.Value(t, r.reg, "consumer_firehose_duplicate_events_total"); got != 6 {
+	if got := metrictest.Value(t, r.reg, "spaces_authz_duplicate_events_total", "stage", "stream"); got != 6 {
 		t.Fatalf("duplicates counted %v, want 6", got)
 	}
 }
@@ -338,15 +342,15 @@ func TestBadFramesAreCountedAndSkipped(t *testing.T) {
 	}
 	for reason, want := range map[string]float64{firehose.ReasonMalformedFrame: 2, firehose.ReasonUnknownType: 1,
 		firehose.ReasonOversized: 1} {
-		got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total", "reason", reason)
+		got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_frames_total", "reason", reason)
 		if got != want {
 			t.Errorf("bad frames %s = %v, want %v", reason, got, want)
 		}
 	}
-	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total"); got != 4 {
+	if got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_frames_total"); got != 4 {
 		t.Errorf("%v bad frames in all, want 4", got)
 	}
-	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_ops_total", "reason", firehose.ReasonBadPath); got != 1 {
+	if got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_ops_total", "reason", firehose.ReasonBadPath); got != 1 {
 		t.Errorf("bad ops bad_path = %v, want 1", got)
 	}
 	if pds.Dials() != 1 {
@@ -444,14 +448,14 @@ func TestMalformedOpsAreDeliveredNotSkipped(t *testing.T) {
 		t.Errorf("the commit with an invalid DID was delivered: %+v", ev)
 	}
 	for reason, want := range map[string]float64{firehose.ReasonBadPath: 3, firehose.ReasonBadAction: 2} {
-		if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_ops_total", "reason", reason); got != want {
+		if got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_ops_total", "reason", reason); got != want {
 			t.Errorf("bad ops %s = %v, want %v", reason, got, want)
 		}
 	}
-	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total"); got != 1 {
+	if got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_frames_total"); got != 1 {
 		t.Errorf("%v bad frames, want 1 (the invalid DID)", got)
 	}
-	if got := metrictest.Value(t, r.reg, "consumer_firehose_bad_frames_total", "reason", firehose.ReasonInvalidDID); got != 1 {
+	if got := metrictest.Value(t, r.reg, "spaces_authz_firehose_bad_frames_total", "reason", firehose.ReasonInvalidDID); got != 1 {
 		t.Errorf("bad frames invalid_did = %v, want 1", got)
 	}
 }
@@ -537,7 +541,7 @@ func TestSlowConsumerBlocksReader(t *testing.T) {
 	rec.gate = make(chan struct{})
 	rec.hold = true
 	r := start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec, Workers: workers, QueueDepth: depth})
-	headSeq := func() float64 { return metrictest.Value(t, r.reg, "consumer_head_seq") }
+	headSeq := func() float64 { return metrictest.Value(t, r.reg, "spaces_authz_firehose_head_seq") }
 
 	// 1. The handler is stuck: the lanes fill and the reader stops; it has
 	// read at most the lanes' capacity, a frame in each handler and one
@@ -547,11 +551,12 @@ func TestSlowConsumerBlocksReader(t *testing.T) {
 		t.Fatalf("stuck handler: reader read up to seq %v (lanes hold %d)", read, workers*depth)
 	}
 	// 2. The handler runs but nothing is done (SpiceDB stalled, say): the
-	// tracker admits exactly maxInFlight events, then the reader blocks.
+	// tracker admits exactly maxInFlight events, then the reader blocks
+	// with the next frame read (the head it has seen) and not admitted.
 	close(rec.gate)
 	waitFor(t, "tracker full", func() bool { return rec.count() == maxInFlight })
 	time.Sleep(200 * time.Millisecond)
-	if read := headSeq(); read != maxInFlight || tr.InFlight() != maxInFlight {
+	if read := headSeq(); read != maxInFlight+1 || tr.InFlight() != maxInFlight {
 		t.Fatalf("tracker bound: read up to seq %v, %d in flight, want %d", read, tr.InFlight(), maxInFlight)
 	}
 	// 3. Finishing events lets the stream go on to the end.

@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spaces-authz/spaces-authz/internal/obs"
 )
 
 // Metrics of the stream client. Build with NewMetrics; a nil *Metrics is
@@ -25,38 +27,39 @@ type Metrics struct {
 	repoFetchDur prometheus.Histogram
 }
 
-// NewMetrics registers the stream metrics on reg (namespace "consumer").
+// NewMetrics registers the stream metrics on reg (spaces_authz_firehose_*,
+// spaces_authz_sync_*, and the stream stage of
+// spaces_authz_duplicate_events_total).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		events: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "firehose",
 			Name: "events_total", Help: "Sequenced events read from the PDS stream, by kind."}, []string{"kind"}),
-		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "firehose",
 			Name: "bad_frames_total", Help: "Frames skipped as unusable, by reason."}, []string{"reason"}),
-		badOps: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+		badOps: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "firehose",
 			Name: "bad_ops_total", Help: "Record operations that could not be read (path, action or record), by reason."}, []string{"reason"}),
-		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
-			Name: "duplicate_events_total", Help: "Events dropped because their seq was already delivered (replay after a reconnect)."}),
-		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+		duplicates: obs.DuplicateEvents(reg).WithLabelValues(obs.StageStream),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "firehose",
 			Name: "reconnects_total", Help: "Connections to the PDS stream after the first."}),
-		connected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Subsystem: "firehose",
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Subsystem: "firehose",
 			Name: "connected", Help: "1 while the stream connection is up."}),
-		headSeq: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer",
-			Name: "head_seq", Help: "Highest seq read from the PDS stream."}),
-		headTime: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Subsystem: "firehose",
+		headSeq: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Subsystem: "firehose",
+			Name: "head_seq", Help: "The source's head: the highest seq the PDS has sent (replays included), kept while disconnected."}),
+		headTime: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Subsystem: "firehose",
 			Name: "head_event_time_seconds", Help: "Unix time carried by the newest event read."}),
-		frameBytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+		frameBytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "firehose",
 			Name: "read_bytes_total", Help: "Bytes of frames read from the stream."}),
-		infos: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+		infos: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "firehose",
 			Name: "info_messages_total", Help: "#info messages, by name."}, []string{"name"}),
-		errorFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "firehose",
+		errorFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "firehose",
 			Name: "error_frames_total", Help: "Error frames sent by the PDS, by name."}, []string{"name"}),
-		repoFetches: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Subsystem: "sync",
+		repoFetches: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "sync",
 			Name: "repo_fetches_total", Help: "getRepo calls, by result."}, []string{"result"}),
-		repoFetchDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "consumer", Subsystem: "sync",
+		repoFetchDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "spaces_authz", Subsystem: "sync",
 			Name: "repo_fetch_duration_seconds", Help: "Time to fetch and read one repo CAR.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
 	}
-	reg.MustRegister(m.events, m.badFrames, m.badOps, m.duplicates, m.reconnects, m.connected, m.headSeq,
+	reg.MustRegister(m.events, m.badFrames, m.badOps, m.reconnects, m.connected, m.headSeq,
 		m.headTime, m.frameBytes, m.infos, m.errorFrames, m.repoFetches, m.repoFetchDur)
 	for _, k := range []Kind{KindCommit, KindSync, KindIdentity, KindAccount} {
 		m.eventsByKind[k] = m.events.WithLabelValues(k.String())
@@ -82,9 +85,15 @@ func (m *Metrics) event(ev *Event, ts time.Time) {
 	} else {
 		m.events.WithLabelValues(ev.Kind.String()).Inc()
 	}
-	m.headSeq.Set(float64(ev.Seq))
 	if !ts.IsZero() {
 		m.headTime.Set(float64(ts.UnixMilli()) / 1000)
+	}
+}
+
+// head records the source's head seq.
+func (m *Metrics) head(seq int64) {
+	if m != nil {
+		m.headSeq.Set(float64(seq))
 	}
 }
 

@@ -105,7 +105,7 @@ func TestGetRepoRefusesTooLargeRepo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v := metrictest.Value(t, reg, "consumer_sync_repo_fetches_total", "result", "too_large"); v != 0 {
+	if v := metrictest.Value(t, reg, "spaces_authz_sync_repo_fetches_total", "result", "too_large"); v != 0 {
 		t.Fatalf("too_large before any fetch: %v", v)
 	}
 	_, err = c.GetRepo(t.Context(), r.DID(), nil)
@@ -113,7 +113,7 @@ func TestGetRepoRefusesTooLargeRepo(t *testing.T) {
 		!strings.Contains(err.Error(), fmt.Sprint(limit)) {
 		t.Fatalf("a repo one byte over the limit: %v", err)
 	}
-	if v := metrictest.Value(t, reg, "consumer_sync_repo_fetches_total", "result", "too_large"); v != 1 {
+	if v := metrictest.Value(t, reg, "spaces_authz_sync_repo_fetches_total", "result", "too_large"); v != 1 {
 		t.Fatalf("too_large = %v, want 1", v)
 	}
 	// At the limit exactly, it is read.

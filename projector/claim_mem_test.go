@@ -70,7 +70,7 @@ func TestMemStalePendingClaimDoesNotTakeBackFromANewerOwner(t *testing.T) {
 			status := h.view.matching(func(tu view.Tuple) bool { return tu.Relation == view.RelStatus })
 			if len(data) > 0 || owner[0].SubjectID != "pds-c" {
 				t.Fatalf("pds-c (alice's current PDS) took her down; B's stale pending claim took her back:\nowner %v\nstatus %v\ndata %v\nclaims %v",
-					owner, status, data, metrictest.Value(t, h.reg, "consumer_repo_claims_total"))
+					owner, status, data, metrictest.Value(t, h.reg, "spaces_authz_repo_claims_total"))
 			}
 		})
 	}
@@ -106,7 +106,7 @@ func TestMemCommitOnNewPDSClaimsAfterOldOwnerDeletedTheAccount(t *testing.T) {
 	owner := h.view.matching(func(tu view.Tuple) bool { return tu.Relation == view.RelSource })
 	if owner[0].SubjectID != "default" {
 		t.Fatalf("alice is active on this PDS and committed twice, yet every claim was refused (refused %v): owner %v, data %v",
-			metrictest.Value(t, h.reg, "consumer_repo_claims_refused_total"), owner,
+			metrictest.Value(t, h.reg, "spaces_authz_repo_claims_refused_total"), owner,
 			h.view.matching(func(tu view.Tuple) bool { return tu.ResourceType == view.TypeSpace }))
 	}
 }

@@ -56,8 +56,8 @@ func TestMemCommitsWithoutProjectedChangesCostNoWrite(t *testing.T) {
 	if got := h.view.storedRev(memAlice); got != last.Rev {
 		t.Fatalf("stored rev %s, want the last post's %s", got, last.Rev)
 	}
-	if got := metrictest.Value(t, h.reg, "consumer_revs_deferred_total"); got != posts {
-		t.Fatalf("consumer_revs_deferred_total %v, want %d", got, posts)
+	if got := metrictest.Value(t, h.reg, "spaces_authz_revs_deferred_total"); got != posts {
+		t.Fatalf("spaces_authz_revs_deferred_total %v, want %d", got, posts)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
@@ -131,7 +131,7 @@ func TestMemDeferredRevsSurviveACrash(t *testing.T) {
 	}
 	h.commit(memAlice, map[string]map[string]any{relCol + "g1": grant(memAlice, "root", "editor", memBob)})
 	h.assertView("after the crash")
-	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerGap); got != 0 {
+	if got := metrictest.Value(t, h.reg, "spaces_authz_resyncs_total", "trigger", TriggerGap); got != 0 {
 		t.Fatalf("%v gap resyncs after the crash; the replay must chain from the stored rev", got)
 	}
 	if got, want := h.view.storedRev(memAlice), h.pds.repos[memAlice].rev; got != want {

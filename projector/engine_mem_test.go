@@ -566,7 +566,7 @@ func TestMemCommitsGapsAndDuplicates(t *testing.T) {
 	h.write(memAlice, map[string]map[string]any{relCol + "g2": nil, spaceCol + "kid": space(false)})
 	h.commit(memAlice, map[string]map[string]any{relCol + "g3": grant(memAlice, "kid", "editor", memBob)})
 	h.assertView("after a gap")
-	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerGap); got != 1 {
+	if got := metrictest.Value(t, h.reg, "spaces_authz_resyncs_total", "trigger", TriggerGap); got != 1 {
 		t.Fatalf("gap resyncs %v, want 1", got)
 	}
 	// A replayed old commit changes nothing.
@@ -575,7 +575,7 @@ func TestMemCommitsGapsAndDuplicates(t *testing.T) {
 	replay.Seq = h.seq
 	h.send(&replay)
 	h.assertView("duplicate")
-	if got := metrictest.Value(t, h.reg, "consumer_duplicate_events_total"); got != 1 {
+	if got := metrictest.Value(t, h.reg, "spaces_authz_duplicate_events_total", "stage", "projection"); got != 1 {
 		t.Fatalf("duplicates %v, want 1", got)
 	}
 	if h.view.matching(func(t view.Tuple) bool { return t.Relation == view.RelRev })[0].SubjectID == old.Rev {
@@ -657,7 +657,7 @@ func TestMemRewindResyncsEachRepoOnce(t *testing.T) {
 		h.send(ev)
 	}
 	h.assertView("after the replay")
-	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerRewind); got != 2 {
+	if got := metrictest.Value(t, h.reg, "spaces_authz_resyncs_total", "trigger", TriggerRewind); got != 2 {
 		t.Fatalf("rewind resyncs %v, want one per repo (2)", got)
 	}
 	if st := h.view.progress(t); st.Rewind != cursor || st.Cursor != cursor {
@@ -682,7 +682,7 @@ func TestMemMalformedCommitResyncs(t *testing.T) {
 	ev.Malformed = firehose.ReasonBadPath
 	h.send(ev)
 	h.assertView("after a malformed commit")
-	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerMalformed); got != 1 {
+	if got := metrictest.Value(t, h.reg, "spaces_authz_resyncs_total", "trigger", TriggerMalformed); got != 1 {
 		t.Fatalf("malformed resyncs %v, want 1", got)
 	}
 }
@@ -712,7 +712,7 @@ func TestMemResyncingCommitPublishesItsOps(t *testing.T) {
 	h.send(ev)
 	h.settle()
 	h.assertView("after a commit applied by a resync")
-	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerUnreadable); got != 1 {
+	if got := metrictest.Value(t, h.reg, "spaces_authz_resyncs_total", "trigger", TriggerUnreadable); got != 1 {
 		t.Fatalf("unreadable resyncs %v, want 1", got)
 	}
 	own := h.pub.published(func(c view.Change) bool { return c.Seq == ev.Seq && !c.Resync })
@@ -750,7 +750,7 @@ func TestMemTooLargeRepoIsDesynchronized(t *testing.T) {
 	if st := h.engine.Status(); st.Desynchronized != 1 || st.DesyncDIDs[0] != memAlice {
 		t.Fatalf("status %+v, want alice desynchronized", st)
 	}
-	if got := metrictest.Value(t, h.reg, "consumer_resync_failures_total"); got != 1 {
+	if got := metrictest.Value(t, h.reg, "spaces_authz_resync_failures_total"); got != 1 {
 		t.Fatalf("resync failures %v, want 1 (no quick retries)", got)
 	}
 	if len(h.view.matching(func(t view.Tuple) bool { return t.Relation == view.RelDesync })) != 1 {
@@ -796,8 +796,8 @@ func TestMemFailedActivationClaimIsRetried(t *testing.T) {
 		Rev: syntax.NewTID(h.clock+1000, 0).String()})
 	h.settle()
 	t.Logf("claims %v, refused %v, stored rev %s",
-		metrictest.Value(t, h.reg, "consumer_repo_claims_total"),
-		metrictest.Value(t, h.reg, "consumer_repo_claims_refused_total"), storedRev)
+		metrictest.Value(t, h.reg, "spaces_authz_repo_claims_total"),
+		metrictest.Value(t, h.reg, "spaces_authz_repo_claims_refused_total"), storedRev)
 
 	// deactivateAccount on pds-a: pds-a's projector withdraws her data.
 	h.view.mu.Lock()
@@ -824,10 +824,10 @@ func TestMemGapCountsARejectedRecordOnce(t *testing.T) {
 	h.write(memAlice, map[string]map[string]any{spaceCol + "kid": space(false)}) // lost: a gap
 	h.commit(memAlice, map[string]map[string]any{relCol + "evil": grant(memBob, "x", "viewer", memAlice)})
 	h.assertView("after the gap")
-	if got := metrictest.Value(t, h.reg, "consumer_resyncs_total", "trigger", TriggerGap); got != 1 {
+	if got := metrictest.Value(t, h.reg, "spaces_authz_resyncs_total", "trigger", TriggerGap); got != 1 {
 		t.Fatalf("gap resyncs %v, want 1", got)
 	}
-	if got := metrictest.Value(t, h.reg, "consumer_rejected_records_total", "reason", string(view.ReasonForeignResource)); got != 1 {
+	if got := metrictest.Value(t, h.reg, "spaces_authz_rejected_records_total", "reason", string(view.ReasonForeignResource)); got != 1 {
 		t.Fatalf("one hostile record counted %v times as rejected", got)
 	}
 }
@@ -852,7 +852,7 @@ func TestMemOldPDSDoesNotUndoATakedownOnTheNewPDS(t *testing.T) {
 
 			// The old PDS's rebuild lists alice: a claim, refused at the same rev.
 			h.rebuild("test")
-			if got := metrictest.Value(t, h.reg, "consumer_repo_claims_refused_total"); got != 1 {
+			if got := metrictest.Value(t, h.reg, "spaces_authz_repo_claims_refused_total"); got != 1 {
 				t.Fatalf("refused claims %v, want 1", got)
 			}
 
@@ -877,7 +877,7 @@ func TestMemOldPDSDoesNotUndoATakedownOnTheNewPDS(t *testing.T) {
 			status := h.view.matching(func(tu view.Tuple) bool { return tu.Relation == view.RelStatus })
 			if len(data) > 0 {
 				t.Fatalf("alice was %s on her new PDS; the old PDS's claim retry took her over with its stale copy:\nowner %v\nstatus %v\ndata %v\nclaims %v",
-					mode, owner, status, data, metrictest.Value(t, h.reg, "consumer_repo_claims_total"))
+					mode, owner, status, data, metrictest.Value(t, h.reg, "spaces_authz_repo_claims_total"))
 			}
 		})
 	}

@@ -2,6 +2,8 @@ package projector
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spaces-authz/spaces-authz/internal/obs"
 	"github.com/spaces-authz/spaces-authz/view"
 )
 
@@ -54,55 +56,54 @@ const (
 // NewMetrics registers the projection metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		applied: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Name: "events_applied_total",
+		applied: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "events_applied_total",
 			Help: "Stream events fully applied (committed to SpiceDB or needing no write), by kind."}, []string{"kind"}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Name: "rejected_records_total",
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "rejected_records_total",
 			Help: "Records rejected as bad input, by reason; whatever they produced before is removed."}, []string{"reason"}),
-		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Name: "resyncs_total",
+		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "resyncs_total",
 			Help: "Repo resyncs from getRepo, by trigger."}, []string{"trigger"}),
-		resyncFails: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "resync_failures_total",
+		resyncFails: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "resync_failures_total",
 			Help: "Resyncs given up after retries (the repo is reconciled later)."}),
-		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "duplicate_events_total",
-			Help: "Events already applied (seq or rev at or below the repo's), changing nothing in SpiceDB."}),
-		cycles: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "parent_cycles_total",
+		duplicates: obs.DuplicateEvents(reg).WithLabelValues(obs.StageProjection),
+		cycles: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "parent_cycles_total",
 			Help: "Parent relations that close a cycle in a repo's own space tree (checks fail closed)."}),
-		unreadable: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "unreadable_snapshot_records_total",
+		unreadable: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "unreadable_snapshot_records_total",
 			Help: "Records a getRepo snapshot names but whose block is missing or corrupt; what they produced is kept."}),
-		cachedRepos: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "cached_repos",
+		cachedRepos: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "cached_repos",
 			Help: "Repos whose lineage is cached in memory."}),
-		restarts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "pipeline_restarts_total",
+		restarts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "pipeline_restarts_total",
 			Help: "Restarts of the pipeline from the stored cursor (after SpiceDB refused a relationship)."}),
 	}
-	m.rbActive = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "rebuild_active",
+	m.rbActive = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "rebuild_active",
 		Help: "1 while a rebuild from repo snapshots runs."})
-	m.rbTotal = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "rebuild_repos",
+	m.rbTotal = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "rebuild_repos",
 		Help: "Repos the running rebuild resyncs."})
-	m.rbDone = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "rebuild_repos_done",
+	m.rbDone = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "rebuild_repos_done",
 		Help: "Repos the running rebuild has resynced."})
-	m.rbRecords = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "rebuild_records_total",
+	m.rbRecords = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "rebuild_records_total",
 		Help: "Records read from snapshots by rebuilds."})
-	m.desynced = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "desynchronized_repos",
+	m.desynced = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "desynchronized_repos",
 		Help: "Repos whose last resync failed: what SpiceDB holds for them may be wrong until a retry succeeds."})
-	m.claims = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "repo_claims_total",
+	m.claims = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "repo_claims_total",
 		Help: "Repos taken over from another source (or with no owner recorded) because this source's PDS serves them."})
-	m.claimsStale = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "repo_claims_refused_total",
+	m.claimsStale = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "repo_claims_refused_total",
 		Help: "Takeovers refused because this source's copy of the repo is not newer than the stored one (an old PDS of a migrated account)."})
-	m.deferred = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "revs_deferred_total",
+	m.deferred = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "revs_deferred_total",
 		Help: "Commits that changed no projected relationship: their rev rides with a later write instead of one of its own."})
-	m.revFlushes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "rev_flushes_total",
+	m.revFlushes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "rev_flushes_total",
 		Help: "Deferred revs written on their own (aged past --rev-flush-after, idle stream, or shutdown), one per repo."})
-	m.heldRepos = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "deferred_rev_repos",
+	m.heldRepos = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "deferred_rev_repos",
 		Help: "Repos whose newest rev is not stored yet; the stored cursor stays below their oldest such commit."})
-	m.rebuilds = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "rebuilds_total",
+	m.rebuilds = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "rebuilds_total",
 		Help: "Rebuilds started (first run, OutdatedCursor, reset, command)."})
-	m.reconciled = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "reconcile_repos_total",
+	m.reconciled = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "reconcile_repos_total",
 		Help: "Repos compared with SpiceDB by the periodic reconcile."})
-	m.drift = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Name: "reconcile_drift_total",
+	m.drift = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "reconcile_drift_total",
 		Help: "Relationships found drifting by the periodic reconcile (then repaired by a resync), by kind."}, []string{"kind"})
 	for _, k := range []string{DriftMissing, DriftExtra, DriftMissingLineage, DriftStaleLineage} {
 		m.drift.WithLabelValues(k)
 	}
-	reg.MustRegister(m.applied, m.rejected, m.resyncs, m.resyncFails, m.duplicates, m.cycles, m.unreadable, m.cachedRepos,
+	reg.MustRegister(m.applied, m.rejected, m.resyncs, m.resyncFails, m.cycles, m.unreadable, m.cachedRepos,
 		m.restarts, m.desynced, m.claims, m.claimsStale, m.deferred, m.revFlushes,
 		m.heldRepos, m.rbActive, m.rbTotal, m.rbDone, m.rbRecords, m.rebuilds, m.reconciled, m.drift)
 	for _, r := range view.AllReasons {

@@ -85,7 +85,7 @@ func TestOldPDSReplayAfterAMigrationWithdrawsNothing(t *testing.T) {
 	a.WaitCaughtUp(ra)
 	b.WaitCaughtUp(rb)
 	time.Sleep(time.Second)
-	if n := metrictest.Value(t, regA, "consumer_repo_claims_total"); n != 0 {
+	if n := metrictest.Value(t, regA, "spaces_authz_repo_claims_total"); n != 0 {
 		t.Errorf("pds-a took alice's repo back %v times", n)
 	}
 	if !a.Check("view", "space", view.ObjectID(alice, "s"), bob) {

@@ -322,10 +322,10 @@ func TestRefusedTupleRejectsOnlyItsRecord(t *testing.T) {
 			t.Fatalf("lineage of the refused record: %s", l)
 		}
 	}
-	if got := metrictest.Value(t, reg, "consumer_rejected_records_total", "reason", "spicedb_refused"); got != 1 {
+	if got := metrictest.Value(t, reg, "spaces_authz_rejected_records_total", "reason", "spicedb_refused"); got != 1 {
 		t.Fatalf("spicedb_refused rejections = %v, want 1", got)
 	}
-	if got := metrictest.Value(t, reg, "consumer_pipeline_restarts_total"); got != 1 {
+	if got := metrictest.Value(t, reg, "spaces_authz_pipeline_restarts_total"); got != 1 {
 		t.Fatalf("restarts = %v, want 1", got)
 	}
 }
@@ -351,7 +351,7 @@ func TestGapIsRepairedByResync(t *testing.T) {
 	if e.Check("view", "space", s, bob) || !e.Check("edit", "space", s, carol) {
 		t.Fatal("the resync did not repair the gap")
 	}
-	if got := metrictest.Value(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 1 {
+	if got := metrictest.Value(t, reg, "spaces_authz_resyncs_total", "trigger", "gap"); got != 1 {
 		t.Fatalf("gap resyncs = %v, want 1", got)
 	}
 	// A #sync resyncs too (and finds nothing to change).
@@ -449,7 +449,7 @@ func TestNoFalseGapsWhenARepoTurnsProjected(t *testing.T) {
 	}
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	if got := metrictest.Value(t, reg, "consumer_resyncs_total", "trigger", "gap"); got != 0 {
+	if got := metrictest.Value(t, reg, "spaces_authz_resyncs_total", "trigger", "gap"); got != 0 {
 		t.Fatalf("%v false gap resyncs", got)
 	}
 }
@@ -504,7 +504,7 @@ func TestResyncKeepsRecordsWhoseBlockIsMissing(t *testing.T) {
 	}
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	if got := metrictest.Value(t, reg, "consumer_unreadable_snapshot_records_total"); got != 1 {
+	if got := metrictest.Value(t, reg, "spaces_authz_unreadable_snapshot_records_total"); got != 1 {
 		t.Fatalf("unreadable records = %v, want 1", got)
 	}
 	sync, err := firehose.NewSyncClient(firehose.SyncConfig{URL: e.PDS.URL()})
@@ -550,7 +550,7 @@ func TestCommitWithoutItsRecordBlockResyncs(t *testing.T) {
 	if e.Check("view", "space", s, bob) || !e.Check("view", "space", s, carol) {
 		t.Fatal("the update was not projected from the repo")
 	}
-	if got := metrictest.Value(t, reg, "consumer_resyncs_total", "trigger", "unreadable"); got != 1 {
+	if got := metrictest.Value(t, reg, "spaces_authz_resyncs_total", "trigger", "unreadable"); got != 1 {
 		t.Fatalf("unreadable resyncs = %v, want 1", got)
 	}
 }

@@ -117,7 +117,7 @@ func benchRebuild(b *testing.B, e *testenv.Env, fresh func(*testenv.Env) *testen
 		b.ReportMetric(float64(n)/took.Seconds(), "relationships/s")
 		b.Logf("rebuild of %d records: %v; %d relationships written; getRepo+CAR read %.1fs summed over "+
 			"4 concurrent fetches; SpiceDB writes %.1fs (one writer)", records, took.Round(time.Millisecond), n,
-			sum("consumer_sync_repo_fetch_duration_seconds"), sum("consumer_write_duration_seconds"))
+			sum("spaces_authz_sync_repo_fetch_duration_seconds"), sum("spaces_authz_spicedb_write_duration_seconds"))
 		b.StartTimer()
 	}
 }

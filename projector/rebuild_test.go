@@ -31,7 +31,7 @@ func TestFirstRunRebuildsFromSnapshots(t *testing.T) {
 	commit(t, e, bob, testenv.Delete(groupC, "g"))
 	e.WaitCaughtUp(r)
 	e.AssertMatchesOracle()
-	if got := metrictest.Value(t, reg, "consumer_resyncs_total", "trigger", "rebuild"); got != 2 {
+	if got := metrictest.Value(t, reg, "spaces_authz_resyncs_total", "trigger", "rebuild"); got != 2 {
 		t.Fatalf("rebuild resyncs = %v, want 2 (one per repo)", got)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -71,7 +71,7 @@ func TestOutdatedCursorRebuilds(t *testing.T) {
 	commit(t, e, alice, testenv.Group("create", "late"))
 	e.WaitCaughtUp(r2)
 	e.AssertMatchesOracle()
-	if got := metrictest.Value(t, reg, "consumer_rebuilds_total"); got != 1 {
+	if got := metrictest.Value(t, reg, "spaces_authz_rebuilds_total"); got != 1 {
 		t.Fatalf("rebuilds = %v", got)
 	}
 }

@@ -155,7 +155,7 @@ func TestAccountMigrationMovesOwnership(t *testing.T) {
 	if !a.Check("edit", "space", view.ObjectID(alice, "s"), bob) {
 		t.Fatal("alice's grant made on her new PDS is missing")
 	}
-	if got := metrictest.Value(t, reg, "consumer_repo_claims_total"); got != 1 {
+	if got := metrictest.Value(t, reg, "spaces_authz_repo_claims_total"); got != 1 {
 		t.Fatalf("claims %v, want 1", got)
 	}
 }
@@ -261,14 +261,14 @@ func TestFailedResyncsAreRetriedUntilTheyWork(t *testing.T) {
 	if !slices.Contains(s.Engine.DesyncDIDs, alice) {
 		t.Fatalf("desynchronized repos listed: %v", s.Engine.DesyncDIDs)
 	}
-	if got := metrictest.Value(t, reg, "consumer_desynchronized_repos"); got != 1 {
-		t.Fatalf("consumer_desynchronized_repos = %v", got)
+	if got := metrictest.Value(t, reg, "spaces_authz_desynchronized_repos"); got != 1 {
+		t.Fatalf("spaces_authz_desynchronized_repos = %v", got)
 	}
 	if !slices.ContainsFunc(e.Under(alice), func(s string) bool { return strings.Contains(s, "#desync@") }) {
 		t.Fatalf("no desync marker stored for alice: %v", e.Under(alice))
 	}
 	waitFor(t, "a retry", func() bool {
-		return metrictest.Value(t, reg, "consumer_resyncs_total", "trigger", projector.TriggerRetry) >= 1
+		return metrictest.Value(t, reg, "spaces_authz_resyncs_total", "trigger", projector.TriggerRetry) >= 1
 	})
 	if r.Snapshot().Ready() {
 		t.Fatal("ready after a failed retry")

@@ -142,9 +142,9 @@ func benchWriteRate(b *testing.B, s *writeStream, fresh func(*testenv.Env) *test
 		b.StopTimer()
 		env.AssertMatchesOracle()
 		b.StartTimer()
-		written := metrictest.Value(b, reg, "consumer_relationship_updates_total")
-		repoUps := metrictest.Value(b, reg, "consumer_repo_bookkeeping_updates_total")
-		calls, writeSecs := histogram(b, reg, "consumer_write_duration_seconds")
+		written := metrictest.Value(b, reg, "spaces_authz_spicedb_relationship_updates_total")
+		repoUps := metrictest.Value(b, reg, "spaces_authz_spicedb_repo_bookkeeping_updates_total")
+		calls, writeSecs := histogram(b, reg, "spaces_authz_spicedb_write_duration_seconds")
 		projRate := written / took.Seconds()
 
 		// 2. raw 1,000-TOUCH batches of the same number of relationships

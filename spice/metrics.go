@@ -16,7 +16,7 @@ type Metrics struct {
 	leaseState  *prometheus.GaugeVec
 }
 
-// Lease states reported by the consumer_lease_state gauge.
+// Lease states reported by the spaces_authz_lease_state gauge.
 const (
 	LeaseWaiting = "waiting"
 	LeaseHeld    = "held"
@@ -26,17 +26,17 @@ const (
 // NewMetrics registers the SpiceDB metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		updates: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer",
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "spicedb",
 			Name: "relationship_updates_total", Help: "Relationship updates committed to SpiceDB, by operation."}, []string{"op"}),
-		repoUpdates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "repo_bookkeeping_updates_total",
-			Help: "Of consumer_relationship_updates_total, the updates of repos' bookkeeping (rev, status, source, markers); the rest is data and lineage."}),
-		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "consumer", Name: "write_batch_updates",
+		repoUpdates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "spicedb", Name: "repo_bookkeeping_updates_total",
+			Help: "Of spaces_authz_spicedb_relationship_updates_total, the updates of repos' bookkeeping (rev, status, source, markers); the rest is data and lineage."}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "spaces_authz", Subsystem: "spicedb", Name: "write_batch_updates",
 			Help: "Updates per WriteRelationships call.", Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000}}),
-		writeDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "consumer", Name: "write_duration_seconds",
+		writeDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "spaces_authz", Subsystem: "spicedb", Name: "write_duration_seconds",
 			Help: "Duration of successful WriteRelationships calls.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
-		writeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer",
+		writeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Subsystem: "spicedb",
 			Name: "write_errors_total", Help: "Failed WriteRelationships calls, by class."}, []string{"class"}),
-		leaseState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "consumer", Name: "lease_state",
+		leaseState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "lease_state",
 			Help: "1 for the consumer's current lease state (waiting, held, fenced)."}, []string{"state"}),
 	}
 	reg.MustRegister(m.updates, m.repoUpdates, m.batchSize, m.writeDur, m.writeErrors, m.leaseState)

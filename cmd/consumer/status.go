@@ -113,8 +113,8 @@ func printStatus(w io.Writer, r statusReport) {
 	if d := r.Daemon; d != nil {
 		fmt.Fprintf(tw, "daemon\t%s, ready=%v, connected=%v, fenced=%v, up %s\n", d.State, d.Ready, d.Connected, d.Fenced,
 			(time.Duration(d.UptimeSeconds) * time.Second).String())
-		fmt.Fprintf(tw, "applied\twatermark %d, head read %d, %d in flight, lag %.1fs\n", d.Watermark, d.HeadSeq,
-			d.InFlight, d.LagSeconds)
+		fmt.Fprintf(tw, "applied\twatermark %d, PDS head %d (last seen), %d in flight, lag %d events, %.1fs\n",
+			d.Watermark, d.HeadSeq, d.InFlight, d.LagEvents, d.LagSeconds)
 		fmt.Fprintf(tw, "counts\t%d events written in %d batches, %d repos cached, %d refused tuples, %d restarts\n",
 			d.EventsWritten, d.Batches, d.CachedRepos, d.RefusedTuples, d.PipelineRestarts)
 		if d.Desynchronized > 0 {

@@ -183,7 +183,7 @@ func replayDistinct(b *testing.B, bin string, e *testenv.Env, frames []replay.Fr
 			start = time.Now()
 		}
 		if applied.IsZero() && !start.IsZero() {
-			if m, err := scrape(addr, "consumer_watermark_seq"); err == nil && int64(m["consumer_watermark_seq"]) >= srv.LastSeq() {
+			if m, err := scrape(addr, "spaces_authz_watermark_seq"); err == nil && int64(m["spaces_authz_watermark_seq"]) >= srv.LastSeq() {
 				applied = time.Now()
 			}
 		}
@@ -201,16 +201,16 @@ func replayDistinct(b *testing.B, bin string, e *testenv.Env, frames []replay.Fr
 	}
 	stored := time.Now()
 	took := applied.Sub(start)
-	m, err := scrape(addr, "consumer_relationship_updates_total", "consumer_repo_bookkeeping_updates_total",
-		"consumer_duplicate_events_total", "consumer_resyncs_total", "consumer_write_batch_updates_sum",
-		"consumer_write_batch_updates_count")
+	m, err := scrape(addr, "spaces_authz_spicedb_relationship_updates_total", "spaces_authz_spicedb_repo_bookkeeping_updates_total",
+		"spaces_authz_duplicate_events_total", "spaces_authz_resyncs_total", "spaces_authz_spicedb_write_batch_updates_sum",
+		"spaces_authz_spicedb_write_batch_updates_count")
 	if err != nil {
 		b.Fatal(err)
 	}
-	if m["consumer_duplicate_events_total"] != 0 {
-		b.Fatalf("%v duplicates in a stream of distinct frames", m["consumer_duplicate_events_total"])
+	if m["spaces_authz_duplicate_events_total"] != 0 {
+		b.Fatalf("%v duplicates in a stream of distinct frames", m["spaces_authz_duplicate_events_total"])
 	}
-	total, repo := m["consumer_relationship_updates_total"], m["consumer_repo_bookkeeping_updates_total"]
+	total, repo := m["spaces_authz_spicedb_relationship_updates_total"], m["spaces_authz_spicedb_repo_bookkeeping_updates_total"]
 	data := total - repo
 	fps := float64(srv.Total()) / took.Seconds()
 	b.ReportMetric(fps, "frames/s")
@@ -218,8 +218,8 @@ func replayDistinct(b *testing.B, bin string, e *testenv.Env, frames []replay.Fr
 	b.ReportMetric(total, "updates")
 	b.ReportMetric(total/max(data, 1), "updates/data-update")
 	b.ReportMetric(float64(peak)/(1<<20), "peak-RSS-MB")
-	writes := m["consumer_write_batch_updates_count"]
+	writes := m["spaces_authz_spicedb_write_batch_updates_count"]
 	b.Logf("%d frames applied in %v (cursor stored %v later): %.0f frames/s; %.0f updates (%.0f data and lineage, %.0f repo bookkeeping, %.2f× the data), %.0f updates/s in %.0f writes; %.0f resyncs; peak RSS %.1f MB",
 		srv.Total(), took.Round(time.Millisecond), stored.Sub(applied).Round(time.Millisecond), fps, total, data, repo, total/max(data, 1), total/took.Seconds(),
-		writes, m["consumer_resyncs_total"], float64(peak)/(1<<20))
+		writes, m["spaces_authz_resyncs_total"], float64(peak)/(1<<20))
 }

@@ -106,10 +106,10 @@ func TestAdminRequiresBearerToken(t *testing.T) {
 	if got := src.resyncs(); len(got) != 2 || strings.Join(got[0], ",") != "did:plc:alice,did:web:example.com" {
 		t.Fatalf("resyncs %v", got)
 	}
-	if n := metrictest.Value(t, reg, "consumer_admin_requests_total", "outcome", "unauthorized"); n != 8 {
+	if n := metrictest.Value(t, reg, "spaces_authz_admin_requests_total", "outcome", "unauthorized"); n != 8 {
 		t.Errorf("unauthorized requests counted: %v, want 8", n)
 	}
-	if n := metrictest.Value(t, reg, "consumer_admin_requests_total", "outcome", "ok"); n != 2 {
+	if n := metrictest.Value(t, reg, "spaces_authz_admin_requests_total", "outcome", "ok"); n != 2 {
 		t.Errorf("ok requests counted: %v, want 2", n)
 	}
 	problems, err := testutil.GatherAndLint(reg)

@@ -82,25 +82,25 @@ func TestMetricsAfterAScriptedRun(t *testing.T) {
 	head := e.PDS.Head()
 	// 2 accounts × (identity, account, commit, sync) + 3 commits + 1 account = 12 events.
 	for metric, want := range map[string]float64{
-		`consumer_firehose_events_total{kind="commit"}`:              5,
-		`consumer_firehose_events_total{kind="account"}`:             3,
-		`consumer_firehose_events_total{kind="identity"}`:            2,
-		`consumer_firehose_events_total{kind="sync"}`:                2,
-		`consumer_rejected_records_total{reason="foreign_resource"}`: 1,
-		`consumer_head_seq`:      float64(head),
-		`consumer_cursor_seq`:    float64(head),
-		`consumer_watermark_seq`: float64(head),
-		`consumer_lag_events`:    0,
+		`spaces_authz_firehose_events_total{kind="commit"}`:              5,
+		`spaces_authz_firehose_events_total{kind="account"}`:             3,
+		`spaces_authz_firehose_events_total{kind="identity"}`:            2,
+		`spaces_authz_firehose_events_total{kind="sync"}`:                2,
+		`spaces_authz_rejected_records_total{reason="foreign_resource"}`: 1,
+		`spaces_authz_firehose_head_seq`:                                 float64(head),
+		`spaces_authz_cursor_seq`:                                        float64(head),
+		`spaces_authz_watermark_seq`:                                     float64(head),
+		`spaces_authz_lag_events`:                                        0,
 		// space: owner+inherits and their lineage (4); relation: 1 + 1
 		// lineage; alice's rev twice (bob produced nothing: no rev); the
 		// status once; alice's source (the projector that owns her repo)
 		// once, with her first bookkeeping.
-		`consumer_relationship_updates_total{op="touch"}`: 4 + 2 + 2 + 1 + 1,
+		`spaces_authz_spicedb_relationship_updates_total{op="touch"}`: 4 + 2 + 2 + 1 + 1,
 		// the delete: tuple + lineage + old rev; the deactivation: the 2
 		// space tuples (the viewer grant is gone already).
-		`consumer_relationship_updates_total{op="delete"}`: 3 + 2,
-		`consumer_lease_state{state="held"}`:               1,
-		`consumer_ready`:                                   1,
+		`spaces_authz_spicedb_relationship_updates_total{op="delete"}`: 3 + 2,
+		`spaces_authz_lease_state{state="held"}`:                       1,
+		`spaces_authz_ready`:                                           1,
 	} {
 		got, ok := value(body, metric)
 		if !ok {

@@ -53,8 +53,8 @@ func TestConsistencyWaitersAreCapped(t *testing.T) {
 		!strings.Contains(cr.Error, "too many") {
 		t.Fatalf("waiter %d: %d (Retry-After %q) %+v, want 429", limit+1, resp.StatusCode, resp.Header.Get("Retry-After"), cr)
 	}
-	if n := metrictest.Value(t, reg, "consumer_consistency_waiters"); n != limit {
-		t.Errorf("consumer_consistency_waiters %v, want %d", n, limit)
+	if n := metrictest.Value(t, reg, "spaces_authz_consistency_waiters"); n != limit {
+		t.Errorf("spaces_authz_consistency_waiters %v, want %d", n, limit)
 	}
 	release.Do(func() { close(src.release) })
 	wg.Wait()
@@ -66,11 +66,11 @@ func TestConsistencyWaitersAreCapped(t *testing.T) {
 	if code, body := get(t, u); code != http.StatusOK {
 		t.Fatalf("after the waiters left: %d %s", code, body)
 	}
-	if n := metrictest.Value(t, reg, "consumer_consistency_refused_total"); n != 1 {
-		t.Errorf("consumer_consistency_refused_total %v, want 1", n)
+	if n := metrictest.Value(t, reg, "spaces_authz_consistency_refused_total"); n != 1 {
+		t.Errorf("spaces_authz_consistency_refused_total %v, want 1", n)
 	}
-	if n := metrictest.Value(t, reg, "consumer_consistency_waiters"); n != 0 {
-		t.Errorf("consumer_consistency_waiters %v after the waits, want 0", n)
+	if n := metrictest.Value(t, reg, "spaces_authz_consistency_waiters"); n != 0 {
+		t.Errorf("spaces_authz_consistency_waiters %v after the waits, want 0", n)
 	}
 }
 

@@ -2,7 +2,7 @@ package httpapi
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// adminOutcomes are the values of consumer_admin_requests_total's label.
+// adminOutcomes are the values of spaces_authz_admin_requests_total's label.
 var adminOutcomes = []string{"ok", "disabled", "unauthorized", "malformed", "too_many_dids", "failed"}
 
 // Metrics of the HTTP endpoints. A nil *Metrics records nothing.
@@ -15,11 +15,11 @@ type Metrics struct {
 // NewMetrics registers the endpoints' metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		waiters: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "consumer", Name: "consistency_waiters",
+		waiters: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "consistency_waiters",
 			Help: "/v1/consistency requests waiting for a rev to be applied."}),
-		refused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "consumer", Name: "consistency_refused_total",
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "consistency_refused_total",
 			Help: "/v1/consistency requests refused with 429: too many were waiting."}),
-		adminReqs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "consumer", Name: "admin_requests_total",
+		adminReqs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "admin_requests_total",
 			Help: "Admin API requests, by outcome (ok, disabled, unauthorized, malformed, too_many_dids, failed)."},
 			[]string{"outcome"}),
 	}

@@ -9,14 +9,18 @@ import (
 
 // Status is the JSON of /v1/status and `consumer status --json`.
 type Status struct {
-	Name             string  `json:"name"`
-	Holder           string  `json:"holder"`
-	State            string  `json:"state"`
-	Ready            bool    `json:"ready"`
-	Fenced           bool    `json:"fenced"`
-	Connected        bool    `json:"connected"`
-	Cursor           int64   `json:"cursor"`
-	Watermark        int64   `json:"watermark"`
+	Name      string `json:"name"`
+	Holder    string `json:"holder"`
+	State     string `json:"state"`
+	Ready     bool   `json:"ready"`
+	Fenced    bool   `json:"fenced"`
+	Connected bool   `json:"connected"`
+	Cursor    int64  `json:"cursor"`
+	Watermark int64  `json:"watermark"`
+	// HeadSeq is the highest seq the PDS has sent (as last seen: kept
+	// while disconnected); LagEvents is HeadSeq minus Watermark, and
+	// LagSeconds the wall-clock lag (0 when caught up, growing while behind
+	// or disconnected): the spaces_authz_lag_* gauges.
 	HeadSeq          int64   `json:"head_seq"`
 	LagEvents        int64   `json:"lag_events"`
 	LagSeconds       float64 `json:"lag_seconds"`
@@ -41,16 +45,13 @@ type Status struct {
 // StatusOf turns a snapshot into the status document.
 func StatusOf(s pipeline.Snapshot) Status {
 	st := Status{Name: s.Name, Holder: s.Holder, State: s.State.String(), Ready: s.Ready(), Fenced: s.Fenced,
-		Connected: s.Connected, Cursor: s.Cursor, Watermark: s.Watermark, HeadSeq: s.Highest, InFlight: s.InFlight,
+		Connected: s.Connected, Cursor: s.Cursor, Watermark: s.Watermark, HeadSeq: s.Head, InFlight: s.InFlight,
 		EventsWritten: s.Engine.EventsWritten, Batches: s.Engine.Batches, CachedRepos: s.Engine.CachedRepos,
 		RefusedTuples: s.Engine.Poisoned, PipelineRestarts: s.Restarts, LastError: redact.String(s.LastError),
 		Desynchronized: s.Engine.Desynchronized, DesyncDIDs: s.Engine.DesyncDIDs,
 		RebuildIncomplete: s.Engine.RebuildIncomplete,
 		UptimeSeconds:     time.Since(s.Started).Seconds()}
-	if s.Highest > s.Watermark && s.Watermark >= 0 {
-		st.LagEvents = s.Highest - s.Watermark
-	}
-	st.LagSeconds = s.LagSeconds
+	st.LagEvents, st.LagSeconds = s.LagEvents, s.LagSeconds
 	if !s.Engine.AppliedEventTime.IsZero() {
 		st.AppliedEventTime = s.Engine.AppliedEventTime.UTC().Format(time.RFC3339Nano)
 	}

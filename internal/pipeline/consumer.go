@@ -42,6 +42,7 @@ type Consumer struct {
 	sm      *spice.Metrics
 	cm      *checkpoint.Metrics
 	nm      *fanout.Metrics
+	source  *firehose.Source // the PDS's head and link, and the lag, across runs
 	pub     *fanout.Publisher
 	started time.Time
 
@@ -75,15 +76,13 @@ func New(cfg Config) (*Consumer, error) {
 	}
 	c := &Consumer{cfg: cfg, log: cfg.Logger, client: client, fhm: firehose.NewMetrics(cfg.Registry),
 		pm: projector.NewMetrics(cfg.Registry), sm: spice.NewMetrics(cfg.Registry),
-		cm: checkpoint.NewMetrics(cfg.Registry), state: StateStarting, started: time.Now()}
+		cm: checkpoint.NewMetrics(cfg.Registry), source: firehose.NewSource(cfg.Registry), state: StateStarting,
+		started: time.Now()}
 	if cfg.NATS != nil {
 		c.nm = fanout.NewMetrics(cfg.Registry)
 	}
 	cfg.Registry.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "consumer", Name: "lag_seconds",
-			Help: "How far the newest applied event's time is behind the newest event read (0 when caught up)."},
-			func() float64 { return c.Snapshot().LagSeconds }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "consumer", Name: "ready",
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "ready",
 			Help: "1 when connected to the PDS, holding the lease, and not failed."},
 			func() float64 {
 				if c.Snapshot().Ready() {
@@ -91,7 +90,8 @@ func New(cfg Config) (*Consumer, error) {
 				}
 				return 0
 			}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "consumer", Name: "last_event_age_seconds",
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spaces_authz", Subsystem: "firehose",
+			Name: "last_event_age_seconds",
 			Help: "Seconds since the newest event was read from the stream (alert on silence while the PDS is up)."},
 			func() float64 {
 				if t := c.lastEventTime(); !t.IsZero() {
@@ -407,7 +407,7 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 	sc := c.cfg.Stream
 	r.stream, err = firehose.New(firehose.Config{URL: c.cfg.PDSURL, Tracker: progress.Tracker(), Handler: r.engine,
 		Filter: filter, Workers: sc.Workers, QueueDepth: sc.QueueDepth, MaxFrameBytes: sc.MaxFrameBytes, Logger: c.log,
-		Metrics: c.fhm, OnFrame: c.cfg.Hooks.OnFrame})
+		Metrics: c.fhm, Source: c.source, OnFrame: c.cfg.Hooks.OnFrame})
 	if err != nil {
 		return nil, err
 	}
@@ -487,6 +487,8 @@ func (c *Consumer) Snapshot() Snapshot {
 	}
 	r := c.run
 	c.mu.Unlock()
+	lag := c.source.Lag()
+	s.Head, s.LagEvents, s.LagSeconds = lag.Head, lag.Events, lag.Seconds
 	if r == nil {
 		return s
 	}
@@ -495,11 +497,6 @@ func (c *Consumer) Snapshot() Snapshot {
 	s.Cursor = r.progress.Stored().Cursor
 	s.Connected, _ = r.stream.Connected()
 	s.Engine = r.engine.Status()
-	if s.InFlight > 0 && !s.Engine.AppliedEventTime.IsZero() {
-		if head, ok := r.stream.HeadTime(); ok && head.After(s.Engine.AppliedEventTime) {
-			s.LagSeconds = head.Sub(s.Engine.AppliedEventTime).Seconds()
-		}
-	}
 	return s
 }
 

@@ -69,8 +69,13 @@ type Snapshot struct {
 	// Rebuilt counts the rebuilds committed.
 	Rebuilt int
 	Started time.Time
-	// LagSeconds is how far behind the newest event read the newest
-	// applied one is, by their `time` fields (0 when nothing is pending).
+	// Head is the highest seq the PDS has sent (checkpoint.None before
+	// any), kept across connections and runs; LagEvents is Head minus the
+	// watermark. LagSeconds is how stale the view is by the wall clock: 0
+	// when caught up, growing while behind or disconnected
+	// (firehose.Source).
+	Head       int64
+	LagEvents  int64
 	LagSeconds float64
 }
 

@@ -35,6 +35,7 @@ type Server struct {
 	dials    int
 	cursors  []string
 	cutNext  bool
+	refuse   bool
 	repoHook func(did string) error
 	listHook func(dids []string)
 	now      func() time.Time
@@ -379,6 +380,14 @@ func (s *Server) Drop() {
 	}
 }
 
+// Refuse makes new stream connections fail with HTTP 503 while on (a PDS
+// that is down); Drop then cuts the open ones.
+func (s *Server) Refuse(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refuse = on
+}
+
 // Trim forgets events with seq below before; a cursor older than that gets
 // #info OutdatedCursor and a replay from the oldest event kept.
 func (s *Server) Trim(before int64) {
@@ -395,8 +404,12 @@ func (s *Server) handleSubscribe(w http.ResponseWriter, r *http.Request) {
 	// before the handshake completes: the client may write the moment it
 	// sees the connection up, and that event must reach it.
 	s.mu.Lock()
-	liveStart := len(s.log)
+	liveStart, refuse := len(s.log), s.refuse
 	s.mu.Unlock()
+	if refuse {
+		xrpcError(w, http.StatusServiceUnavailable, "Unavailable", "the PDS is down")
+		return
+	}
 	conn, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return

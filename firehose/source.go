@@ -1,0 +1,188 @@
+package firehose
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spaces-authz/spaces-authz/checkpoint"
+)
+
+// QuietPeriod is how long a connected stream goes without an event frame,
+// every event read being applied, before the consumer counts as caught up
+// (lag 0): a connected PDS sends what it has, so after a quiet second or
+// two there is nothing newer. While frames keep coming the consumer may be
+// reading a backlog, and the lag is measured by event times instead.
+const QuietPeriod = 2 * time.Second
+
+// Source is what the consumer knows of its PDS across connections and
+// pipeline runs: the head seq the PDS has announced, the state of the
+// link, and from them the lag (DESIGN §8). The Clients of successive runs
+// share one (Config.Source). It is safe for concurrent use.
+type Source struct {
+	mu        sync.Mutex
+	head      int64     // highest seq the PDS has sent (checkpoint.None before any)
+	connected bool      // the link is up
+	since     time.Time // when connected last changed (the Source's creation before any)
+	lastFrame time.Time // when the newest event frame was read (local clock)
+	applied   time.Time // the newest applied event's time, kept across runs
+	tracker   *checkpoint.Tracker
+}
+
+// NewSource makes a Source and, when reg is not nil, registers the lag
+// gauges on it (spaces_authz_lag_events, spaces_authz_lag_seconds), which
+// are computed when scraped.
+func NewSource(reg prometheus.Registerer) *Source {
+	s := &Source{head: checkpoint.None, since: time.Now()}
+	if reg != nil {
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "lag_events",
+				Help: "Events the source has announced and the consumer has not applied: the PDS's head seq as last " +
+					"seen (the newest frame; kept while disconnected) minus the applied watermark. A lower bound " +
+					"while disconnected or reading a backlog: only the stream reveals the head."},
+				func() float64 { return float64(s.Lag().Events) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "lag_seconds",
+				Help: "Wall-clock staleness of the view: 0 when caught up (connected, every event the PDS sent " +
+					"applied, stream quiet); while behind, now minus the time of the oldest unapplied event (or of the " +
+					"newest applied one while a backlog streams in); while disconnected, at least now minus the " +
+					"moment the link went down. Grows while disconnected or stuck."},
+				func() float64 { return s.Lag().Seconds }),
+		)
+	}
+	return s
+}
+
+// Lag is the consumer's distance from its source.
+type Lag struct {
+	// Head is the highest seq the PDS has sent (checkpoint.None when none
+	// was seen); Watermark the applied watermark of the current run.
+	Head, Watermark int64
+	// Events is Head minus Watermark (0 when either is unknown).
+	Events int64
+	// Seconds is how stale the view is by the wall clock (see lagOf).
+	Seconds float64
+	// Connected is the state of the link, and Since when it last changed.
+	Connected bool
+	Since     time.Time
+}
+
+// Lag computes the lag now.
+func (s *Source) Lag() Lag { return s.lagAt(time.Now()) }
+
+// Head is the highest seq the PDS has sent (checkpoint.None before any).
+func (s *Source) Head() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.head
+}
+
+func (s *Source) lagAt(now time.Time) Lag {
+	s.mu.Lock()
+	in := lagInput{head: s.head, watermark: checkpoint.None, connected: s.connected, since: s.since,
+		lastFrame: s.lastFrame}
+	tr := s.tracker
+	s.mu.Unlock()
+	if tr != nil {
+		var applied time.Time
+		in.watermark = tr.Watermark()
+		applied, in.pending = tr.Times()
+		s.mu.Lock()
+		if applied.After(s.applied) {
+			s.applied = applied
+		}
+		in.applied = s.applied
+		s.mu.Unlock()
+	}
+	return lagOf(in, now)
+}
+
+// attach makes tr, the tracker of the run that starts, the one lag is
+// measured with.
+func (s *Source) attach(tr *checkpoint.Tracker) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tracker = tr
+}
+
+// link records the link going up or down at now.
+func (s *Source) link(up bool, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if up != s.connected {
+		s.connected, s.since = up, now
+	}
+}
+
+// saw records an event frame with seq read at now (replays included) and
+// returns the head.
+func (s *Source) saw(seq int64, now time.Time) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastFrame = now
+	if seq > s.head {
+		s.head = seq
+	}
+	return s.head
+}
+
+// lagInput is what lag is computed from.
+type lagInput struct {
+	head, watermark int64
+	// applied is the newest applied event's time, pending the oldest
+	// unapplied one's (zero when unknown or none).
+	applied, pending time.Time
+	connected        bool
+	since            time.Time // when the link last went up or down
+	lastFrame        time.Time // when the newest event frame was read
+}
+
+// lagOf computes the lag. The view is complete up to a moment ref, and
+// lag is now minus ref:
+//   - events in flight: ref is the oldest unapplied event's time;
+//   - behind the head with nothing in flight (a new run from the stored
+//     cursor has not read its events again yet): ref is the newest applied
+//     event's time, or the moment the link last changed when later;
+//   - nothing in flight, stream quiet for QuietPeriod (as of now, or of the
+//     disconnection): caught up, ref is that moment (now while connected:
+//     lag 0, an idle PDS pages nobody);
+//   - nothing in flight, frames still streaming in (a backlog: a replay
+//     after a reconnect, or a reader slower than the PDS): ref is the newest
+//     applied event's time;
+//   - disconnected: ref is at most the moment the link went down, so lag
+//     grows with the wall clock from then on (from the start when it never
+//     came up).
+//
+// Event times are the PDS's clock: skew shows as a constant offset, and a
+// negative lag reads 0.
+func lagOf(in lagInput, now time.Time) Lag {
+	l := Lag{Head: in.head, Watermark: in.watermark, Connected: in.connected, Since: in.since}
+	if in.head >= 0 && in.watermark >= 0 && in.head > in.watermark {
+		l.Events = in.head - in.watermark
+	}
+	end := now // the last moment the link was known up
+	if !in.connected {
+		end = in.since
+	}
+	var ref time.Time
+	switch {
+	case !in.pending.IsZero():
+		ref = in.pending
+	case l.Events > 0:
+		ref = in.applied
+		if in.since.After(ref) {
+			ref = in.since
+		}
+	case in.lastFrame.IsZero() || end.Sub(in.lastFrame) >= QuietPeriod || in.applied.IsZero():
+		ref = end
+	default:
+		ref = in.applied
+	}
+	if !in.connected && in.since.Before(ref) {
+		ref = in.since
+	}
+	if d := now.Sub(ref); d > 0 {
+		l.Seconds = d.Seconds()
+	}
+	return l
+}
