@@ -6,6 +6,7 @@ package spice_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -73,5 +74,113 @@ definition wiki/page {
 	}
 	if after != before {
 		t.Errorf("the apply wrote a schema that breaks wiki/page (%d bytes)", len(after))
+	}
+}
+
+// TestReviewNestedPrefixIsNotOurs: a second deployment of the project in
+// the same SpiceDB under a prefix nested in ours (spaces_authz/staging, a
+// prefix ValidatePrefix accepts) has definitions spaces_authz/staging/space,
+// …. Namespace.Owns takes them for the default deployment's, so its
+// `schema apply` plans to remove every one of them (SpiceDB deletes them
+// when they hold no relationships yet, and refuses the whole apply when
+// they do).
+func TestReviewNestedPrefixIsNotOurs(t *testing.T) {
+	t.Parallel()
+	ours, err := spice.QualifySchema(deploy.Schema, spice.MustNamespace(spice.DefaultPrefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	staging, err := spice.QualifySchema(deploy.Schema, spice.MustNamespace(spice.DefaultPrefix+"/staging"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := spice.PlanSchema(ours+"\n"+staging, ours, spice.MustNamespace(spice.DefaultPrefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Changes) != 0 {
+		t.Errorf("%d changes, want none: the staging deployment's definitions are not ours:\n%s", len(plan.Changes), plan.Diff())
+	}
+	if ns := spice.MustNamespace(spice.DefaultPrefix); ns.Owns(spice.DefaultPrefix + "/staging/space") {
+		t.Errorf("Owns(%q) = true", spice.DefaultPrefix+"/staging/space")
+	}
+}
+
+// TestReviewReapplyOfARegeneratedFormIsANoOp: SpiceDB stores a permission
+// in its own form: `a - b - c` comes back as `(a - b) - c`, `(a + b)` as
+// `a + b`, `a -> b` as `a->b`. normalize() does not undo that, so with a
+// schema file written that way every `schema apply` plans a change and
+// writes the schema again, and its diff shows a change that is none.
+func TestReviewReapplyOfARegeneratedFormIsANoOp(t *testing.T) {
+	t.Parallel()
+	e := testenv.New(t)
+	c := e.Client
+	ctx := context.Background()
+	for _, form := range []string{
+		"permission owners = owner - parent->owners - owner",
+		"permission owners = (owner + parent->owners)",
+		"permission owners = owner + parent -> owners",
+	} {
+		tmpl := strings.Replace(deploy.Schema, "permission owners = owner + parent->owners", form, 1)
+		if tmpl == deploy.Schema {
+			t.Fatal("could not edit the schema")
+		}
+		if _, err := c.ApplySchema(ctx, tmpl); err != nil {
+			t.Fatal(err)
+		}
+		plan, err := c.ApplySchema(ctx, tmpl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(plan.Changes) != 0 {
+			t.Errorf("%q: the re-apply planned %d change(s):\n%s", form, len(plan.Changes), plan.Diff())
+		}
+	}
+}
+
+// TestReviewRemoveUnprefixedLeavesAnotherApplicationsSpace: another
+// application has its own bare `space` (owner, viewer, view: names the
+// project's space declares too, on other types) and no definition of its
+// refers to it. remove-unprefixed takes it for the project's legacy space
+// (its members are a subset of ours), with no legacy projector in sight,
+// and deletes it with every one of its relationships.
+func TestReviewRemoveUnprefixedLeavesAnotherApplicationsSpace(t *testing.T) {
+	t.Parallel()
+	e := testenv.New(t) // a fresh install under the prefix: nothing to upgrade from
+	c := e.Client
+	ctx := context.Background()
+	cur, err := c.ReadSchema(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const other = `
+definition user {}
+
+definition space {
+  relation owner: user
+  relation viewer: user
+  permission view = owner + viewer
+}
+`
+	if err := c.WriteSchema(ctx, cur+other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.API().WriteRelationships(ctx, &v1.WriteRelationshipsRequest{Updates: []*v1.RelationshipUpdate{
+		{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: &v1.Relationship{
+			Resource: &v1.ObjectReference{ObjectType: "space", ObjectId: "team1"}, Relation: "owner",
+			Subject:  &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: "user", ObjectId: "u1"}}}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := c.PlanRemoveLegacy(ctx, deploy.Schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(plan.Definitions, "space") {
+		t.Errorf("remove-unprefixed would remove another application's space: plan %v (conflict %v)", plan.Definitions, plan.Conflict)
+		if plan.Conflict == nil {
+			n, err := c.RemoveLegacy(ctx, plan)
+			t.Errorf("RemoveLegacy deleted %d of its relationships (err %v)", n, err)
+		}
 	}
 }
