@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 )
 
 // QualifySchema writes a schema template in the view's names (such as
@@ -147,7 +149,13 @@ func PlanSchema(current, ours string, ns Namespace) (SchemaPlan, error) {
 			plan.Changes = append(plan.Changes, SchemaChange{Kind: "add", Name: it.Name, New: strings.TrimSpace(it.body())})
 		}
 	}
-	if err := checkReferences(kept, mine, ns); err != nil {
+	var held []SchemaItem // our definitions as SpiceDB holds them
+	for _, it := range cur {
+		if it.Kind == "definition" && isOurs(it) {
+			held = append(held, it)
+		}
+	}
+	if err := checkReferences(kept, mine, held, ns); err != nil {
 		return SchemaPlan{}, err
 	}
 	var b strings.Builder
@@ -176,21 +184,24 @@ func PlanSchema(current, ours string, ns Namespace) (SchemaPlan, error) {
 
 // checkReferences fails when a kept item refers to a definition under the
 // namespace that ours does not define, or to a relation or permission that
-// ours does not declare on it.
-func checkReferences(kept []string, ours []SchemaItem, ns Namespace) error {
+// ours does not declare on it, in a type (`group#member`) or through an
+// arrow (`rel->view`, `rel.any(view)`, rel allowing one of ours) that
+// reaches a relation or permission held declares and ours drops. SpiceDB
+// accepts the latter: the other application's permission just stops
+// granting.
+func checkReferences(kept []string, ours, held []SchemaItem, ns Namespace) error {
 	if ns.prefix == "" {
 		return nil // SpiceDB itself refuses a schema that refers to a missing definition
 	}
 	members := map[string]map[string]bool{}
 	for _, it := range ours {
-		if it.Kind != "definition" {
-			continue
+		if it.Kind == "definition" {
+			members[it.Name] = declared(it.body())
 		}
-		m := map[string]bool{}
-		for _, sm := range memberRe.FindAllStringSubmatch(it.body(), -1) {
-			m[sm[2]] = true
-		}
-		members[it.Name] = m
+	}
+	before := map[string]map[string]bool{}
+	for _, it := range held {
+		before[it.Name] = declared(it.body())
 	}
 	var problems []string
 	for _, text := range kept {
@@ -199,7 +210,7 @@ func checkReferences(kept []string, ours []SchemaItem, ns Namespace) error {
 		if len(items) == 1 {
 			it = items[0]
 		}
-		for _, ref := range prefixedRefs(text, ns.prefix) {
+		for _, ref := range prefixedRefs(text, ns) {
 			name, rel, _ := strings.Cut(ref, "#")
 			m, ok := members[name]
 			switch {
@@ -207,6 +218,19 @@ func checkReferences(kept []string, ours []SchemaItem, ns Namespace) error {
 				problems = append(problems, fmt.Sprintf("%s %s refers to %s, which this version does not define", it.Kind, it.Name, name))
 			case rel != "" && !m[rel]:
 				problems = append(problems, fmt.Sprintf("%s %s refers to %s#%s, which this version does not declare", it.Kind, it.Name, name, rel))
+			}
+		}
+		if it.Kind != "definition" {
+			continue
+		}
+		types := subjectTypes(it.body())
+		for _, a := range arrowRe.FindAllStringSubmatch(normalize(it.body()), -1) {
+			via, target := a[1], a[2]
+			for _, typ := range types[via] {
+				if m, ok := members[typ]; ok && before[typ][target] && !m[target] {
+					problems = append(problems, fmt.Sprintf("%s %s refers to %s#%s through %s, which this version does not declare",
+						it.Kind, it.Name, typ, target, strings.TrimSuffix(a[0], "(")))
+				}
 			}
 		}
 	}
@@ -221,6 +245,26 @@ func checkReferences(kept []string, ours []SchemaItem, ns Namespace) error {
 
 var memberRe = regexp.MustCompile(`(relation|permission)\s+([a-z][a-z0-9_]*)`)
 
+// arrowRe finds the arrows of a normalized definition: rel->target,
+// rel.any(target), rel.all(target).
+var arrowRe = regexp.MustCompile(`\b([a-z][a-z0-9_]*)(?:->|\.any\(|\.all\()([a-z][a-z0-9_]*)`)
+
+// declared are the relation and permission names of a definition body,
+// comments left out.
+func declared(body string) map[string]bool { return members(stripComments(body)) }
+
+// subjectTypes maps each relation of a definition body to the definitions
+// it allows as subjects.
+func subjectTypes(body string) map[string][]string {
+	out := map[string][]string{}
+	for _, m := range relationDeclRe.FindAllStringSubmatch(stripComments(body), -1) {
+		out[m[1]] = relationTypes("relation " + m[1] + ":" + m[2])
+	}
+	return out
+}
+
+var relationDeclRe = regexp.MustCompile(`relation\s+([a-z][a-z0-9_]*)\s*:([^\n]*)`)
+
 // PlanApply reads SpiceDB's schema and plans the merge of template (the
 // project's schema in the view's names, such as deploy.Schema) under the
 // client's namespace.
@@ -233,7 +277,30 @@ func (c *Client) PlanApply(ctx context.Context, template string) (SchemaPlan, er
 	if err != nil {
 		return SchemaPlan{}, err
 	}
-	return PlanSchema(current, ours, c.ns)
+	plan, err := PlanSchema(current, ours, c.ns)
+	if err != nil || len(plan.Changes) == 0 {
+		return plan, err
+	}
+	// SpiceDB stores a permission in its own form (`a - b - c` as
+	// `(a - b) - c`, `(a + b)` as `a + b`), which normalize does not undo:
+	// ask SpiceDB whether the merged schema differs from what it holds.
+	// When it cannot say (an older SpiceDB), the plan stands.
+	if same, err := c.sameSchema(ctx, plan.Schema); err == nil && same {
+		plan.Changes = nil
+	}
+	return plan, nil
+}
+
+// sameSchema reports whether SpiceDB finds no difference between schema and
+// the one it holds.
+func (c *Client) sameSchema(ctx context.Context, schema string) (bool, error) {
+	ctx, cancel := c.callCtx(ctx)
+	defer cancel()
+	resp, err := c.api.DiffSchema(ctx, &v1.DiffSchemaRequest{Consistency: Consistency(""), ComparisonSchema: schema})
+	if err != nil {
+		return false, err
+	}
+	return len(resp.GetDiffs()) == 0, nil
 }
 
 // ApplySchema merges template into SpiceDB's schema (PlanApply) and writes

@@ -68,6 +68,7 @@ definition wiki/page {
 		t.Fatal("could not edit the schema")
 	}
 	_, err = c.ApplySchema(ctx, next)
+	t.Logf("apply: %v", err)
 	after, _ := c.ReadSchema(ctx)
 	if !errors.Is(err, spice.ErrSchemaConflict) {
 		t.Errorf("err = %v, want ErrSchemaConflict naming wiki/page's arrow to spaces_authz/space#view", err)
@@ -168,7 +169,7 @@ definition space {
 	if _, err := c.API().WriteRelationships(ctx, &v1.WriteRelationshipsRequest{Updates: []*v1.RelationshipUpdate{
 		{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: &v1.Relationship{
 			Resource: &v1.ObjectReference{ObjectType: "space", ObjectId: "team1"}, Relation: "owner",
-			Subject:  &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: "user", ObjectId: "u1"}}}},
+			Subject: &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: "user", ObjectId: "u1"}}}},
 	}}); err != nil {
 		t.Fatal(err)
 	}

@@ -168,7 +168,7 @@ func normalize(s string) string {
 	return spaceAroundPunct.ReplaceAllString(out, "$1")
 }
 
-var spaceAroundPunct = regexp.MustCompile(` ?([{}()|:+&,=#*-]|->) ?`)
+var spaceAroundPunct = regexp.MustCompile(` ?(->|[{}()|:+&,=#*-]) ?`)
 
 // references lists the definition names an item's text refers to as
 // `<name>` in a type position (after ":" or "|" in a relation), and as a
@@ -178,10 +178,10 @@ var refRe = regexp.MustCompile(`[a-z][a-z0-9_]*(/[a-z][a-z0-9_]*)+(#[a-z][a-z0-9
 
 // prefixedRefs lists the references in text to names under prefix, each as
 // "name" or "name#relation", comments left out.
-func prefixedRefs(text, prefix string) []string {
+func prefixedRefs(text string, ns Namespace) []string {
 	var out []string
 	for _, m := range refRe.FindAllString(normalize(text), -1) {
-		if strings.HasPrefix(m, prefix+"/") {
+		if name, _, _ := strings.Cut(m, "#"); ns.Owns(name) {
 			out = append(out, m)
 		}
 	}
