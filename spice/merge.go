@@ -14,7 +14,8 @@ import (
 // QualifySchema writes a schema template in the view's names (such as
 // deploy/spicedb/schema.zed) under a namespace: every definition it
 // declares is renamed <prefix>/<name>, and so is every reference to one in a
-// relation's allowed types. Comments are left as they are.
+// relation's allowed types; caveats too, and the relations' `with <caveat>`.
+// Comments are left as they are.
 func QualifySchema(template string, ns Namespace) (string, error) {
 	items, tail, err := ParseSchema(template)
 	if err != nil {
@@ -23,15 +24,15 @@ func QualifySchema(template string, ns Namespace) (string, error) {
 	if ns.prefix == "" {
 		return template, nil
 	}
-	defined := map[string]bool{}
+	defined := map[string]bool{} // definitions and caveats
 	for _, it := range items {
-		if it.Kind == "definition" {
+		if it.Kind == "definition" || it.Kind == "caveat" {
 			defined[it.Name] = true
 		}
 	}
 	var b strings.Builder
 	for _, it := range items {
-		if it.Kind != "definition" {
+		if it.Kind == "use" {
 			b.WriteString(it.Text)
 			continue
 		}
@@ -45,7 +46,7 @@ func QualifySchema(template string, ns Namespace) (string, error) {
 }
 
 var (
-	definitionLine = regexp.MustCompile(`^(\s*definition\s+)([a-z][a-z0-9_]*)(\s*\{.*)$`)
+	definitionLine = regexp.MustCompile(`^(\s*(?:definition|caveat)\s+)([a-z][a-z0-9_]*)(\s*[{(].*)$`)
 	relationLine   = regexp.MustCompile(`^(\s*relation\s+[a-z][a-z0-9_]*\s*:)([^/\n]*?)(\s*(//.*)?\n?)$`)
 	typeRef        = regexp.MustCompile(`\b([a-z][a-z0-9_]*)(:\*|#[a-z][a-z0-9_]*)?\b`)
 )

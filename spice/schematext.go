@@ -152,7 +152,22 @@ func (it SchemaItem) normalized() string { return normalize(it.body()) }
 
 func normalize(s string) string {
 	var b strings.Builder
+	var literals []string // a caveat's string literals, kept as they are
 	for i := 0; i < len(s); {
+		if q := s[i]; q == '"' || q == '`' || q == '\'' {
+			j := i + 1
+			for j < len(s) && s[j] != q {
+				if s[j] == '\\' && q != '`' {
+					j++
+				}
+				j++
+			}
+			j = min(j+1, len(s))
+			fmt.Fprintf(&b, "\x01%d\x02", len(literals))
+			literals = append(literals, s[i:j])
+			i = j
+			continue
+		}
 		j := skipSpaceAndComments(s, i)
 		if j > i {
 			b.WriteByte(' ')
@@ -165,7 +180,11 @@ func normalize(s string) string {
 	out := strings.TrimSpace(b.String())
 	// SpiceDB writes no space inside or around some punctuation that a
 	// hand-written schema may space out; drop it around all of them.
-	return spaceAroundPunct.ReplaceAllString(out, "$1")
+	out = spaceAroundPunct.ReplaceAllString(out, "$1")
+	for k, lit := range literals {
+		out = strings.Replace(out, fmt.Sprintf("\x01%d\x02", k), lit, 1)
+	}
+	return out
 }
 
 var spaceAroundPunct = regexp.MustCompile(` ?(->|[{}()|:+&,=#*-]) ?`)
