@@ -24,8 +24,9 @@ type LegacyPlan struct {
 	// Conflict is set (wrapping ErrSchemaConflict) when a definition that
 	// stays refers to one that would go: RemoveLegacy refuses the plan.
 	Conflict error
-	// schema is SpiceDB's schema without Definitions.
-	schema string
+	// schema is SpiceDB's schema without Definitions; base is SpiceDB's
+	// schema as the plan read it.
+	schema, base string
 }
 
 // PlanRemoveLegacy finds the unprefixed definitions of template (the
@@ -56,7 +57,7 @@ func (c *Client) PlanRemoveLegacy(ctx context.Context, template string) (LegacyP
 	if err != nil {
 		return LegacyPlan{}, fmt.Errorf("%w: SpiceDB's schema could not be read: %w", ErrSchemaConflict, err)
 	}
-	var plan LegacyPlan
+	plan := LegacyPlan{base: current}
 	if !legacyFingerprint(items) {
 		return plan, nil // no version before the prefix wrote this schema: the bare names are others'
 	}
@@ -161,6 +162,14 @@ func (c *Client) ownedRepos(ctx context.Context, source string) (int, error) {
 func (c *Client) RemoveLegacy(ctx context.Context, plan LegacyPlan) (int64, error) {
 	if plan.Conflict != nil {
 		return 0, plan.Conflict
+	}
+	// Deleting is not undone by a failed schema write: check first that
+	// the plan still describes SpiceDB's schema.
+	if now, err := c.ReadSchema(ctx); err != nil {
+		return 0, err
+	} else if now != plan.base {
+		return 0, fmt.Errorf("%w: SpiceDB's schema changed since it was read (another application wrote it): "+
+			"nothing removed; plan again", ErrSchemaConflict)
 	}
 	var n int64
 	for _, def := range plan.Definitions {

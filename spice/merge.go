@@ -96,6 +96,8 @@ type SchemaPlan struct {
 	Changes []SchemaChange
 	// Kept names the other applications' items that are kept.
 	Kept []string
+	// base is the schema the plan merged into (SpiceDB's, when read).
+	base string
 }
 
 // ErrSchemaConflict is returned when the project's schema cannot be merged
@@ -128,7 +130,7 @@ func PlanSchema(current, ours string, ns Namespace) (SchemaPlan, error) {
 		_, named := ourNames[it.Kind+" "+it.Name]
 		return named || ns.Owns(it.Name)
 	}
-	var plan SchemaPlan
+	plan := SchemaPlan{base: current}
 	var kept []string
 	seen := map[string]bool{}
 	for _, it := range cur {
@@ -314,7 +316,24 @@ func (c *Client) ApplySchema(ctx context.Context, template string) (SchemaPlan, 
 	if len(plan.Changes) == 0 {
 		return plan, nil
 	}
-	return plan, c.WriteSchema(ctx, plan.Schema)
+	return plan, c.WritePlan(ctx, plan)
+}
+
+// WritePlan writes the plan's schema unless SpiceDB's schema is no longer
+// the one the plan merged into: another application's WriteSchema between
+// the read and the write would otherwise be undone (a lost update). The v1
+// API has no precondition on WriteSchema, so a write that lands between
+// this re-read and the write is still lost; the window is only narrowed.
+func (c *Client) WritePlan(ctx context.Context, plan SchemaPlan) error {
+	now, err := c.ReadSchema(ctx)
+	if err != nil {
+		return err
+	}
+	if now != plan.base {
+		return fmt.Errorf("%w: SpiceDB's schema changed since it was read (another application wrote it): "+
+			"nothing written; plan again", ErrSchemaConflict)
+	}
+	return c.WriteSchema(ctx, plan.Schema)
 }
 
 // Diff renders the plan's changes for a person: one block per definition

@@ -239,3 +239,32 @@ func TestReviewNormalizeKeepsStrings(t *testing.T) {
 		}
 	}
 }
+
+// TestReviewApplyDoesNotUndoAConcurrentWrite: another application writes
+// SpiceDB's schema between `schema apply`'s read and its write. Writing
+// the plan as it was made would drop that application's new definition (a
+// lost update); WritePlan refuses instead.
+func TestReviewApplyDoesNotUndoAConcurrentWrite(t *testing.T) {
+	t.Parallel()
+	e := testenv.New(t)
+	c := e.Client
+	ctx := context.Background()
+	next := strings.Replace(deploy.Schema, "  relation parent: space\n", "  relation parent: space\n  relation auditor: acct\n", 1)
+	plan, err := c.PlanApply(ctx, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := c.ReadSchema(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteSchema(ctx, cur+"\ndefinition other_app/late {}\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WritePlan(ctx, plan); !errors.Is(err, spice.ErrSchemaConflict) {
+		t.Errorf("WritePlan after a concurrent write: err = %v, want ErrSchemaConflict", err)
+	}
+	if s, _ := c.ReadSchema(ctx); !strings.Contains(s, "definition other_app/late {}") {
+		t.Error("the concurrent write was undone")
+	}
+}
