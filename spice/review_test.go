@@ -268,3 +268,32 @@ func TestReviewApplyDoesNotUndoAConcurrentWrite(t *testing.T) {
 		t.Error("the concurrent write was undone")
 	}
 }
+
+// TestReviewQualifySchemaEveryRelationType: QualifySchema works line by
+// line and skips a relation whose line holds a `/` (another application's
+// type, a /* comment */), whose types go on to the next line, or that
+// shares its line with the definition. Those keep the bare name: SpiceDB
+// refuses the schema, or, while the bare definitions of an older version
+// are still there, the relation silently points at them.
+func TestReviewQualifySchemaEveryRelationType(t *testing.T) {
+	t.Parallel()
+	tmpl := "definition acct {}\n\ndefinition doc {\n" +
+		"  relation aaa: acct | billing/user\n" +
+		"  relation bbb: acct /* a note */\n" +
+		"  relation ccc:\n    acct |\n    doc#aaa\n" +
+		"  relation ddd: acct with expiration // acct\n" +
+		"}\n\ndefinition one { relation rrr: acct }\n"
+	want := "definition spaces_authz/acct {}\n\ndefinition spaces_authz/doc {\n" +
+		"  relation aaa: spaces_authz/acct | billing/user\n" +
+		"  relation bbb: spaces_authz/acct /* a note */\n" +
+		"  relation ccc:\n    spaces_authz/acct |\n    spaces_authz/doc#aaa\n" +
+		"  relation ddd: spaces_authz/acct with expiration // acct\n" +
+		"}\n\ndefinition spaces_authz/one { relation rrr: spaces_authz/acct }\n"
+	got, err := spice.QualifySchema(tmpl, spice.MustNamespace(spice.DefaultPrefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Errorf("QualifySchema:\n%s\nwant:\n%s", got, want)
+	}
+}
