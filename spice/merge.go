@@ -36,41 +36,52 @@ func QualifySchema(template string, ns Namespace) (string, error) {
 			b.WriteString(it.Text)
 			continue
 		}
-		lines := strings.SplitAfter(it.Text, "\n")
-		for _, line := range lines {
-			b.WriteString(qualifyLine(line, defined, ns))
-		}
+		b.WriteString(qualifyItem(it.Text, defined, ns))
 	}
 	b.WriteString(tail)
 	return b.String(), nil
 }
 
 var (
-	definitionLine = regexp.MustCompile(`^(\s*(?:definition|caveat)\s+)([a-z][a-z0-9_]*)(\s*[{(].*)$`)
-	relationLine   = regexp.MustCompile(`^(\s*relation\s+[a-z][a-z0-9_]*\s*:)([^/\n]*?)(\s*(//.*)?\n?)$`)
-	typeRef        = regexp.MustCompile(`\b([a-z][a-z0-9_]*)(:\*|#[a-z][a-z0-9_]*)?\b`)
+	headerRe   = regexp.MustCompile(`\b(?:definition|caveat)\s+([a-z][a-z0-9_]*)`)
+	relStartRe = regexp.MustCompile(`\brelation\s+[a-z][a-z0-9_]*\s*:`)
+	relEndRe   = regexp.MustCompile(`\b(?:relation|permission)\b|\}`)
+	tokenRe    = regexp.MustCompile(`[a-z][a-z0-9_]*(?:/[a-z][a-z0-9_]*)*`)
 )
 
-func qualifyLine(line string, defined map[string]bool, ns Namespace) string {
-	body, nl := strings.CutSuffix(line, "\n")
-	if m := definitionLine.FindStringSubmatch(body); m != nil && defined[m[2]] {
-		if nl {
-			return m[1] + ns.Type(m[2]) + m[3] + "\n"
-		}
-		return m[1] + ns.Type(m[2]) + m[3]
+// qualifyItem renames, in one definition's or caveat's text, its own name
+// and every type (or caveat) of its relations that the template defines.
+// Positions are found in a copy with comments and strings blanked out, so
+// that neither is touched, wherever the statements break their lines.
+func qualifyItem(text string, defined map[string]bool, ns Namespace) string {
+	m := blankComments(text)
+	var at []int
+	if loc := headerRe.FindStringSubmatchIndex(m); loc != nil && defined[m[loc[2]:loc[3]]] {
+		at = append(at, loc[2])
 	}
-	m := relationLine.FindStringSubmatch(line)
-	if m == nil {
-		return line
-	}
-	types := typeRef.ReplaceAllStringFunc(m[2], func(ref string) string {
-		sm := typeRef.FindStringSubmatch(ref)
-		if !defined[sm[1]] {
-			return ref // "with", a caveat's name, another application's type
+	for _, loc := range relStartRe.FindAllStringIndex(m, -1) {
+		end := len(m)
+		if e := relEndRe.FindStringIndex(m[loc[1]:]); e != nil {
+			end = loc[1] + e[0]
 		}
-		return ns.Type(sm[1]) + sm[2]
-	})
-	return m[1] + types + m[3]
+		span := m[loc[1]:end]
+		for _, t := range tokenRe.FindAllStringIndex(span, -1) {
+			if !defined[span[t[0]:t[1]]] || t[0] > 0 && span[t[0]-1] == '#' {
+				continue // "with", "expiration", another application's type, a relation
+			}
+			at = append(at, loc[1]+t[0])
+		}
+	}
+	slices.Sort(at)
+	var b strings.Builder
+	prev := 0
+	for _, i := range at {
+		b.WriteString(text[prev:i])
+		b.WriteString(ns.prefix + "/")
+		prev = i
+	}
+	b.WriteString(text[prev:])
+	return b.String()
 }
 
 // A SchemaChange is what applying the project's schema changes in one

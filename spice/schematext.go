@@ -206,3 +206,37 @@ func prefixedRefs(text string, ns Namespace) []string {
 	}
 	return out
 }
+
+// blankComments is s with every comment and string literal replaced by
+// spaces (line breaks kept): offsets into it are offsets into s.
+func blankComments(s string) string {
+	b := []byte(s)
+	blank := func(i, j int) {
+		for k := i; k < j && k < len(b); k++ {
+			if b[k] != '\n' {
+				b[k] = ' '
+			}
+		}
+	}
+	for i := 0; i < len(s); {
+		switch {
+		case strings.HasPrefix(s[i:], "//") || strings.HasPrefix(s[i:], "/*"):
+			j := skipSpaceAndComments(s, i)
+			blank(i, j)
+			i = j
+		case s[i] == '"' || s[i] == '`' || s[i] == '\'':
+			q, j := s[i], i+1
+			for j < len(s) && s[j] != q {
+				if s[j] == '\\' && q != '`' {
+					j++
+				}
+				j++
+			}
+			blank(i, j+1)
+			i = j + 1
+		default:
+			i++
+		}
+	}
+	return string(b)
+}
