@@ -209,7 +209,7 @@ func checkReferences(kept []string, ours, held []SchemaItem, ns Namespace) error
 	}
 	members := map[string]map[string]bool{}
 	for _, it := range ours {
-		if it.Kind == "definition" {
+		if it.Kind == "definition" || it.Kind == "caveat" { // a relation may name a caveat of ours: `with <prefix>/c`
 			members[it.Name] = declared(it.body())
 		}
 	}

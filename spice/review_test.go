@@ -297,3 +297,19 @@ func TestReviewQualifySchemaEveryRelationType(t *testing.T) {
 		t.Errorf("QualifySchema:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+// TestReviewOtherApplicationMayUseOurCaveat: a kept relation `with
+// spaces_authz/small` names a caveat the project's schema defines; that
+// is no conflict.
+func TestReviewOtherApplicationMayUseOurCaveat(t *testing.T) {
+	t.Parallel()
+	ns := spice.MustNamespace(spice.DefaultPrefix)
+	ours, err := spice.QualifySchema(deploy.Schema+"\ncaveat small(amount int) {\n  amount < 10\n}\n", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "definition billing_doc {\n  relation owner: spaces_authz/acct with spaces_authz/small\n}\n"
+	if _, err := spice.PlanSchema(other+ours, ours, ns); err != nil {
+		t.Errorf("a kept relation with our caveat: %v", err)
+	}
+}
