@@ -313,3 +313,38 @@ func TestReviewOtherApplicationMayUseOurCaveat(t *testing.T) {
 		t.Errorf("a kept relation with our caveat: %v", err)
 	}
 }
+
+// TestReviewArrowFormsAreConflicts: every arrow form of a kept definition
+// into a permission the new version drops is a conflict; an arrow into one
+// that stays, or into another application's type, is not.
+func TestReviewArrowFormsAreConflicts(t *testing.T) {
+	t.Parallel()
+	ns := spice.MustNamespace(spice.DefaultPrefix)
+	held, err := spice.QualifySchema(deploy.Schema, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := spice.QualifySchema(strings.Replace(deploy.Schema,
+		"  permission view = edit + viewer + member + (parent->view & inherits)\n", "", 1), ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		perm     string
+		conflict bool
+	}{
+		{"space->view", true},
+		{"space -> view", true},
+		{"space.any(view)", true},
+		{"space.all( view )", true},
+		{"space->edit", false},
+		{"folder->view", false},
+	} {
+		other := "definition wiki/folder {\n  permission view = nil\n}\n\ndefinition wiki/page {\n" +
+			"  relation space: spaces_authz/space\n  relation folder: wiki/folder\n  permission read = " + tc.perm + "\n}\n"
+		_, err := spice.PlanSchema(other+held, next, ns)
+		if got := errors.Is(err, spice.ErrSchemaConflict); got != tc.conflict {
+			t.Errorf("%s: conflict %v, want %v (%v)", tc.perm, got, tc.conflict, err)
+		}
+	}
+}
