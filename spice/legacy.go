@@ -24,8 +24,9 @@ type LegacyPlan struct {
 	// Conflict is set (wrapping ErrSchemaConflict) when a definition that
 	// stays refers to one that would go: RemoveLegacy refuses the plan.
 	Conflict error
-	// schema is SpiceDB's schema without Definitions.
-	schema string
+	// schema is SpiceDB's schema without Definitions; base is SpiceDB's
+	// schema as the plan read it.
+	schema, base string
 }
 
 // PlanRemoveLegacy finds the unprefixed definitions of template (the
@@ -42,10 +43,10 @@ func (c *Client) PlanRemoveLegacy(ctx context.Context, template string) (LegacyP
 	if err != nil {
 		return LegacyPlan{}, fmt.Errorf("spice: the project's schema: %w", err)
 	}
-	ours := map[string]map[string]bool{}
+	ours := map[string]SchemaItem{}
 	for _, it := range tmpl {
 		if it.Kind == "definition" {
-			ours[it.Name] = members(it.body())
+			ours[it.Name] = it
 		}
 	}
 	current, err := c.ReadSchema(ctx)
@@ -56,12 +57,15 @@ func (c *Client) PlanRemoveLegacy(ctx context.Context, template string) (LegacyP
 	if err != nil {
 		return LegacyPlan{}, fmt.Errorf("%w: SpiceDB's schema could not be read: %w", ErrSchemaConflict, err)
 	}
-	var plan LegacyPlan
+	plan := LegacyPlan{base: current}
+	if !legacyFingerprint(items) {
+		return plan, nil // no version before the prefix wrote this schema: the bare names are others'
+	}
 	gone := map[string]bool{}
 	var kept []SchemaItem
 	for _, it := range items {
 		want, named := ours[it.Name]
-		if it.Kind == "definition" && named && subset(members(it.body()), want) {
+		if it.Kind == "definition" && named && sameShape(it, want) {
 			gone[it.Name] = true
 			plan.Definitions = append(plan.Definitions, it.Name)
 			continue
@@ -159,6 +163,14 @@ func (c *Client) RemoveLegacy(ctx context.Context, plan LegacyPlan) (int64, erro
 	if plan.Conflict != nil {
 		return 0, plan.Conflict
 	}
+	// Deleting is not undone by a failed schema write: check first that
+	// the plan still describes SpiceDB's schema.
+	if now, err := c.ReadSchema(ctx); err != nil {
+		return 0, err
+	} else if now != plan.base {
+		return 0, fmt.Errorf("%w: SpiceDB's schema changed since it was read (another application wrote it): "+
+			"nothing removed; plan again", ErrSchemaConflict)
+	}
 	var n int64
 	for _, def := range plan.Definitions {
 		for {
@@ -180,6 +192,43 @@ func (c *Client) RemoveLegacy(ctx context.Context, plan LegacyPlan) (int64, erro
 		return n, err
 	}
 	return n, nil
+}
+
+// legacyFingerprint reports whether a schema holds what only the project's
+// versions before the prefix wrote: a bare projector whose holder is a
+// consumer and a bare lineage produced by a record. Without it, bare
+// definitions of the project's names (space, group, status, …) belong to
+// another application.
+func legacyFingerprint(items []SchemaItem) bool {
+	want := map[string][2]string{view.TypeProjector: {view.RelHolder, view.TypeConsumer},
+		view.TypeLineage: {view.RelProducedBy, view.TypeRecord}}
+	found := 0
+	for _, it := range items {
+		if w, ok := want[it.Name]; ok && it.Kind == "definition" && slices.Equal(subjectTypes(it.body())[w[0]], []string{w[1]}) {
+			found++
+		}
+	}
+	return found == len(want)
+}
+
+// sameShape reports whether a definition SpiceDB holds is (a version of)
+// the template's: it declares nothing the template does not, and each of
+// its relations allows exactly the subject types the template's does.
+func sameShape(held, tmpl SchemaItem) bool {
+	if !subset(declared(held.body()), declared(tmpl.body())) {
+		return false
+	}
+	want := subjectTypes(tmpl.body())
+	for rel, types := range subjectTypes(held.body()) {
+		w := slices.Clone(want[rel])
+		types = slices.Clone(types)
+		slices.Sort(w)
+		slices.Sort(types)
+		if !slices.Equal(slices.Compact(types), slices.Compact(w)) {
+			return false
+		}
+	}
+	return true
 }
 
 // members are the relation and permission names a definition declares.

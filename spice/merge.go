@@ -7,12 +7,15 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 )
 
 // QualifySchema writes a schema template in the view's names (such as
 // deploy/spicedb/schema.zed) under a namespace: every definition it
 // declares is renamed <prefix>/<name>, and so is every reference to one in a
-// relation's allowed types. Comments are left as they are.
+// relation's allowed types; caveats too, and the relations' `with <caveat>`.
+// Comments are left as they are.
 func QualifySchema(template string, ns Namespace) (string, error) {
 	items, tail, err := ParseSchema(template)
 	if err != nil {
@@ -21,53 +24,64 @@ func QualifySchema(template string, ns Namespace) (string, error) {
 	if ns.prefix == "" {
 		return template, nil
 	}
-	defined := map[string]bool{}
+	defined := map[string]bool{} // definitions and caveats
 	for _, it := range items {
-		if it.Kind == "definition" {
+		if it.Kind == "definition" || it.Kind == "caveat" {
 			defined[it.Name] = true
 		}
 	}
 	var b strings.Builder
 	for _, it := range items {
-		if it.Kind != "definition" {
+		if it.Kind == "use" {
 			b.WriteString(it.Text)
 			continue
 		}
-		lines := strings.SplitAfter(it.Text, "\n")
-		for _, line := range lines {
-			b.WriteString(qualifyLine(line, defined, ns))
-		}
+		b.WriteString(qualifyItem(it.Text, defined, ns))
 	}
 	b.WriteString(tail)
 	return b.String(), nil
 }
 
 var (
-	definitionLine = regexp.MustCompile(`^(\s*definition\s+)([a-z][a-z0-9_]*)(\s*\{.*)$`)
-	relationLine   = regexp.MustCompile(`^(\s*relation\s+[a-z][a-z0-9_]*\s*:)([^/\n]*?)(\s*(//.*)?\n?)$`)
-	typeRef        = regexp.MustCompile(`\b([a-z][a-z0-9_]*)(:\*|#[a-z][a-z0-9_]*)?\b`)
+	headerRe   = regexp.MustCompile(`\b(?:definition|caveat)\s+([a-z][a-z0-9_]*)`)
+	relStartRe = regexp.MustCompile(`\brelation\s+[a-z][a-z0-9_]*\s*:`)
+	relEndRe   = regexp.MustCompile(`\b(?:relation|permission)\b|\}`)
+	tokenRe    = regexp.MustCompile(`[a-z][a-z0-9_]*(?:/[a-z][a-z0-9_]*)*`)
 )
 
-func qualifyLine(line string, defined map[string]bool, ns Namespace) string {
-	body, nl := strings.CutSuffix(line, "\n")
-	if m := definitionLine.FindStringSubmatch(body); m != nil && defined[m[2]] {
-		if nl {
-			return m[1] + ns.Type(m[2]) + m[3] + "\n"
-		}
-		return m[1] + ns.Type(m[2]) + m[3]
+// qualifyItem renames, in one definition's or caveat's text, its own name
+// and every type (or caveat) of its relations that the template defines.
+// Positions are found in a copy with comments and strings blanked out, so
+// that neither is touched, wherever the statements break their lines.
+func qualifyItem(text string, defined map[string]bool, ns Namespace) string {
+	m := blankComments(text)
+	var at []int
+	if loc := headerRe.FindStringSubmatchIndex(m); loc != nil && defined[m[loc[2]:loc[3]]] {
+		at = append(at, loc[2])
 	}
-	m := relationLine.FindStringSubmatch(line)
-	if m == nil {
-		return line
-	}
-	types := typeRef.ReplaceAllStringFunc(m[2], func(ref string) string {
-		sm := typeRef.FindStringSubmatch(ref)
-		if !defined[sm[1]] {
-			return ref // "with", a caveat's name, another application's type
+	for _, loc := range relStartRe.FindAllStringIndex(m, -1) {
+		end := len(m)
+		if e := relEndRe.FindStringIndex(m[loc[1]:]); e != nil {
+			end = loc[1] + e[0]
 		}
-		return ns.Type(sm[1]) + sm[2]
-	})
-	return m[1] + types + m[3]
+		span := m[loc[1]:end]
+		for _, t := range tokenRe.FindAllStringIndex(span, -1) {
+			if !defined[span[t[0]:t[1]]] || t[0] > 0 && span[t[0]-1] == '#' {
+				continue // "with", "expiration", another application's type, a relation
+			}
+			at = append(at, loc[1]+t[0])
+		}
+	}
+	slices.Sort(at)
+	var b strings.Builder
+	prev := 0
+	for _, i := range at {
+		b.WriteString(text[prev:i])
+		b.WriteString(ns.prefix + "/")
+		prev = i
+	}
+	b.WriteString(text[prev:])
+	return b.String()
 }
 
 // A SchemaChange is what applying the project's schema changes in one
@@ -93,6 +107,8 @@ type SchemaPlan struct {
 	Changes []SchemaChange
 	// Kept names the other applications' items that are kept.
 	Kept []string
+	// base is the schema the plan merged into (SpiceDB's, when read).
+	base string
 }
 
 // ErrSchemaConflict is returned when the project's schema cannot be merged
@@ -125,7 +141,7 @@ func PlanSchema(current, ours string, ns Namespace) (SchemaPlan, error) {
 		_, named := ourNames[it.Kind+" "+it.Name]
 		return named || ns.Owns(it.Name)
 	}
-	var plan SchemaPlan
+	plan := SchemaPlan{base: current}
 	var kept []string
 	seen := map[string]bool{}
 	for _, it := range cur {
@@ -147,7 +163,13 @@ func PlanSchema(current, ours string, ns Namespace) (SchemaPlan, error) {
 			plan.Changes = append(plan.Changes, SchemaChange{Kind: "add", Name: it.Name, New: strings.TrimSpace(it.body())})
 		}
 	}
-	if err := checkReferences(kept, mine, ns); err != nil {
+	var held []SchemaItem // our definitions as SpiceDB holds them
+	for _, it := range cur {
+		if it.Kind == "definition" && isOurs(it) {
+			held = append(held, it)
+		}
+	}
+	if err := checkReferences(kept, mine, held, ns); err != nil {
 		return SchemaPlan{}, err
 	}
 	var b strings.Builder
@@ -176,21 +198,24 @@ func PlanSchema(current, ours string, ns Namespace) (SchemaPlan, error) {
 
 // checkReferences fails when a kept item refers to a definition under the
 // namespace that ours does not define, or to a relation or permission that
-// ours does not declare on it.
-func checkReferences(kept []string, ours []SchemaItem, ns Namespace) error {
+// ours does not declare on it, in a type (`group#member`) or through an
+// arrow (`rel->view`, `rel.any(view)`, rel allowing one of ours) that
+// reaches a relation or permission held declares and ours drops. SpiceDB
+// accepts the latter: the other application's permission just stops
+// granting.
+func checkReferences(kept []string, ours, held []SchemaItem, ns Namespace) error {
 	if ns.prefix == "" {
 		return nil // SpiceDB itself refuses a schema that refers to a missing definition
 	}
 	members := map[string]map[string]bool{}
 	for _, it := range ours {
-		if it.Kind != "definition" {
-			continue
+		if it.Kind == "definition" || it.Kind == "caveat" { // a relation may name a caveat of ours: `with <prefix>/c`
+			members[it.Name] = declared(it.body())
 		}
-		m := map[string]bool{}
-		for _, sm := range memberRe.FindAllStringSubmatch(it.body(), -1) {
-			m[sm[2]] = true
-		}
-		members[it.Name] = m
+	}
+	before := map[string]map[string]bool{}
+	for _, it := range held {
+		before[it.Name] = declared(it.body())
 	}
 	var problems []string
 	for _, text := range kept {
@@ -199,7 +224,7 @@ func checkReferences(kept []string, ours []SchemaItem, ns Namespace) error {
 		if len(items) == 1 {
 			it = items[0]
 		}
-		for _, ref := range prefixedRefs(text, ns.prefix) {
+		for _, ref := range prefixedRefs(text, ns) {
 			name, rel, _ := strings.Cut(ref, "#")
 			m, ok := members[name]
 			switch {
@@ -207,6 +232,19 @@ func checkReferences(kept []string, ours []SchemaItem, ns Namespace) error {
 				problems = append(problems, fmt.Sprintf("%s %s refers to %s, which this version does not define", it.Kind, it.Name, name))
 			case rel != "" && !m[rel]:
 				problems = append(problems, fmt.Sprintf("%s %s refers to %s#%s, which this version does not declare", it.Kind, it.Name, name, rel))
+			}
+		}
+		if it.Kind != "definition" {
+			continue
+		}
+		types := subjectTypes(it.body())
+		for _, a := range arrowRe.FindAllStringSubmatch(normalize(it.body()), -1) {
+			via, target := a[1], a[2]
+			for _, typ := range types[via] {
+				if m, ok := members[typ]; ok && before[typ][target] && !m[target] {
+					problems = append(problems, fmt.Sprintf("%s %s refers to %s#%s through %s, which this version does not declare",
+						it.Kind, it.Name, typ, target, strings.TrimSuffix(a[0], "(")))
+				}
 			}
 		}
 	}
@@ -221,6 +259,26 @@ func checkReferences(kept []string, ours []SchemaItem, ns Namespace) error {
 
 var memberRe = regexp.MustCompile(`(relation|permission)\s+([a-z][a-z0-9_]*)`)
 
+// arrowRe finds the arrows of a normalized definition: rel->target,
+// rel.any(target), rel.all(target).
+var arrowRe = regexp.MustCompile(`\b([a-z][a-z0-9_]*)(?:->|\.any\(|\.all\()([a-z][a-z0-9_]*)`)
+
+// declared are the relation and permission names of a definition body,
+// comments left out.
+func declared(body string) map[string]bool { return members(stripComments(body)) }
+
+// subjectTypes maps each relation of a definition body to the definitions
+// it allows as subjects.
+func subjectTypes(body string) map[string][]string {
+	out := map[string][]string{}
+	for _, m := range relationDeclRe.FindAllStringSubmatch(stripComments(body), -1) {
+		out[m[1]] = relationTypes("relation " + m[1] + ":" + m[2])
+	}
+	return out
+}
+
+var relationDeclRe = regexp.MustCompile(`relation\s+([a-z][a-z0-9_]*)\s*:([^\n]*)`)
+
 // PlanApply reads SpiceDB's schema and plans the merge of template (the
 // project's schema in the view's names, such as deploy.Schema) under the
 // client's namespace.
@@ -233,7 +291,30 @@ func (c *Client) PlanApply(ctx context.Context, template string) (SchemaPlan, er
 	if err != nil {
 		return SchemaPlan{}, err
 	}
-	return PlanSchema(current, ours, c.ns)
+	plan, err := PlanSchema(current, ours, c.ns)
+	if err != nil || len(plan.Changes) == 0 {
+		return plan, err
+	}
+	// SpiceDB stores a permission in its own form (`a - b - c` as
+	// `(a - b) - c`, `(a + b)` as `a + b`), which normalize does not undo:
+	// ask SpiceDB whether the merged schema differs from what it holds.
+	// When it cannot say (an older SpiceDB), the plan stands.
+	if same, err := c.sameSchema(ctx, plan.Schema); err == nil && same {
+		plan.Changes = nil
+	}
+	return plan, nil
+}
+
+// sameSchema reports whether SpiceDB finds no difference between schema and
+// the one it holds.
+func (c *Client) sameSchema(ctx context.Context, schema string) (bool, error) {
+	ctx, cancel := c.callCtx(ctx)
+	defer cancel()
+	resp, err := c.api.DiffSchema(ctx, &v1.DiffSchemaRequest{Consistency: Consistency(""), ComparisonSchema: schema})
+	if err != nil {
+		return false, err
+	}
+	return len(resp.GetDiffs()) == 0, nil
 }
 
 // ApplySchema merges template into SpiceDB's schema (PlanApply) and writes
@@ -246,7 +327,24 @@ func (c *Client) ApplySchema(ctx context.Context, template string) (SchemaPlan, 
 	if len(plan.Changes) == 0 {
 		return plan, nil
 	}
-	return plan, c.WriteSchema(ctx, plan.Schema)
+	return plan, c.WritePlan(ctx, plan)
+}
+
+// WritePlan writes the plan's schema unless SpiceDB's schema is no longer
+// the one the plan merged into: another application's WriteSchema between
+// the read and the write would otherwise be undone (a lost update). The v1
+// API has no precondition on WriteSchema, so a write that lands between
+// this re-read and the write is still lost; the window is only narrowed.
+func (c *Client) WritePlan(ctx context.Context, plan SchemaPlan) error {
+	now, err := c.ReadSchema(ctx)
+	if err != nil {
+		return err
+	}
+	if now != plan.base {
+		return fmt.Errorf("%w: SpiceDB's schema changed since it was read (another application wrote it): "+
+			"nothing written; plan again", ErrSchemaConflict)
+	}
+	return c.WriteSchema(ctx, plan.Schema)
 }
 
 // Diff renders the plan's changes for a person: one block per definition

@@ -63,22 +63,26 @@ func (n Namespace) Type(t string) string {
 	return n.prefix + "/" + t
 }
 
-// Owns reports whether a SpiceDB definition name lies under the prefix.
-// Unprefixed, nothing does: only the view's exact names are the project's.
+// Owns reports whether a SpiceDB definition name lies under the prefix:
+// <prefix>/<name>, one segment, as the view's names are. A name under a
+// prefix nested in ours (<prefix>/staging/space, another deployment's) is
+// not ours. Unprefixed, nothing is: only the view's exact names are the
+// project's.
 func (n Namespace) Owns(name string) bool {
-	return n.prefix != "" && strings.HasPrefix(name, n.prefix+"/")
+	if n.prefix == "" {
+		return false
+	}
+	rest, ok := strings.CutPrefix(name, n.prefix+"/")
+	return ok && rest != "" && !strings.Contains(rest, "/")
 }
 
 // Local is the view's name of a SpiceDB definition; a name outside the
 // prefix is returned whole, so it never passes for one of the view's.
 func (n Namespace) Local(name string) string {
-	if n.prefix == "" {
+	if !n.Owns(name) {
 		return name
 	}
-	if rest, ok := strings.CutPrefix(name, n.prefix+"/"); ok {
-		return rest
-	}
-	return name
+	return name[len(n.prefix)+1:]
 }
 
 // Tuple is the tuple with SpiceDB's definition names.

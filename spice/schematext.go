@@ -152,7 +152,22 @@ func (it SchemaItem) normalized() string { return normalize(it.body()) }
 
 func normalize(s string) string {
 	var b strings.Builder
+	var literals []string // a caveat's string literals, kept as they are
 	for i := 0; i < len(s); {
+		if q := s[i]; q == '"' || q == '`' || q == '\'' {
+			j := i + 1
+			for j < len(s) && s[j] != q {
+				if s[j] == '\\' && q != '`' {
+					j++
+				}
+				j++
+			}
+			j = min(j+1, len(s))
+			fmt.Fprintf(&b, "\x01%d\x02", len(literals))
+			literals = append(literals, s[i:j])
+			i = j
+			continue
+		}
 		j := skipSpaceAndComments(s, i)
 		if j > i {
 			b.WriteByte(' ')
@@ -165,10 +180,14 @@ func normalize(s string) string {
 	out := strings.TrimSpace(b.String())
 	// SpiceDB writes no space inside or around some punctuation that a
 	// hand-written schema may space out; drop it around all of them.
-	return spaceAroundPunct.ReplaceAllString(out, "$1")
+	out = spaceAroundPunct.ReplaceAllString(out, "$1")
+	for k, lit := range literals {
+		out = strings.Replace(out, fmt.Sprintf("\x01%d\x02", k), lit, 1)
+	}
+	return out
 }
 
-var spaceAroundPunct = regexp.MustCompile(` ?([{}()|:+&,=#*-]|->) ?`)
+var spaceAroundPunct = regexp.MustCompile(` ?(->|[{}()|:+&,=#*-]) ?`)
 
 // references lists the definition names an item's text refers to as
 // `<name>` in a type position (after ":" or "|" in a relation), and as a
@@ -178,12 +197,46 @@ var refRe = regexp.MustCompile(`[a-z][a-z0-9_]*(/[a-z][a-z0-9_]*)+(#[a-z][a-z0-9
 
 // prefixedRefs lists the references in text to names under prefix, each as
 // "name" or "name#relation", comments left out.
-func prefixedRefs(text, prefix string) []string {
+func prefixedRefs(text string, ns Namespace) []string {
 	var out []string
 	for _, m := range refRe.FindAllString(normalize(text), -1) {
-		if strings.HasPrefix(m, prefix+"/") {
+		if name, _, _ := strings.Cut(m, "#"); ns.Owns(name) {
 			out = append(out, m)
 		}
 	}
 	return out
+}
+
+// blankComments is s with every comment and string literal replaced by
+// spaces (line breaks kept): offsets into it are offsets into s.
+func blankComments(s string) string {
+	b := []byte(s)
+	blank := func(i, j int) {
+		for k := i; k < j && k < len(b); k++ {
+			if b[k] != '\n' {
+				b[k] = ' '
+			}
+		}
+	}
+	for i := 0; i < len(s); {
+		switch {
+		case strings.HasPrefix(s[i:], "//") || strings.HasPrefix(s[i:], "/*"):
+			j := skipSpaceAndComments(s, i)
+			blank(i, j)
+			i = j
+		case s[i] == '"' || s[i] == '`' || s[i] == '\'':
+			q, j := s[i], i+1
+			for j < len(s) && s[j] != q {
+				if s[j] == '\\' && q != '`' {
+					j++
+				}
+				j++
+			}
+			blank(i, j+1)
+			i = j + 1
+		default:
+			i++
+		}
+	}
+	return string(b)
 }

@@ -84,7 +84,7 @@ func cmdSchemaApply(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintln(out, "dry run: nothing written")
 		return nil
 	}
-	if err := client.WriteSchema(ctx, plan.Schema); err != nil {
+	if err := client.WritePlan(ctx, plan); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "schema written: %d change(s)\n", len(plan.Changes))
