@@ -21,9 +21,6 @@ import (
 	"github.com/spaces-authz/spaces-authz/spice"
 )
 
-// version is set at build time (-ldflags "-X main.version=...").
-var version = "dev"
-
 type runFlags struct {
 	common
 	httpAddr                                   string
@@ -120,8 +117,10 @@ func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())
+	b := currentBuild()
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "consumer", Name: "build_info",
-		Help: "Always 1; the version label says which build runs.", ConstLabels: prometheus.Labels{"version": version}},
+		Help:        "Always 1; the labels say which build runs (the values `consumer version` prints).",
+		ConstLabels: prometheus.Labels{"version": b.Version, "commit": b.Commit, "goversion": b.GoVersion}},
 		func() float64 { return 1 }))
 	return reg
 }
@@ -219,7 +218,7 @@ func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus
 	if err != nil {
 		return err
 	}
-	cfg.Logger.Info("consumer starting", "version", version, "pds", redact.URL(f.pdsURL), "spicedb", f.spiceEndpoint,
+	cfg.Logger.Info("consumer starting", "version", version, "commit", currentBuild().Commit, "pds", redact.URL(f.pdsURL), "spicedb", f.spiceEndpoint,
 		"projector", f.name, "http", servers[0].Addr(), "admin_api", admin)
 	g, gctx := errgroup.WithContext(ctx)
 	runCtx, stopHTTP := context.WithCancel(context.Background())
