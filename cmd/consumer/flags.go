@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -77,15 +78,40 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprintf(w, "\nA flag shown with a variable also reads it; the command line wins, then CONSUMER_*, then NATS_*.\n")
 }
 
+var (
+	badBool  = regexp.MustCompile(`^invalid boolean value "(.*)" for -([-\w]+): `)
+	badValue = regexp.MustCompile(`^invalid value "(.*)" for flag -([-\w]+): `)
+)
+
 // flagError rewrites the flag package's messages in the --flag spelling
-// the help uses.
-func flagError(err error) error {
+// the help uses, saying what a value should look like.
+func flagError(fs *flag.FlagSet, err error) error {
 	msg := err.Error()
 	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
 		return fmt.Errorf("unknown flag --%s", strings.TrimPrefix(name, "-"))
 	}
-	msg = strings.Replace(msg, " flag -", " flag --", 1)
-	msg = strings.Replace(msg, "argument: -", "argument: --", 1)
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return fmt.Errorf("--%s needs a value", strings.TrimPrefix(name, "-"))
+	}
+	if m := badBool.FindStringSubmatch(msg); m != nil {
+		return fmt.Errorf("--%s=%s: want true or false", m[2], m[1])
+	}
+	if m := badValue.FindStringSubmatch(msg); m != nil {
+		want := strings.TrimPrefix(msg, m[0])
+		if f := fs.Lookup(m[2]); f != nil {
+			if g, ok := f.Value.(flag.Getter); ok {
+				switch g.Get().(type) {
+				case time.Duration:
+					want = "want a duration with a unit, e.g. 500ms, 15s, 2m or 1h"
+				case int, int64, uint, uint64:
+					want = "want a whole number"
+				case float64:
+					want = "want a number"
+				}
+			}
+		}
+		return fmt.Errorf("--%s %s: %s", m[2], m[1], want)
+	}
 	return errors.New(msg)
 }
 
@@ -108,7 +134,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 			printUsage(out, fs)
 			return &exitError{code: 0}
 		}
-		return &exitError{code: 2, err: flagError(err), cmd: fs.Name()}
+		return &exitError{code: 2, err: flagError(fs, err), cmd: fs.Name()}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -144,6 +170,8 @@ type common struct {
 	rulesPath           string
 	logLevel            string
 	logFormat           string
+	// loaded are the rules, once read (rules()).
+	loaded *view.Rules
 }
 
 func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
@@ -215,14 +243,24 @@ func (c *common) spiceConfig() (spice.Config, error) {
 	if err := cfg.Validate(); err != nil {
 		return spice.Config{}, &exitError{code: 2, err: err}
 	}
+	if !c.spiceInsecure {
+		if err := checkCA("spicedb-ca", c.spiceCA); err != nil {
+			return spice.Config{}, err
+		}
+	}
+	spiceInsecure = c.spiceInsecure
 	return cfg, nil
 }
 
 func (c *common) rules() (*view.Rules, error) {
+	if c.loaded != nil {
+		return c.loaded, nil
+	}
 	r, err := view.LoadRules(c.rulesPath)
 	if err != nil {
-		return nil, &exitError{code: 2, err: err}
+		return nil, &exitError{code: 2, err: fmt.Errorf("--rules: %w", err)}
 	}
+	c.loaded = r
 	return r, nil
 }
 

@@ -40,7 +40,14 @@ type exitError struct {
 	cmd string
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
 
 type command struct {
 	summary string
@@ -100,7 +107,7 @@ func dispatch(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return report(os.Stderr, name, cmd.run(ctx, args[1:]))
+	return report(os.Stderr, name, explainTransport(cmd.run(ctx, args[1:]), spiceInsecure))
 }
 
 // report prints a command's error to w on one line and returns the exit

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
@@ -35,8 +36,16 @@ func cmdReconcile(ctx context.Context, args []string) error {
 	if admin.addr == "" {
 		admin.addr = httpAddr
 	}
-	if err := c.needPDS(); err != nil {
+	if err := c.validate(true); err != nil {
 		return err
+	}
+	if did != "" && !strings.HasPrefix(did, "did:") {
+		return usageError(fmt.Errorf("--did %q: want a DID, e.g. did:plc:abc123", did))
+	}
+	if fix {
+		if _, err := admin.token(); err != nil {
+			return err
+		}
 	}
 	rules, err := c.rules()
 	if err != nil {
@@ -47,6 +56,9 @@ func cmdReconcile(ctx context.Context, args []string) error {
 		return err
 	}
 	defer client.Close()
+	if err := c.checkProjector(ctx, client); err != nil {
+		return err
+	}
 	fetcher, err := firehose.NewSyncClient(firehose.SyncConfig{URL: c.pdsURL})
 	if err != nil {
 		return err

@@ -153,6 +153,10 @@ func (f *runFlags) runDaemon(ctx context.Context, fs *flag.FlagSet, args []strin
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	// Everything is checked before SpiceDB is dialed or the lease taken.
+	if err := f.validate(); err != nil {
+		return err
+	}
 	reg := newRegistry()
 	cfg, err := f.pipelineConfig(reg)
 	if err != nil {

@@ -11,6 +11,10 @@ import (
 )
 
 func cmdSchema(ctx context.Context, args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		fmt.Println("usage: consumer schema apply [flags]\n\nRun 'consumer schema apply --help' for its flags.")
+		return nil
+	}
 	if len(args) == 0 || args[0] != "apply" {
 		return &exitError{code: 2, err: errors.New("usage: consumer schema apply [--schema-file FILE]")}
 	}
