@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -234,7 +235,30 @@ func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus
 		defer stopHTTP()
 		return consumer.Run(gctx)
 	})
-	if err := g.Wait(); err != nil {
+	// A person running `rebuild --exit-when-done` in a terminal sees a live
+	// line of its progress; anywhere else the logs are all there is.
+	var prog *progressLine
+	if cfg.Rebuild.AtStart && cfg.Rebuild.ExitWhenDone {
+		prog = newProgress(os.Stderr, stderrIsTerminal(), "rebuild")
+	}
+	rebuildProgress := func() (int, int) {
+		e := consumer.Snapshot().Engine
+		return e.RebuildDone, e.RebuildTotal
+	}
+	progCtx, stopProg := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		watchProgress(progCtx, prog, rebuildProgress)
+	}()
+	err = g.Wait()
+	stopProg()
+	<-watched
+	if prog != nil {
+		prog.Update(rebuildProgress())
+		prog.Finish() // ends the line, before an error is printed too
+	}
+	if err != nil {
 		return err
 	}
 	cfg.Logger.Info("consumer stopped")
