@@ -125,16 +125,15 @@ func report(w io.Writer, name string, err error) int {
 		// Errors may quote a URL given with its credentials (a NATS or
 		// PDS URL with user:password@): print it without them.
 		prog := "consumer"
-		if name != "" {
+		switch {
+		case ee != nil && ee.cmd != "":
+			prog += " " + ee.cmd // e.g. "schema apply"
+		case name != "":
 			prog += " " + name
 		}
 		fmt.Fprintf(w, "%s: %s\n", prog, redact.String(oneLine(err.Error())))
 		if code == 2 {
-			help := prog
-			if ee != nil && ee.cmd != "" {
-				help = "consumer " + ee.cmd
-			}
-			fmt.Fprintf(w, "Run '%s --help' for usage.\n", help)
+			fmt.Fprintf(w, "Run '%s --help' for usage.\n", prog)
 		}
 	}
 	return code
