@@ -29,6 +29,8 @@ type progressLine struct {
 
 	mu          sync.Mutex
 	start, last time.Time
+	// startDone is done at start: the rate counts the work seen being done.
+	startDone   int
 	done, total int
 	drawn       bool
 }
@@ -54,7 +56,7 @@ func (p *progressLine) Update(done, total int) {
 	defer p.mu.Unlock()
 	now := p.now()
 	if p.start.IsZero() {
-		p.start = now
+		p.start, p.startDone = now, done
 	}
 	p.done, p.total = done, total
 	if p.drawn && now.Sub(p.last) < p.every {
@@ -66,7 +68,11 @@ func (p *progressLine) Update(done, total int) {
 func (p *progressLine) draw(now time.Time) {
 	p.last, p.drawn = now, true
 	// \r returns to the line's start, ESC[K clears what a longer line left.
-	fmt.Fprintf(p.w, "\r%s\x1b[K", formatProgress(p.label, p.done, p.total, now.Sub(p.start)))
+	elapsed, rate := now.Sub(p.start), 0.0
+	if s := elapsed.Seconds(); s > 0 {
+		rate = float64(p.done-p.startDone) / s
+	}
+	fmt.Fprintf(p.w, "\r%s\x1b[K", formatProgress(p.label, p.done, p.total, rate, elapsed))
 }
 
 // Finish draws the final numbers and ends the line.
@@ -83,12 +89,9 @@ func (p *progressLine) Finish() {
 	fmt.Fprintln(p.w)
 }
 
-// formatProgress is the line's text.
-func formatProgress(label string, done, total int, elapsed time.Duration) string {
-	rate := 0.0
-	if s := elapsed.Seconds(); s > 0 {
-		rate = float64(done) / s
-	}
+// formatProgress is the line's text: done of total repos (total 0: not
+// known yet) at rate repos per second, elapsed since the line started.
+func formatProgress(label string, done, total int, rate float64, elapsed time.Duration) string {
 	if total <= 0 {
 		return fmt.Sprintf("%s: %d repos, %.0f repos/s", label, done, rate)
 	}

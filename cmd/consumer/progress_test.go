@@ -11,15 +11,16 @@ func TestFormatProgress(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		done, total int
+		rate        float64
 		elapsed     time.Duration
 		want        string
 	}{
-		{1234, 5000, 4 * time.Second, "rebuild: 1234/5000 repos (24.7%), 308 repos/s, ETA 12s"},
-		{0, 5000, 0, "rebuild: 0/5000 repos (0.0%), 0 repos/s, ETA unknown"},
-		{5000, 5000, 90 * time.Second, "rebuild: 5000/5000 repos (100.0%), 56 repos/s, done in 1m30s"},
-		{300, 0, 2 * time.Second, "rebuild: 300 repos, 150 repos/s"},
+		{1234, 5000, 310, 4 * time.Second, "rebuild: 1234/5000 repos (24.7%), 310 repos/s, ETA 12s"},
+		{0, 5000, 0, 0, "rebuild: 0/5000 repos (0.0%), 0 repos/s, ETA unknown"},
+		{5000, 5000, 55.6, 90 * time.Second, "rebuild: 5000/5000 repos (100.0%), 56 repos/s, done in 1m30s"},
+		{300, 0, 150, 2 * time.Second, "rebuild: 300 repos, 150 repos/s"},
 	} {
-		if got := formatProgress("rebuild", tc.done, tc.total, tc.elapsed); got != tc.want {
+		if got := formatProgress("rebuild", tc.done, tc.total, tc.rate, tc.elapsed); got != tc.want {
 			t.Errorf("formatProgress(%d, %d, %v) = %q, want %q", tc.done, tc.total, tc.elapsed, got, tc.want)
 		}
 	}
@@ -33,8 +34,8 @@ func TestProgressThrottles(t *testing.T) {
 	now := time.Unix(1000, 0)
 	p := newProgress(&w, true, "reconcile")
 	p.now = func() time.Time { return now }
-	for i := range 100 { // 100 updates over 1 s: 10 ms apart
-		p.Update(i, 100)
+	for i := 10; i < 110; i++ { // 100 updates over 1 s: 10 ms apart, from 10 repos done
+		p.Update(min(i, 100), 100)
 		now = now.Add(10 * time.Millisecond)
 	}
 	draws := strings.Count(w.String(), "\r")
@@ -44,10 +45,12 @@ func TestProgressThrottles(t *testing.T) {
 	p.Update(100, 100)
 	p.Finish()
 	out := w.String()
-	if !strings.HasSuffix(out, "\rreconcile: 100/100 repos (100.0%), 100 repos/s, done in 1s\x1b[K\n") {
+	if !strings.HasSuffix(out, "\rreconcile: 100/100 repos (100.0%), 90 repos/s, done in 1s\x1b[K\n") {
 		t.Errorf("the last draw: %q", out[strings.LastIndex(out, "\r"):])
 	}
-	if !strings.HasPrefix(out, "\rreconcile: 0/100 repos (0.0%), 0 repos/s, ETA unknown\x1b[K\rreconcile: 50/100 repos (50.0%), 100 repos/s, ETA 1s") {
+	// The rate counts what was seen done: 50 repos in 500 ms.
+	if !strings.HasPrefix(out, "\rreconcile: 10/100 repos (10.0%), 0 repos/s, ETA unknown\x1b[K"+
+		"\rreconcile: 60/100 repos (60.0%), 100 repos/s, ETA 0s\x1b[K") {
 		t.Errorf("the first draws: %q", out)
 	}
 }
