@@ -56,7 +56,7 @@ func checkURL(flagName, raw string, schemes ...string) error {
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return usageError(fmt.Errorf("--%s %q is not a URL (%v): %s", flagName, raw, err, want))
+		return usageError(fmt.Errorf("--%s %q is not a URL (%w): %s", flagName, raw, err, want))
 	}
 	if u.Scheme == "" {
 		return usageError(fmt.Errorf("--%s %q has no scheme: %s", flagName, raw, want))
@@ -101,7 +101,7 @@ func checkCA(flagName, path string) error {
 // checkAddr checks a listen address (host:port, port may be 0).
 func checkAddr(flagName, addr string) error {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return usageError(fmt.Errorf("--%s %q: want host:port, e.g. 127.0.0.1:9464 (%v)", flagName, addr, err))
+		return usageError(fmt.Errorf("--%s %q: want host:port, e.g. 127.0.0.1:9464 (%w)", flagName, addr, err))
 	}
 	return nil
 }
