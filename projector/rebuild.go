@@ -235,6 +235,7 @@ func (a *applier) pumpRebuild() {
 		rb.inFlight++
 	}
 	e.cfg.Metrics.rebuildProgress(rb.done, rb.total)
+	e.status.rebuildProgress(rb.done, rb.total, rb.records)
 	if time.Since(rb.lastLog) > 2*time.Second {
 		rb.lastLog = time.Now()
 		a.logProgress("rebuild progress")

@@ -17,6 +17,14 @@ type engineStatus struct {
 	desynced    int
 	desyncDIDs  []string
 	blocking    int
+	// the latest rebuild's progress
+	rbDone, rbTotal, rbRecords int
+}
+
+func (s *engineStatus) rebuildProgress(done, total, records int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rbDone, s.rbTotal, s.rbRecords = done, total, records
 }
 
 func (s *engineStatus) desync(n int, dids []string, blocking int) {
@@ -55,6 +63,11 @@ type Status struct {
 	// RebuildIncomplete counts the desynchronized repos a rebuild waits
 	// for: while it is not 0, the rebuild is not done.
 	RebuildIncomplete int
+	// RebuildDone and RebuildTotal are the repos the latest rebuild has
+	// resynced and knows of so far (the total grows while the PDS's repos
+	// are listed), RebuildRecords the records it read: what a person
+	// watching `consumer rebuild` sees.
+	RebuildDone, RebuildTotal, RebuildRecords int
 }
 
 // Status returns the engine's progress.
@@ -62,7 +75,8 @@ func (e *Engine) Status() Status {
 	e.status.mu.Lock()
 	st := Status{AppliedEventTime: e.status.appliedTime, LastCommit: e.status.lastCommit,
 		EventsWritten: e.status.events, Batches: e.status.batches, Poisoned: e.cfg.Poison.Len(),
-		Desynchronized: e.status.desynced, DesyncDIDs: e.status.desyncDIDs, RebuildIncomplete: e.status.blocking}
+		Desynchronized: e.status.desynced, DesyncDIDs: e.status.desyncDIDs, RebuildIncomplete: e.status.blocking,
+		RebuildDone: e.status.rbDone, RebuildTotal: e.status.rbTotal, RebuildRecords: e.status.rbRecords}
 	e.status.mu.Unlock()
 	e.mu.Lock()
 	st.CachedRepos = e.lru.Len()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"sort"
 	"strconv"
 	"time"
 
@@ -91,6 +92,25 @@ func (c *Client) Sources(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spice: list sources: %w", err)
 	}
+	return out, nil
+}
+
+// Projectors lists, sorted, the projectors SpiceDB holds any state of (a
+// lease, a cursor, a marker, an epoch): the names a tool may be pointed at.
+func (c *Client) Projectors(ctx context.Context) ([]string, error) {
+	seen := map[string]bool{}
+	err := c.Read(ctx, &v1.RelationshipFilter{ResourceType: view.TypeProjector}, "", func(t view.Tuple) error {
+		seen[t.ResourceID] = true
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spice: list projectors: %w", err)
+	}
+	out := make([]string, 0, len(seen))
+	for n := range seen {
+		out = append(out, n)
+	}
+	sort.Strings(out)
 	return out, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -18,41 +19,138 @@ import (
 // EnvPrefix is prepended to a flag's name to find its environment variable.
 const EnvPrefix = "CONSUMER_"
 
-// envName is the environment variable that mirrors a flag.
+// cliOnly are the flags with no environment variable: one-shot requests
+// and tool options, which a variable left in an env file would repeat on
+// every run (a stale CONSUMER_TAKEOVER=true would fence the running daemon
+// each time a tool starts). Daemon configuration (URLs, keys, names,
+// limits) keeps its CONSUMER_* variable.
+var cliOnly = map[string]bool{
+	"takeover": true, "to": true, "fix": true, "exit-when-done": true, "dry-run": true, "did": true,
+	"json": true, "out": true, "loops": true, "count": true, "cursor": true, "cursor-file": true,
+	"frames": true, "duration": true, "events": true, "accounts": true, "projected": true, "seed": true,
+	"addr": true, "schema-file": true,
+}
+
+// ecosystemEnv are variables of other tools a flag falls back to when
+// neither the flag nor its CONSUMER_* variable is set: the NATS CLI's own.
+var ecosystemEnv = map[string]string{
+	"nats-url":   "NATS_URL",
+	"nats-creds": "NATS_CREDS",
+}
+
+// envName is the environment variable that mirrors a flag ("" for none).
 func envName(flagName string) string {
+	if cliOnly[flagName] {
+		return ""
+	}
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// parse parses args, then fills every flag not given on the command line
-// from its CONSUMER_* variable.
-func parse(fs *flag.FlagSet, args []string) error {
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: consumer %s [flags]\n\n", fs.Name())
-		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(fs.Output(), "  --%s (%s)\n    \t%s", f.Name, envName(f.Name), f.Usage)
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
-				fmt.Fprintf(fs.Output(), " (default %s)", f.DefValue)
-			}
-			fmt.Fprintln(fs.Output())
-		})
+// envNames are the variables a flag reads, in order of precedence.
+func envNames(flagName string) []string {
+	n := envName(flagName)
+	if n == "" {
+		return nil
 	}
-	if err := fs.Parse(args); err != nil {
+	if e, ok := ecosystemEnv[flagName]; ok {
+		return []string{n, e}
+	}
+	return []string{n}
+}
+
+// usageError is a configuration error: exit 2, and a hint to --help.
+func usageError(err error) error { return &exitError{code: 2, err: err} }
+
+// printUsage writes a command's flags to w.
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "usage: consumer %s [flags]\n\n", fs.Name())
+	fs.VisitAll(func(f *flag.Flag) {
+		fmt.Fprintf(w, "  --%s", f.Name)
+		if env := envNames(f.Name); len(env) > 0 {
+			fmt.Fprintf(w, " (%s)", strings.Join(env, ", "))
+		}
+		fmt.Fprintf(w, "\n    \t%s", f.Usage)
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			fmt.Fprintf(w, " (default %s)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
+	fmt.Fprintf(w, "\nA flag shown with a variable also reads it; the command line wins, then CONSUMER_*, then NATS_*.\n")
+}
+
+var (
+	badBool  = regexp.MustCompile(`^invalid boolean value "(.*)" for -([-\w]+): `)
+	badValue = regexp.MustCompile(`^invalid value "(.*)" for flag -([-\w]+): `)
+)
+
+// flagError rewrites the flag package's messages in the --flag spelling
+// the help uses, saying what a value should look like.
+func flagError(fs *flag.FlagSet, err error) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return fmt.Errorf("unknown flag --%s", strings.TrimPrefix(name, "-"))
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return fmt.Errorf("--%s needs a value", strings.TrimPrefix(name, "-"))
+	}
+	if m := badBool.FindStringSubmatch(msg); m != nil {
+		return fmt.Errorf("--%s=%s: want true or false", m[2], m[1])
+	}
+	if m := badValue.FindStringSubmatch(msg); m != nil {
+		want := strings.TrimPrefix(msg, m[0])
+		if f := fs.Lookup(m[2]); f != nil {
+			if g, ok := f.Value.(flag.Getter); ok {
+				switch g.Get().(type) {
+				case time.Duration:
+					want = "want a duration with a unit, e.g. 500ms, 15s, 2m or 1h"
+				case int, int64, uint, uint64:
+					want = "want a whole number"
+				case float64:
+					want = "want a number"
+				}
+			}
+		}
+		return fmt.Errorf("--%s %s: %s", m[2], m[1], want)
+	}
+	return errors.New(msg)
+}
+
+// parse parses args, then fills every flag not given on the command line
+// from its environment variables (CONSUMER_*, then NATS_URL/NATS_CREDS for
+// the NATS flags). -h and --help print the flags to stdout (or the flag
+// set's output when one was set) and return an exitError with code 0; a
+// bad flag returns a one-line usage error (code 2).
+func parse(fs *flag.FlagSet, args []string) error {
+	out := fs.Output()
+	if out == os.Stderr {
+		out = os.Stdout
+	}
+	fs.Usage = func() {} // help is printed below, errors by report
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			printUsage(out, fs)
 			return &exitError{code: 0}
 		}
-		return &exitError{code: 2, err: err}
+		return &exitError{code: 2, err: flagError(fs, err), cmd: fs.Name()}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] || err != nil {
 			return
 		}
-		if v, ok := os.LookupEnv(envName(f.Name)); ok {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = &exitError{code: 2, err: fmt.Errorf("%s=%q: %w", envName(f.Name), v, e)}
+		for _, env := range envNames(f.Name) {
+			v, ok := os.LookupEnv(env)
+			if !ok {
+				continue
 			}
+			if e := fs.Set(f.Name, v); e != nil {
+				err = &exitError{code: 2, err: fmt.Errorf("%s=%q: %w", env, v, e), cmd: fs.Name()}
+			}
+			return
 		}
 	})
 	return err
@@ -73,6 +171,8 @@ type common struct {
 	rulesPath           string
 	logLevel            string
 	logFormat           string
+	// loaded are the rules, once read (rules()).
+	loaded *view.Rules
 }
 
 func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
@@ -146,14 +246,24 @@ func (c *common) spiceConfig() (spice.Config, error) {
 	if err := cfg.Validate(); err != nil {
 		return spice.Config{}, &exitError{code: 2, err: err}
 	}
+	if !c.spiceInsecure {
+		if err := checkCA("spicedb-ca", c.spiceCA); err != nil {
+			return spice.Config{}, err
+		}
+	}
+	spiceInsecure = c.spiceInsecure
 	return cfg, nil
 }
 
 func (c *common) rules() (*view.Rules, error) {
+	if c.loaded != nil {
+		return c.loaded, nil
+	}
 	r, err := view.LoadRules(c.rulesPath)
 	if err != nil {
-		return nil, &exitError{code: 2, err: err}
+		return nil, &exitError{code: 2, err: fmt.Errorf("--rules: %w", err)}
 	}
+	c.loaded = r
 	return r, nil
 }
 

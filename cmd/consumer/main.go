@@ -7,10 +7,14 @@
 //	consumer rebuild         resync every repo from snapshots
 //	consumer reconcile       compare repos with SpiceDB, repair with --fix
 //	consumer status          cursor, head, lag, lease
+//	consumer version         version, commit, Go version (also --version)
 //
-// Every flag has a CONSUMER_* environment variable (--pds-url is
-// CONSUMER_PDS_URL); the command line wins. Secrets come from the
-// environment or files only.
+// Every daemon configuration flag has a CONSUMER_* environment variable
+// (--pds-url is CONSUMER_PDS_URL); one-shot flags (--takeover, --to, --fix,
+// ...) have none. The command line wins, then CONSUMER_*, then NATS_URL and
+// NATS_CREDS for the NATS flags. Secrets come from the environment or files
+// only. Exit codes: 0 success, 1 failure (including what status can't
+// reach), 2 a usage or configuration error, 3 drift found by reconcile.
 package main
 
 import (
@@ -21,6 +25,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/spaces-authz/spaces-authz/internal/redact"
@@ -30,9 +35,19 @@ import (
 type exitError struct {
 	code int
 	err  error
+	// cmd names the command whose --help the hint points to (default the
+	// command run), e.g. "schema apply".
+	cmd string
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
 
 type command struct {
 	summary string
@@ -50,44 +65,53 @@ var commands = map[string]command{
 	"tail":      {"follow the NATS fan-out with a durable pull consumer and print the changes", cmdTail},
 	"rebuild":   {"resync every repo from getRepo snapshots, then follow the stream (--exit-when-done to stop)", cmdRebuild},
 	"reconcile": {"compare repos with what SpiceDB holds (exit 3 on drift); --fix repairs it", cmdReconcile},
+	"version":   {"print the version, commit and Go version", cmdVersion},
 }
 
-func usage() {
-	fmt.Fprintf(os.Stderr, "usage: consumer <command> [flags]\n\ncommands:\n")
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "usage: consumer <command> [flags]\n\ncommands:\n")
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(os.Stderr, "  %-10s %s\n", n, commands[n].summary)
+		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintf(os.Stderr, "\nRun `consumer <command> -h` for its flags. Every flag also reads CONSUMER_<FLAG_NAME>.\n")
+	fmt.Fprintf(w, "\nRun 'consumer <command> --help' for its flags and the environment variables they read.\n"+
+		"Exit codes: 0 success, 1 failure, 2 usage or configuration error, 3 drift (reconcile).\n")
 }
 
 func main() {
-	if len(os.Args) < 2 {
-		usage()
-		os.Exit(2)
-	}
-	name := os.Args[1]
-	cmd, ok := commands[name]
-	if !ok {
-		if name == "-h" || name == "--help" || name == "help" {
-			usage()
-			os.Exit(0)
-		}
-		fmt.Fprintf(os.Stderr, "consumer: unknown command %q\n\n", name)
-		usage()
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := cmd.run(ctx, os.Args[2:])
-	stop()
-	os.Exit(report(os.Stderr, name, err))
+	os.Exit(dispatch(os.Args[1:]))
 }
 
-// report prints a command's error to w and returns the exit code.
+// dispatch runs the command args name and returns the exit code.
+func dispatch(args []string) int {
+	if len(args) < 1 {
+		usage(os.Stderr)
+		return 2
+	}
+	name := args[0]
+	cmd, ok := commands[name]
+	if !ok {
+		switch name {
+		case "-h", "--help", "help":
+			usage(os.Stdout)
+			return 0
+		case "--version", "-version", "-v":
+			printVersion(os.Stdout)
+			return 0
+		}
+		return report(os.Stderr, "", usageError(fmt.Errorf("unknown command %q", name)))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return report(os.Stderr, name, explainTransport(cmd.run(ctx, args[1:]), spiceInsecure))
+}
+
+// report prints a command's error to w on one line and returns the exit
+// code. A usage error (code 2) adds one line: how to get the command's help.
 func report(w io.Writer, name string, err error) int {
 	if err == nil {
 		return 0
@@ -100,7 +124,29 @@ func report(w io.Writer, name string, err error) int {
 	if ee == nil || ee.err != nil {
 		// Errors may quote a URL given with its credentials (a NATS or
 		// PDS URL with user:password@): print it without them.
-		fmt.Fprintf(w, "consumer %s: %s\n", name, redact.String(err.Error()))
+		prog := "consumer"
+		switch {
+		case ee != nil && ee.cmd != "":
+			prog += " " + ee.cmd // e.g. "schema apply"
+		case name != "":
+			prog += " " + name
+		}
+		fmt.Fprintf(w, "%s: %s\n", prog, redact.String(oneLine(err.Error())))
+		if code == 2 {
+			fmt.Fprintf(w, "Run '%s --help' for usage.\n", prog)
+		}
 	}
 	return code
+}
+
+// oneLine joins a multi-line error (errors.Join, a wrapped server
+// message) into one line, its lines separated by "; ".
+func oneLine(s string) string {
+	var parts []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
@@ -35,8 +36,16 @@ func cmdReconcile(ctx context.Context, args []string) error {
 	if admin.addr == "" {
 		admin.addr = httpAddr
 	}
-	if err := c.needPDS(); err != nil {
+	if err := c.validate(true); err != nil {
 		return err
+	}
+	if did != "" && !strings.HasPrefix(did, "did:") {
+		return usageError(fmt.Errorf("--did %q: want a DID, e.g. did:plc:abc123", did))
+	}
+	if fix {
+		if _, err := admin.token(); err != nil {
+			return err
+		}
 	}
 	rules, err := c.rules()
 	if err != nil {
@@ -47,6 +56,9 @@ func cmdReconcile(ctx context.Context, args []string) error {
 		return err
 	}
 	defer client.Close()
+	if err := c.checkProjector(ctx, client); err != nil {
+		return err
+	}
 	fetcher, err := firehose.NewSyncClient(firehose.SyncConfig{URL: c.pdsURL})
 	if err != nil {
 		return err
@@ -58,7 +70,9 @@ func cmdReconcile(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	drifting, reports, err := reconcileAll(ctx, r, dids)
+	prog := newProgress(os.Stderr, stderrIsTerminal(), "reconcile")
+	drifting, reports, err := reconcileAll(ctx, r, dids, prog.Update)
+	prog.Finish()
 	if err != nil {
 		return err
 	}
@@ -73,7 +87,7 @@ func cmdReconcile(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Printf("\nresynced %d repos; checking again\n", len(drifting))
-	again, reports, err := reconcileAll(ctx, r, drifting)
+	again, reports, err := reconcileAll(ctx, r, drifting, nil)
 	if err != nil {
 		return err
 	}
@@ -84,10 +98,15 @@ func cmdReconcile(ctx context.Context, args []string) error {
 	return nil
 }
 
-func reconcileAll(ctx context.Context, r *projector.Reconciler, dids []string) ([]string, []projector.Report, error) {
+// reconcileAll checks dids; step, when not nil, learns how many are done.
+func reconcileAll(ctx context.Context, r *projector.Reconciler, dids []string, step func(done, total int)) (
+	[]string, []projector.Report, error) {
 	var drifting []string
 	var reports []projector.Report
-	for _, d := range dids {
+	for i, d := range dids {
+		if step != nil {
+			step(i, len(dids))
+		}
 		rep, err := r.Check(ctx, d)
 		if err != nil {
 			return nil, nil, err
@@ -96,6 +115,9 @@ func reconcileAll(ctx context.Context, r *projector.Reconciler, dids []string) (
 			drifting = append(drifting, d)
 			reports = append(reports, rep)
 		}
+	}
+	if step != nil {
+		step(len(dids), len(dids))
 	}
 	return drifting, reports, nil
 }

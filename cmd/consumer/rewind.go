@@ -17,19 +17,32 @@ func cmdRewind(ctx context.Context, args []string) error {
 	var takeover bool
 	fs := flag.NewFlagSet("rewind", flag.ContinueOnError)
 	c.register(fs, "text")
-	fs.Int64Var(&to, "to", -1, "replay the stream from the event after this seq (required)")
+	fs.Int64Var(&to, "to", -1, "replay the stream from the event after this seq (required; 0 replays all the PDS keeps)")
 	fs.BoolVar(&takeover, "takeover", false, "take the lease from a running consumer (it is fenced and exits; restart it)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if to < 0 {
-		return &exitError{code: 2, err: errors.New("--to SEQ is required")}
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "to" })
+	switch {
+	case !given:
+		return usageError(errors.New("--to SEQ is required: the seq after which the stream is replayed"))
+	case to < 0:
+		return usageError(fmt.Errorf("--to %d: a seq is 0 or a positive number (the event after it is replayed first)", to))
+	}
+	if err := c.validate(false); err != nil {
+		return err
 	}
 	client, err := c.dial()
 	if err != nil {
 		return err
 	}
 	defer client.Close()
+	// A typo in --name must not take a lease on a projector that doesn't
+	// exist: `consumer run` creates a projector, a rewind only moves one.
+	if err := c.checkProjector(ctx, client); err != nil {
+		return err
+	}
 	lease := spice.LeaseConfig{Client: client, Name: c.name, Holder: pipeline.NewHolderID(), Takeover: takeover}
 	before, err := spice.MoveProgress(ctx, lease, func(st checkpoint.State) (checkpoint.Step, error) {
 		return checkpoint.Rewind(c.name, st, to)

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,9 +21,6 @@ import (
 	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
 )
-
-// version is set at build time (-ldflags "-X main.version=...").
-var version = "dev"
 
 type runFlags struct {
 	common
@@ -120,8 +118,10 @@ func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())
+	b := currentBuild()
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "build_info",
-		Help: "Always 1; the version label says which build runs.", ConstLabels: prometheus.Labels{"version": version}},
+		Help:        "Always 1; the labels say which build runs (the values `consumer version` prints).",
+		ConstLabels: prometheus.Labels{"version": b.Version, "commit": b.Commit, "goversion": b.GoVersion}},
 		func() float64 { return 1 }))
 	return reg
 }
@@ -152,6 +152,10 @@ func (f *runFlags) flagSet(name string) *flag.FlagSet {
 // changes it) and serves until ctx ends.
 func (f *runFlags) runDaemon(ctx context.Context, fs *flag.FlagSet, args []string, adjust func(*pipeline.Config)) error {
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	// Everything is checked before SpiceDB is dialed or the lease taken.
+	if err := f.validate(); err != nil {
 		return err
 	}
 	reg := newRegistry()
@@ -219,7 +223,7 @@ func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus
 	if err != nil {
 		return err
 	}
-	cfg.Logger.Info("consumer starting", "version", version, "pds", redact.URL(f.pdsURL), "spicedb", f.spiceEndpoint,
+	cfg.Logger.Info("consumer starting", "version", version, "commit", currentBuild().Commit, "pds", redact.URL(f.pdsURL), "spicedb", f.spiceEndpoint,
 		"projector", f.name, "http", servers[0].Addr(), "admin_api", admin)
 	g, gctx := errgroup.WithContext(ctx)
 	runCtx, stopHTTP := context.WithCancel(context.Background())
@@ -231,7 +235,30 @@ func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus
 		defer stopHTTP()
 		return consumer.Run(gctx)
 	})
-	if err := g.Wait(); err != nil {
+	// A person running `rebuild --exit-when-done` in a terminal sees a live
+	// line of its progress; anywhere else the logs are all there is.
+	var prog *progressLine
+	if cfg.Rebuild.AtStart && cfg.Rebuild.ExitWhenDone {
+		prog = newProgress(os.Stderr, stderrIsTerminal(), "rebuild")
+	}
+	rebuildProgress := func() (int, int) {
+		e := consumer.Snapshot().Engine
+		return e.RebuildDone, e.RebuildTotal
+	}
+	progCtx, stopProg := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		watchProgress(progCtx, prog, rebuildProgress)
+	}()
+	err = g.Wait()
+	stopProg()
+	<-watched
+	if prog != nil {
+		prog.Update(rebuildProgress())
+		prog.Finish() // ends the line, before an error is printed too
+	}
+	if err != nil {
 		return err
 	}
 	cfg.Logger.Info("consumer stopped")

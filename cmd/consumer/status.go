@@ -30,6 +30,7 @@ type statusReport struct {
 	RewindMarker    int64           `json:"rewind_marker,omitempty"`
 	PDSHead         int64           `json:"pds_head_seq"`
 	PDSHeadExact    bool            `json:"pds_head_exact"`
+	PDSError        string          `json:"pds_error,omitempty"`
 	LagEvents       int64           `json:"lag_events"`
 	Daemon          *httpapi.Status `json:"daemon,omitempty"`
 	DaemonError     string          `json:"daemon_error,omitempty"`
@@ -42,15 +43,27 @@ func cmdStatus(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	c.register(fs, "text")
 	fs.BoolVar(&asJSON, "json", false, "print JSON")
-	fs.StringVar(&httpAddr, "http-addr", "127.0.0.1:9464", "the running daemon's HTTP address (for lag, errors, counts)")
+	fs.StringVar(&httpAddr, "http-addr", "127.0.0.1:9464",
+		"the running daemon's HTTP address (for lag, errors, counts); \"\": don't ask the daemon")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if err := c.validate(false); err != nil {
+		return err
+	}
+	if httpAddr != "" && !strings.Contains(httpAddr, "://") {
+		if err := checkAddr("http-addr", httpAddr); err != nil {
+			return err
+		}
 	}
 	client, err := c.dial()
 	if err != nil {
 		return err
 	}
 	defer client.Close()
+	if err := c.checkProjector(ctx, client); err != nil {
+		return err
+	}
 	lease, err := client.ReadProjector(ctx, c.name)
 	if err != nil {
 		return err
@@ -63,27 +76,44 @@ func cmdStatus(ctx context.Context, args []string) error {
 	if st.Rewind != checkpoint.None {
 		rep.RewindMarker = st.Rewind
 	}
+	// What status reports on but can't reach makes it exit 1, after the
+	// report: a script must not read "lag 0" from a PDS it never reached.
+	var unreachable []string
 	if c.pdsURL != "" {
-		rep.PDSHead, rep.PDSHeadExact = probeHead(ctx, c.pdsURL, st.Cursor)
+		var err error
+		rep.PDSHead, rep.PDSHeadExact, err = probeHead(ctx, c.pdsURL, st.Cursor)
+		if err != nil {
+			rep.PDSError = redact.String(err.Error())
+			unreachable = append(unreachable, fmt.Sprintf("the PDS at %s (%s)", redact.URL(c.pdsURL), rep.PDSError))
+		}
 		if rep.PDSHead >= 0 && st.Cursor >= 0 {
 			rep.LagEvents = max(0, rep.PDSHead-st.Cursor)
 		}
 	}
-	if d, err := daemonStatus(ctx, httpAddr); err == nil {
-		rep.Daemon = d
-	} else {
-		rep.DaemonError = redact.String(err.Error())
+	if httpAddr != "" {
+		if d, err := daemonStatus(ctx, httpAddr); err == nil {
+			rep.Daemon = d
+		} else {
+			rep.DaemonError = redact.String(err.Error())
+			unreachable = append(unreachable, fmt.Sprintf("the daemon at %s (%s)", redact.URL(httpAddr), rep.DaemonError))
+		}
 	}
 	if asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		printStatus(os.Stdout, rep, httpAddr != "")
 	}
-	printStatus(os.Stdout, rep)
+	if len(unreachable) > 0 {
+		return fmt.Errorf("not reachable: %s", strings.Join(unreachable, "; "))
+	}
 	return nil
 }
 
-func printStatus(w io.Writer, r statusReport) {
+func printStatus(w io.Writer, r statusReport, askedDaemon bool) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "projector\t%s\n", r.Projector)
 	cur := "none (first run: the consumer will rebuild)"
@@ -92,6 +122,8 @@ func printStatus(w io.Writer, r statusReport) {
 	}
 	fmt.Fprintf(tw, "cursor\t%s\n", cur)
 	switch {
+	case r.PDSError != "":
+		fmt.Fprintf(tw, "PDS head\tunknown: the PDS is not reachable (%s)\n", r.PDSError)
 	case r.PDSHead < 0:
 		fmt.Fprintf(tw, "PDS head\tunknown (pass --pds-url)\n")
 	case r.PDSHeadExact:
@@ -99,7 +131,7 @@ func printStatus(w io.Writer, r statusReport) {
 	default:
 		fmt.Fprintf(tw, "PDS head\tat least %d (still replaying after 2s)\n", r.PDSHead)
 	}
-	if r.PDSHead >= 0 && r.Cursor >= 0 {
+	if r.PDSHead >= 0 && r.Cursor >= 0 && r.PDSError == "" {
 		fmt.Fprintf(tw, "lag\t%d events\n", r.LagEvents)
 	}
 	lease := "free"
@@ -124,7 +156,7 @@ func printStatus(w io.Writer, r statusReport) {
 		if d.LastError != "" {
 			fmt.Fprintf(tw, "last error\t%s\n", redact.String(d.LastError))
 		}
-	} else {
+	} else if askedDaemon {
 		fmt.Fprintf(tw, "daemon\tnot reachable (%s)\n", r.DaemonError)
 	}
 	_ = tw.Flush()
@@ -156,14 +188,15 @@ func daemonStatus(ctx context.Context, addr string) (*httpapi.Status, error) {
 }
 
 // probeHead finds the PDS's newest seq by replaying from the cursor (or
-// from the start) until the stream goes quiet, for at most 2 seconds.
-func probeHead(ctx context.Context, pdsURL string, cursor int64) (int64, bool) {
+// from the start) until the stream goes quiet, for at most 2 seconds. The
+// error says why the stream could not be opened.
+func probeHead(ctx context.Context, pdsURL string, cursor int64) (int64, bool, error) {
 	if cursor < 0 {
 		cursor = 0
 	}
 	u, err := firehose.StreamURL(pdsURL, cursor)
 	if err != nil {
-		return -1, false
+		return -1, false, err
 	}
 	d := websocket.Dialer{HandshakeTimeout: 3 * time.Second}
 	conn, resp, err := d.DialContext(ctx, u, nil)
@@ -171,7 +204,7 @@ func probeHead(ctx context.Context, pdsURL string, cursor int64) (int64, bool) {
 		_ = resp.Body.Close()
 	}
 	if err != nil {
-		return -1, false
+		return -1, false, redact.Error(err)
 	}
 	defer conn.Close()
 	head := cursor
@@ -186,16 +219,16 @@ func probeHead(ctx context.Context, pdsURL string, cursor int64) (int64, bool) {
 		if err != nil {
 			var ne interface{ Timeout() bool }
 			if errors.As(err, &ne) && ne.Timeout() {
-				return head, time.Now().Before(deadline)
+				return head, time.Now().Before(deadline), nil
 			}
-			return head, false
+			return head, false, nil
 		}
 		f, err := firehose.DecodeFrame(b, func(string) bool { return false })
 		if err == nil && f.Event != nil && f.Event.Seq > head {
 			head = f.Event.Seq
 		}
 		if err == nil && f.Err != nil {
-			return head, false
+			return head, false, nil
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spaces-authz/spaces-authz/fanout"
+	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )
@@ -148,6 +149,11 @@ func uniqueHolder(name string) string {
 func (c *Config) defaults() error {
 	if c.PDSURL == "" {
 		return errors.New("pipeline: PDS URL is required")
+	}
+	// Checked here, not first when the stream starts: that is after the
+	// lease is taken, which a corrected restart would then wait out.
+	if _, err := firehose.StreamURL(c.PDSURL, -1); err != nil {
+		return fmt.Errorf("pipeline: %w", err)
 	}
 	if c.Lease.Name == "" {
 		c.Lease.Name = DefaultName
