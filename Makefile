@@ -8,6 +8,7 @@ export PATH := $(GOBIN):$(PATH)
 export SPICEDB_BIN := $(GOBIN)/spicedb
 export NATS_SERVER_BIN := $(GOBIN)/nats-server
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+COMMIT := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 GO_TEST_FLAGS ?=
 
 .PHONY: all deps build test test-unit test-e2e lint fmt vet up bench clean
@@ -18,7 +19,7 @@ deps:
 	scripts/deps.sh
 
 build:
-	go build -ldflags "-X main.version=$(VERSION)" -o bin/consumer ./cmd/consumer
+	go build -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o bin/consumer ./cmd/consumer
 
 vet:
 	go vet ./...
