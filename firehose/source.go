@@ -76,6 +76,14 @@ type Lag struct {
 // Lag computes the lag now.
 func (s *Source) Lag() Lag { return s.lagAt(time.Now()) }
 
+// LastFrame is when the newest event frame was read, by any run's Client
+// (zero before any).
+func (s *Source) LastFrame() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastFrame
+}
+
 // Head is the highest seq the PDS has sent (checkpoint.None before any).
 func (s *Source) Head() int64 {
 	s.mu.Lock()
