@@ -465,10 +465,14 @@ func (c *Client) readEvents(ctx context.Context, conn *websocket.Conn, lanes []c
 		// The frame buffer is reused; DecodeFrame copies everything it
 		// keeps (cbor-gen allocates byte strings), so f holds no reference.
 		ts, ok := parseTime(ev.Time)
-		if !ok {
-			ts = now // the lag of an event without a time counts from its reading
+		at := ts
+		if !ok || at.After(now) {
+			// The lag of an event without a time counts from its reading;
+			// so does one dated after it (a PDS clock ahead, or a bogus
+			// time), which would otherwise hide a stall until that date.
+			at = now
 		}
-		if err := c.cfg.Tracker.BeginEvent(ctx, ev.Seq, int64(len(frame)), ts); err != nil {
+		if err := c.cfg.Tracker.BeginEvent(ctx, ev.Seq, int64(len(frame)), at); err != nil {
 			if ctx.Err() != nil {
 				return n, nil
 			}

@@ -25,6 +25,11 @@ type Source struct {
 	head      int64     // highest seq the PDS has sent (checkpoint.None before any)
 	connected bool      // the link is up
 	since     time.Time // when connected last changed (the Source's creation before any)
+	upAt      time.Time // when the link last came up
+	// down is when the current outage began: the last drop of a link that
+	// proved itself (delivered a frame, or stayed up for QuietPeriod), or the
+	// creation. A link that dies before either tells nothing of the PDS.
+	down      time.Time
 	lastFrame time.Time // when the newest event frame was read (local clock)
 	applied   time.Time // the newest applied event's time, kept across runs
 	tracker   *checkpoint.Tracker
@@ -34,7 +39,8 @@ type Source struct {
 // gauges on it (spaces_authz_lag_events, spaces_authz_lag_seconds), which
 // are computed when scraped.
 func NewSource(reg prometheus.Registerer) *Source {
-	s := &Source{head: checkpoint.None, since: time.Now()}
+	now := time.Now()
+	s := &Source{head: checkpoint.None, since: now, down: now}
 	if reg != nil {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "lag_events",
@@ -70,6 +76,14 @@ type Lag struct {
 // Lag computes the lag now.
 func (s *Source) Lag() Lag { return s.lagAt(time.Now()) }
 
+// LastFrame is when the newest event frame was read, by any run's Client
+// (zero before any).
+func (s *Source) LastFrame() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastFrame
+}
+
 // Head is the highest seq the PDS has sent (checkpoint.None before any).
 func (s *Source) Head() int64 {
 	s.mu.Lock()
@@ -80,7 +94,7 @@ func (s *Source) Head() int64 {
 func (s *Source) lagAt(now time.Time) Lag {
 	s.mu.Lock()
 	in := lagInput{head: s.head, watermark: checkpoint.None, connected: s.connected, since: s.since,
-		lastFrame: s.lastFrame}
+		lastFrame: s.lastFrame, upAt: s.upAt, down: s.down}
 	tr := s.tracker
 	s.mu.Unlock()
 	if tr != nil {
@@ -109,9 +123,22 @@ func (s *Source) attach(tr *checkpoint.Tracker) {
 func (s *Source) link(up bool, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if up != s.connected {
-		s.connected, s.since = up, now
+	if up == s.connected {
+		return
 	}
+	if up {
+		s.upAt = now
+	} else if proven(s.lastFrame, s.upAt, now) {
+		s.down = now
+	}
+	s.connected, s.since = up, now
+}
+
+// proven reports whether a link up since upAt has told something of the
+// PDS by now: it delivered an event frame, or it stayed up (quiet) for
+// QuietPeriod.
+func proven(lastFrame, upAt, now time.Time) bool {
+	return (!lastFrame.IsZero() && !lastFrame.Before(upAt)) || now.Sub(upAt) >= QuietPeriod
 }
 
 // saw records an event frame with seq read at now (replays included) and
@@ -135,6 +162,9 @@ type lagInput struct {
 	connected        bool
 	since            time.Time // when the link last went up or down
 	lastFrame        time.Time // when the newest event frame was read
+	// upAt is when the link last came up; down when the current outage
+	// began (zero: since).
+	upAt, down time.Time
 }
 
 // lagOf computes the lag. The view is complete up to a moment ref, and
@@ -160,9 +190,16 @@ func lagOf(in lagInput, now time.Time) Lag {
 	if in.head >= 0 && in.watermark >= 0 && in.head > in.watermark {
 		l.Events = in.head - in.watermark
 	}
+	down := in.down
+	if down.IsZero() {
+		down = in.since
+	}
+	// A link that came up less than QuietPeriod ago without a frame yet
+	// tells nothing: as if still down.
+	known := in.connected && proven(in.lastFrame, in.upAt, now)
 	end := now // the last moment the link was known up
-	if !in.connected {
-		end = in.since
+	if !known {
+		end = down
 	}
 	var ref time.Time
 	switch {
@@ -178,8 +215,8 @@ func lagOf(in lagInput, now time.Time) Lag {
 	default:
 		ref = in.applied
 	}
-	if !in.connected && in.since.Before(ref) {
-		ref = in.since
+	if !known && down.Before(ref) {
+		ref = down
 	}
 	if d := now.Sub(ref); d > 0 {
 		l.Seconds = d.Seconds()

@@ -48,6 +48,12 @@ func TestLagOf(t *testing.T) {
 		{"no watermark yet (first run): events unknown",
 			lagInput{head: 20, watermark: checkpoint.None, pending: ago(time.Second), connected: true, since: ago(time.Minute),
 				lastFrame: now}, 0, 1},
+		{"a link up for less than the quiet period without a frame: as if still down",
+			lagInput{head: 10, watermark: 10, applied: ago(week), connected: true, since: ago(time.Second), upAt: ago(time.Second),
+				down: ago(time.Minute), lastFrame: ago(time.Hour)}, 0, 60},
+		{"down again after such a link: from the outage's start, not the last drop",
+			lagInput{head: 10, watermark: 10, applied: ago(week), connected: false, since: ago(time.Second),
+				upAt: ago(1100 * time.Millisecond), down: ago(time.Minute), lastFrame: ago(time.Hour)}, 0, 60},
 		{"PDS clock ahead: never negative",
 			lagInput{head: 11, watermark: 10, pending: now.Add(time.Minute), connected: true, since: ago(time.Hour), lastFrame: now}, 1, 0},
 	} {

@@ -501,11 +501,10 @@ func (c *Consumer) Snapshot() Snapshot {
 }
 
 // lastEventTime is when the newest event was read (zero before any).
+// It is the Source's, kept across runs: a new run that has nothing to
+// replay has read nothing yet, which is not a silent PDS.
 func (c *Consumer) lastEventTime() time.Time {
-	if r := c.current(); r != nil {
-		return r.stream.LastRead()
-	}
-	return time.Time{}
+	return c.source.LastFrame()
 }
 
 // Engine is the current engine (nil before the first start).
