@@ -32,7 +32,20 @@ type Source struct {
 	down      time.Time
 	lastFrame time.Time // when the newest event frame was read (local clock)
 	applied   time.Time // the newest applied event's time, kept across runs
-	tracker   *checkpoint.Tracker
+	// stale is when a rebuild of an incomplete view began (zero when none
+	// runs): until it commits the view is at least that stale, whatever
+	// the stream says.
+	stale   time.Time
+	tracker *checkpoint.Tracker
+}
+
+// SetStale says that the view is incomplete since t (a first run's or a
+// reset's rebuild, events the PDS no longer has), or, with the zero time,
+// that it is complete again: lag is at least now − t meanwhile.
+func (s *Source) SetStale(t time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stale = t
 }
 
 // NewSource makes a Source and, when reg is not nil, registers the lag
@@ -94,7 +107,7 @@ func (s *Source) Head() int64 {
 func (s *Source) lagAt(now time.Time) Lag {
 	s.mu.Lock()
 	in := lagInput{head: s.head, watermark: checkpoint.None, connected: s.connected, since: s.since,
-		lastFrame: s.lastFrame, upAt: s.upAt, down: s.down}
+		lastFrame: s.lastFrame, upAt: s.upAt, down: s.down, stale: s.stale}
 	tr := s.tracker
 	s.mu.Unlock()
 	if tr != nil {
@@ -165,6 +178,8 @@ type lagInput struct {
 	// upAt is when the link last came up; down when the current outage
 	// began (zero: since).
 	upAt, down time.Time
+	// stale is when a rebuild of an incomplete view began (zero: none).
+	stale time.Time
 }
 
 // lagOf computes the lag. The view is complete up to a moment ref, and
@@ -181,7 +196,10 @@ type lagInput struct {
 //     applied event's time;
 //   - disconnected: ref is at most the moment the link went down, so lag
 //     grows with the wall clock from then on (from the start when it never
-//     came up).
+//     came up);
+//   - a rebuild of an incomplete view runs (a first run, a reset, events
+//     the PDS no longer has): ref is at most its start, whatever the stream
+//     says, until it commits.
 //
 // Event times are the PDS's clock: skew shows as a constant offset, and a
 // negative lag reads 0.
@@ -217,6 +235,9 @@ func lagOf(in lagInput, now time.Time) Lag {
 	}
 	if !known && down.Before(ref) {
 		ref = down
+	}
+	if !in.stale.IsZero() && in.stale.Before(ref) {
+		ref = in.stale // a rebuild of an incomplete view runs
 	}
 	if d := now.Sub(ref); d > 0 {
 		l.Seconds = d.Seconds()

@@ -19,6 +19,12 @@ func TestLagOf(t *testing.T) {
 	}{
 		{"caught up, idle PDS for a week: 0, not the time since the last post",
 			lagInput{head: 10, watermark: 10, applied: ago(week), connected: true, since: ago(week), lastFrame: ago(week)}, 0, 0},
+		{"caught up with the stream, but a rebuild of an incomplete view runs: its age",
+			lagInput{head: 10, watermark: 10, applied: ago(week), connected: true, since: ago(week), lastFrame: ago(week),
+				stale: ago(5 * time.Minute)}, 0, 300},
+		{"a rebuild that started after the view fell behind does not hide the older lag",
+			lagInput{head: 15, watermark: 10, applied: ago(40 * time.Second), pending: ago(30 * time.Second), connected: true,
+				since: ago(time.Hour), lastFrame: now, stale: ago(10 * time.Second)}, 5, 30},
 		{"caught up, quiet for the quiet period",
 			lagInput{head: 10, watermark: 10, applied: ago(3 * time.Second), connected: true, since: ago(time.Hour),
 				lastFrame: ago(QuietPeriod)}, 0, 0},

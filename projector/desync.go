@@ -118,7 +118,7 @@ func (a *applier) desyncCleared(did string, b *batch) {
 	for _, ir := range a.incomplete {
 		delete(ir.dids, did)
 		if len(ir.dids) == 0 {
-			a.finished = append(a.finished, finishedRebuild{batch: b.id, waiters: ir.waiters})
+			a.finished = append(a.finished, finishedRebuild{batch: b.id, waiters: ir.waiters, stale: ir.stale})
 			continue
 		}
 		kept = append(kept, ir)
@@ -169,6 +169,7 @@ func (a *applier) retryClaim(d *didState, activation bool) {
 type incompleteRebuild struct {
 	dids    map[string]bool
 	waiters []chan struct{}
+	stale   bool
 }
 
 // publishDesync refreshes what status and metrics show of desynchronized

@@ -95,6 +95,11 @@ type Config struct {
 	// OnRebuilt is called (on the applier goroutine) each time a rebuild's
 	// writes are all committed. Optional.
 	OnRebuilt func()
+	// OnStale is called (on the applier goroutine) with the start of a
+	// rebuild of an incomplete view (RebuildIncompleteView, OutdatedCursor,
+	// a live reconnect without a cursor, an interrupted rebuild), and with
+	// the zero time once that rebuild's writes are all committed. Optional.
+	OnStale func(since time.Time)
 	// FlushEvery: when idle, the cursor and heartbeat are written this
 	// often (default 1s).
 	FlushEvery time.Duration
@@ -428,7 +433,7 @@ func (e *Engine) HandleInfo(ctx context.Context, info firehose.Info) error {
 		return nil
 	}
 	select {
-	case e.rebuild <- rebuildRequest{reason: reason, done: make(chan struct{})}:
+	case e.rebuild <- rebuildRequest{reason: reason, done: make(chan struct{}), stale: true}:
 	case <-ctx.Done():
 	}
 	return nil

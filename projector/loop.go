@@ -121,7 +121,8 @@ func (e *Engine) applyLoop(ctx context.Context, writeCh chan<- *batch, doneCh <-
 	}
 	a.stale = nil
 	if e.cfg.Progress.Stored().Rebuild != checkpoint.None {
-		a.startRebuild(rebuildRequest{reason: "a rebuild was interrupted", done: make(chan struct{}), resume: true})
+		// Whatever started it, the view is not known complete before it ends.
+		a.startRebuild(rebuildRequest{reason: "a rebuild was interrupted", done: make(chan struct{}), resume: true, stale: true})
 	}
 	ticker := time.NewTicker(e.cfg.FlushEvery)
 	defer ticker.Stop()

@@ -20,11 +20,17 @@ type rebuildRequest struct {
 	done chan struct{}
 	// resume: a rebuild marker is already stored (an interrupted rebuild).
 	resume bool
+	// stale: the view is incomplete until this rebuild commits (a first
+	// run, a reset, events the PDS no longer has): lag counts from its
+	// start (Config.OnStale).
+	stale bool
 }
 
 // rebuildRun is the rebuild in progress (DESIGN §5).
 type rebuildRun struct {
-	reason  string
+	reason string
+	// stale: a request of the run said the view is incomplete until it ends.
+	stale   bool
 	full    bool
 	listing bool
 	queue   []string
@@ -56,6 +62,7 @@ type listResult struct {
 type finishedRebuild struct {
 	batch   uint64
 	waiters []chan struct{}
+	stale   bool
 }
 
 // Rebuild resyncs every repo from getRepo snapshots (dids nil), or the
@@ -64,7 +71,17 @@ type finishedRebuild struct {
 // against the live view, nothing is emptied first. The returned channel is
 // closed when every resync is committed.
 func (e *Engine) Rebuild(ctx context.Context, reason string, dids []string) (<-chan struct{}, error) {
-	req := rebuildRequest{reason: reason, dids: dids, done: make(chan struct{})}
+	return e.rebuild1(ctx, rebuildRequest{reason: reason, dids: dids, done: make(chan struct{})})
+}
+
+// RebuildIncompleteView is a full Rebuild of a view known to be incomplete
+// (a first run, a reset SpiceDB): until it commits, the view is stale since
+// its start (Config.OnStale), so lag says so.
+func (e *Engine) RebuildIncompleteView(ctx context.Context, reason string) (<-chan struct{}, error) {
+	return e.rebuild1(ctx, rebuildRequest{reason: reason, done: make(chan struct{}), stale: true})
+}
+
+func (e *Engine) rebuild1(ctx context.Context, req rebuildRequest) (<-chan struct{}, error) {
 	select {
 	case e.rebuild <- req:
 		return req.done, nil
@@ -86,6 +103,12 @@ func (a *applier) startRebuild(req rebuildRequest) {
 		a.rb = rb
 	}
 	rb.waiters = append(rb.waiters, req.done)
+	if req.stale && !rb.stale {
+		rb.stale = true
+		if e.cfg.OnStale != nil {
+			e.cfg.OnStale(rb.started)
+		}
+	}
 	switch {
 	case req.dids != nil:
 		rb.queue = append(rb.queue, req.dids...)
@@ -250,11 +273,11 @@ func (a *applier) pumpRebuild() {
 		b = a.markRebuild(false, rb.marker)
 	}
 	if len(rb.desynced) > 0 {
-		a.incomplete = append(a.incomplete, &incompleteRebuild{dids: rb.desynced, waiters: rb.waiters})
+		a.incomplete = append(a.incomplete, &incompleteRebuild{dids: rb.desynced, waiters: rb.waiters, stale: rb.stale})
 		a.e.log.Error("rebuild incomplete: some repos could not be read; they are retried until they are",
 			"desynchronized", len(rb.desynced))
 	} else {
-		a.finished = append(a.finished, finishedRebuild{batch: b.id, waiters: rb.waiters})
+		a.finished = append(a.finished, finishedRebuild{batch: b.id, waiters: rb.waiters, stale: rb.stale})
 	}
 	a.logProgress("rebuild done")
 	e.cfg.Metrics.rebuildFinished()
@@ -303,6 +326,9 @@ func (a *applier) notifyFinished() {
 		if f.batch <= committed {
 			for _, w := range f.waiters {
 				close(w)
+			}
+			if f.stale && a.e.cfg.OnStale != nil {
+				a.e.cfg.OnStale(time.Time{})
 			}
 			if a.e.cfg.OnRebuilt != nil {
 				a.e.cfg.OnRebuilt()

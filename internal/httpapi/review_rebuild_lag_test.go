@@ -19,7 +19,7 @@ func TestLagWhileRebuilding(t *testing.T) {
 	testenv.Must(e.PDS.CreateAccount("alice"))
 	testenv.Must(e.PDS.CreateAccount("bob"))
 	release := make(chan struct{})
-	defer close(release)
+	defer close(release) // the hook's getRepo calls return
 	e.PDS.SetRepoHook(func(string) error { <-release; return nil })
 	reg := registry()
 	r := e.StartFirstRun(func(c *pipeline.Config) { c.Registry = reg })
@@ -39,5 +39,16 @@ func TestLagWhileRebuilding(t *testing.T) {
 	if lag < 2 || s.LagSeconds < 2 {
 		t.Fatalf("rebuild stalled for 3 s (view incomplete): lag_seconds %v (status %v, connected=%v, ready=%v); want >= 2",
 			lag, s.LagSeconds, s.Connected, s.Ready())
+	}
+	// Once the rebuild commits, the view is complete: lag goes back to 0.
+	release <- struct{}{}
+	release <- struct{}{}
+	e.WaitRebuilt(r, 1)
+	deadline = time.Now().Add(10 * time.Second)
+	for metrictest.Value(t, reg, "spaces_authz_lag_seconds") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("lag_seconds %v after the rebuild committed, want 0", metrictest.Value(t, reg, "spaces_authz_lag_seconds"))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

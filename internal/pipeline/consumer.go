@@ -396,7 +396,7 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 			c.mu.Lock()
 			c.rebuilt++
 			c.mu.Unlock()
-		}})
+		}, OnStale: c.source.SetStale})
 	if err != nil {
 		return nil, err
 	}
@@ -446,7 +446,13 @@ func (c *Consumer) requestRebuild(ctx context.Context, g *errgroup.Group, r *run
 	if c.cfg.Hooks.BeforeRebuild != nil {
 		c.cfg.Hooks.BeforeRebuild(ctx)
 	}
-	done, err := r.engine.Rebuild(ctx, reason, dids)
+	var done <-chan struct{}
+	var err error
+	if live {
+		done, err = r.engine.RebuildIncompleteView(ctx, reason)
+	} else {
+		done, err = r.engine.Rebuild(ctx, reason, dids)
+	}
 	if err != nil {
 		return err
 	}
