@@ -89,7 +89,7 @@ func TestLagEventsCountsAgainstTheHead(t *testing.T) {
 	rec := newRecorder(tr)
 	rec.hold = true
 	r := start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec})
-	waitFor(t, "all read", func() bool { return tr.InFlight() == int(head) })
+	waitFor(t, "all read", func() bool { return tr.InFlight() == int(head) && len(rec.snapshot()) == int(head) })
 	if ev, s := lagMetrics(t, r); ev != float64(head) || s < 0 {
 		t.Fatalf("%d events held: lag %v events, %vs", head, ev, s)
 	}
