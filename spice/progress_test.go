@@ -3,11 +3,14 @@ package spice_test
 import (
 	"errors"
 	"testing"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"time"
 
 	"github.com/spaces-authz/spaces-authz/checkpoint"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 	"github.com/spaces-authz/spaces-authz/spice"
+	"github.com/spaces-authz/spaces-authz/view"
 )
 
 // TestMoveProgress writes a source's progress the way tools do (rewind):
@@ -122,5 +125,81 @@ func TestTakeoverKeepsOneCursor(t *testing.T) {
 	}
 	if got.Progress.Cursor != 40 {
 		t.Fatalf("cursor %d, want 40", got.Progress.Cursor)
+	}
+}
+
+// TestRestoredProgressIsNoticed: SpiceDB restored from a backup under a
+// running writer holds an older cursor, or (a backup taken between a data
+// write and the cursor write that trails it) the same cursor with an older
+// heartbeat. Either way the writer's next write must fail with
+// ErrProgressMoved, so that the run restarts from what is stored, rather
+// than go on from its memory over the gap (DESIGN §5). Both cases wrote on
+// before the preconditions.
+func TestRestoredProgressIsNoticed(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// restore rewrites the projector's tuples as a backup would
+		// have them, given the stored cursor and heartbeat.
+		restore func(cursor, hb int64) []view.Update
+	}{
+		{"older cursor", func(cursor, _ int64) []view.Update {
+			return []view.Update{{Op: view.OpDelete, Tuple: view.CursorTuple("p", cursor)},
+				{Op: view.OpTouch, Tuple: view.CursorTuple("p", cursor-5)}}
+		}},
+		{"same cursor, older heartbeat", func(_, hb int64) []view.Update {
+			return []view.Update{{Op: view.OpDelete, Tuple: view.HeartbeatTuple("p", hb)},
+				{Op: view.OpTouch, Tuple: view.HeartbeatTuple("p", hb-3000)}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := testenv.New(t)
+			st, err := spice.AcquireLease(t.Context(), spice.LeaseConfig{Client: e.Client, Name: "p", Holder: "h"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := spice.NewWriter(spice.WriterConfig{Client: e.Client, Name: "p", Holder: "h", HeartbeatMs: st.HeartbeatMs,
+				Epoch: st.Epoch})
+			state := checkpoint.State{Cursor: checkpoint.None, Rewind: checkpoint.None, Rebuild: checkpoint.None}
+			move := func(seq int64) error {
+				step := checkpoint.MoveTo("p", state, seq)
+				_, err := w.Write(t.Context(), nil, step.Updates(), nil)
+				if err == nil {
+					state.Cursor = seq
+				}
+				return err
+			}
+			if err := move(10); err != nil {
+				t.Fatal(err)
+			}
+			stored, err := e.Client.ReadProjector(t.Context(), "p")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ups []*v1.RelationshipUpdate
+			for _, u := range tc.restore(stored.Progress.Cursor, stored.HeartbeatMs) {
+				op := v1.RelationshipUpdate_OPERATION_TOUCH
+				if u.Op == view.OpDelete {
+					op = v1.RelationshipUpdate_OPERATION_DELETE
+				}
+				ups = append(ups, &v1.RelationshipUpdate{Operation: op, Relationship: e.Client.ToV1(u.Tuple)})
+			}
+			if _, err := e.Client.API().WriteRelationships(t.Context(), &v1.WriteRelationshipsRequest{Updates: ups}); err != nil {
+				t.Fatal(err)
+			}
+			if err := move(20); !errors.Is(err, spice.ErrProgressMoved) {
+				t.Fatalf("write after the restore: %v, want ErrProgressMoved", err)
+			}
+			// Not fatal to the lease: a new run from what is stored writes.
+			st, err = e.Client.ReadProjector(t.Context(), "p")
+			if err != nil {
+				t.Fatal(err)
+			}
+			w = spice.NewWriter(spice.WriterConfig{Client: e.Client, Name: "p", Holder: "h", HeartbeatMs: st.HeartbeatMs,
+				Epoch: st.Epoch})
+			state = st.Progress
+			if err := move(20); err != nil {
+				t.Fatalf("a new run after the restore: %v", err)
+			}
+		})
 	}
 }

@@ -106,11 +106,20 @@ func (w *Writer) Write(ctx context.Context, updates, progress []view.Update, gua
 		return "", fmt.Errorf("spice: write: %d guards is over the %d a call may carry", len(guards), MaxGuards)
 	}
 	pre := w.preconditions(guards)
-	// The progress this write replaces must still be stored: a SpiceDB
-	// restored from a backup under the running consumer holds an older
-	// cursor (and lacks what was written since), and moving on from the
-	// cursor in memory would leave that gap in the view forever.
+	// The progress this write replaces, and the heartbeat this writer
+	// stored last, must still be stored: a SpiceDB restored from a backup
+	// under the running consumer holds an older cursor and heartbeat (and
+	// lacks what was written since), and moving on from the cursor in
+	// memory would leave that gap in the view forever. The heartbeat
+	// catches a backup whose cursor is still the one in memory (the
+	// cursor trails the data by a flush), unless it is younger than half a
+	// heartbeat period.
 	var replaced []view.Tuple
+	if w.hb != 0 {
+		hb := view.HeartbeatTuple(w.cfg.Name, w.hb)
+		replaced = append(replaced, hb)
+		pre = append(pre, mustMatch(hb))
+	}
 	for _, u := range progress {
 		if u.Op == view.OpDelete && u.Tuple.ResourceType == view.TypeProjector {
 			replaced = append(replaced, u.Tuple)
@@ -143,7 +152,8 @@ func (w *Writer) Write(ctx context.Context, updates, progress []view.Update, gua
 }
 
 // MaxGuards bounds the guards of one write: SpiceDB takes 1,000
-// preconditions a call, and the writer adds two of its own.
+// preconditions a call, and the writer adds a few of its own (holder,
+// epoch, heartbeat, the progress tuples it replaces).
 const MaxGuards = 512
 
 // preconditions are the call's: this consumer holds the lease, its source's
@@ -280,6 +290,9 @@ func (w *Writer) progressError(ctx context.Context, replaced []view.Tuple) error
 		return fmt.Errorf("spice: re-read progress after a failed precondition: %w", err)
 	}
 	stored := map[view.Tuple]bool{}
+	if st.HeartbeatMs != 0 {
+		stored[view.HeartbeatTuple(w.cfg.Name, st.HeartbeatMs)] = true
+	}
 	p := st.Progress
 	for _, t := range []struct {
 		seq int64
