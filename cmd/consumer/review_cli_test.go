@@ -1,0 +1,59 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestEnvValueErrorSaysWhatToWrite: a bad value in a CONSUMER_* variable
+// names the variable and says what a value looks like, as the same bad
+// value on the command line does (it said only "parse error").
+func TestEnvValueErrorSaysWhatToWrite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the consumer binary")
+	}
+	bin := buildConsumer(t)
+	base := []string{"CONSUMER_SPICEDB_TOKEN=k", "CONSUMER_SPICEDB_ENDPOINT=127.0.0.1:1", "CONSUMER_SPICEDB_INSECURE=true",
+		"CONSUMER_PDS_URL=http://127.0.0.1:1"}
+	for _, c := range []struct{ env, want string }{
+		{"CONSUMER_LEASE_TIMEOUT=15", `CONSUMER_LEASE_TIMEOUT="15": want a duration with a unit`},
+		{"CONSUMER_BATCH_UPDATES=abc", `CONSUMER_BATCH_UPDATES="abc": want a whole number`},
+		{"CONSUMER_RESYNC_RATE=fast", `CONSUMER_RESYNC_RATE="fast": want a number`},
+		{"CONSUMER_SPICEDB_INSECURE=yes please", `CONSUMER_SPICEDB_INSECURE="yes please": want true or false`},
+	} {
+		usageLines(t, runCLI(t, bin, append(base, c.env), "run"), "run", c.want)
+	}
+}
+
+// TestAdminAddrSameAsHTTPAddr: --admin-addr equal to --http-addr is a
+// configuration error (exit 2, before anything is dialed), not a bind
+// failure (exit 1) found at startup.
+func TestAdminAddrSameAsHTTPAddr(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the consumer binary")
+	}
+	bin := buildConsumer(t)
+	env := []string{"CONSUMER_SPICEDB_TOKEN=k", "CONSUMER_LOG_LEVEL=warn"}
+	r := runCLI(t, bin, env, "run", "--pds-url", "http://127.0.0.1:1", "--spicedb-endpoint", "127.0.0.1:1",
+		"--spicedb-insecure", "--http-addr", "127.0.0.1:39464", "--admin-addr", "127.0.0.1:39464")
+	usageLines(t, r, "run", "--admin-addr 127.0.0.1:39464")
+}
+
+// TestHelpCommand: `consumer help CMD` prints CMD's help (exit 0), like
+// `consumer CMD --help`; it printed the command list.
+func TestHelpCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the consumer binary")
+	}
+	bin := buildConsumer(t)
+	for _, args := range [][]string{{"help", "run"}, {"help", "schema"}, {"help", "schema", "apply"}} {
+		want := "usage: consumer " + strings.Join(args[1:], " ")
+		r := runCLI(t, bin, nil, args...)
+		if r.code != 0 || r.stderr != "" || !strings.HasPrefix(r.stdout, want) {
+			t.Errorf("consumer %s: exit %d, stderr %q, stdout %.60q; want %q on stdout, exit 0",
+				strings.Join(args, " "), r.code, r.stderr, r.stdout, want)
+		}
+	}
+	r := runCLI(t, bin, nil, "help", "nosuch")
+	usageLines(t, r, "help", `unknown command "nosuch"`)
+}
