@@ -98,21 +98,35 @@ func flagError(fs *flag.FlagSet, err error) error {
 	}
 	if m := badValue.FindStringSubmatch(msg); m != nil {
 		want := strings.TrimPrefix(msg, m[0])
-		if f := fs.Lookup(m[2]); f != nil {
-			if g, ok := f.Value.(flag.Getter); ok {
-				switch g.Get().(type) {
-				case time.Duration:
-					want = "want a duration with a unit, e.g. 500ms, 15s, 2m or 1h"
-				case int, int64, uint, uint64:
-					want = "want a whole number"
-				case float64:
-					want = "want a number"
-				}
-			}
+		if w := wantValue(fs.Lookup(m[2])); w != "" {
+			want = w
 		}
 		return fmt.Errorf("--%s %s: %s", m[2], m[1], want)
 	}
 	return errors.New(msg)
+}
+
+// wantValue says what a value of flag f looks like ("" when not known).
+func wantValue(f *flag.Flag) string {
+	if f == nil {
+		return ""
+	}
+	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+		return "want true or false"
+	}
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return ""
+	}
+	switch g.Get().(type) {
+	case time.Duration:
+		return "want a duration with a unit, e.g. 500ms, 15s, 2m or 1h"
+	case int, int64, uint, uint64:
+		return "want a whole number"
+	case float64:
+		return "want a number"
+	}
+	return ""
 }
 
 // parse parses args, then fills every flag not given on the command line
@@ -148,6 +162,11 @@ func parse(fs *flag.FlagSet, args []string) error {
 				continue
 			}
 			if e := fs.Set(f.Name, v); e != nil {
+				// The flag package says only "parse error" for a bad
+				// number, duration or boolean: say what to write.
+				if w := wantValue(f); w != "" && e.Error() == "parse error" {
+					e = errors.New(w)
+				}
 				err = &exitError{code: 2, err: fmt.Errorf("%s=%q: %w", env, v, e), cmd: fs.Name()}
 			}
 			return

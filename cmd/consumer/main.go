@@ -96,7 +96,17 @@ func dispatch(args []string) int {
 	cmd, ok := commands[name]
 	if !ok {
 		switch name {
-		case "-h", "--help", "help":
+		case "help":
+			// help CMD [SUB] is CMD [SUB] --help.
+			if len(args) > 1 {
+				if _, ok := commands[args[1]]; !ok {
+					return report(os.Stderr, "help", usageError(fmt.Errorf("unknown command %q", args[1])))
+				}
+				return dispatch(append(append([]string{}, args[1:]...), "--help"))
+			}
+			usage(os.Stdout)
+			return 0
+		case "-h", "--help":
 			usage(os.Stdout)
 			return 0
 		case "--version", "-version", "-v":

@@ -175,6 +175,10 @@ func (f *runFlags) validate() error {
 		if err := checkAddr("admin-addr", f.admin.addr); err != nil {
 			return err
 		}
+		if _, port, _ := net.SplitHostPort(f.admin.addr); f.admin.addr == f.httpAddr && port != "0" {
+			return usageError(fmt.Errorf("--admin-addr %s is --http-addr too: give the admin API an address of its "+
+				"own (e.g. 127.0.0.1:9465), or leave --admin-addr empty to serve it on --http-addr", f.admin.addr))
+		}
 	}
 	if _, err := f.admin.token(); err != nil {
 		return err
