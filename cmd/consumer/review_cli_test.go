@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -56,4 +58,34 @@ func TestHelpCommand(t *testing.T) {
 	}
 	r := runCLI(t, bin, nil, "help", "nosuch")
 	usageLines(t, r, "help", `unknown command "nosuch"`)
+}
+
+// TestCaptureBadURLKeepsFile: capture with a malformed --pds-url is a
+// usage error (exit 2) that leaves an existing --out file alone; it
+// truncated the file to 0 bytes, then failed with exit 1.
+func TestCaptureBadURLKeepsFile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the consumer binary")
+	}
+	bin := buildConsumer(t)
+	out := filepath.Join(t.TempDir(), "corpus.cap")
+	if err := os.WriteFile(out, []byte("an earlier capture"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	usageLines(t, runCLI(t, bin, nil, "capture", "--pds-url", "ftp://pds.example.com", "--out", out), "capture", "--pds-url")
+	if b, err := os.ReadFile(out); err != nil || string(b) != "an earlier capture" {
+		t.Errorf("--out after a refused capture: %q, %v; want it untouched", b, err)
+	}
+}
+
+// TestTailValidatesNATSFlags: tail checks its NATS flags like run does
+// (exit 2 before connecting), not exit 1 from the connect.
+func TestTailValidatesNATSFlags(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the consumer binary")
+	}
+	bin := buildConsumer(t)
+	usageLines(t, runCLI(t, bin, nil, "tail", "--nats-url", "bad url"), "tail", "--nats-url")
+	usageLines(t, runCLI(t, bin, nil, "tail", "--nats-url", "nats://127.0.0.1:1", "--nats-cert", "/nonexistent"),
+		"tail", "--nats-cert")
 }
