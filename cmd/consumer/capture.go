@@ -45,6 +45,10 @@ func cmdCapture(ctx context.Context, args []string) error {
 	if pdsURL == "" || out == "" {
 		return &exitError{code: 2, err: errors.New("--pds-url and --out are required")}
 	}
+	// Checked before --out is created: a typo must not truncate a capture.
+	if err := checkURL("pds-url", pdsURL, "http", "https", "ws", "wss"); err != nil {
+		return err
+	}
 	var store *checkpoint.File
 	if cursorFile != "" {
 		store = &checkpoint.File{Path: cursorFile}

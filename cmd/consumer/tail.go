@@ -34,7 +34,10 @@ func cmdTail(ctx context.Context, args []string) error {
 		return err
 	}
 	if n.url == "" {
-		return &exitError{code: 2, err: errors.New("--nats-url (CONSUMER_NATS_URL) is required")}
+		return &exitError{code: 2, err: errors.New("--nats-url (CONSUMER_NATS_URL or NATS_URL) is required")}
+	}
+	if err := n.validate(); err != nil {
+		return err
 	}
 	if subject == "" {
 		subject = n.prefix + ".change.>"
