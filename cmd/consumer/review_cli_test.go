@@ -89,3 +89,17 @@ func TestTailValidatesNATSFlags(t *testing.T) {
 	usageLines(t, runCLI(t, bin, nil, "tail", "--nats-url", "nats://127.0.0.1:1", "--nats-cert", "/nonexistent"),
 		"tail", "--nats-cert")
 }
+
+// TestSchemaSubcommandErrorsNameIt: a configuration error of schema apply
+// found after its flags parse names "schema apply" and its --help, as its
+// flag errors do (it said "consumer schema:" and pointed to schema --help).
+func TestSchemaSubcommandErrorsNameIt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the consumer binary")
+	}
+	bin := buildConsumer(t)
+	env := []string{"CONSUMER_SPICEDB_TOKEN=k", "CONSUMER_SPICEDB_ENDPOINT=127.0.0.1:1", "CONSUMER_SPICEDB_INSECURE=true"}
+	usageLines(t, runCLI(t, bin, env, "schema", "apply", "--schema-file", "/nonexistent"), "schema apply", "--schema-file")
+	usageLines(t, runCLI(t, bin, env, "schema", "remove-unprefixed", "--schema-prefix", "BAD"), "schema remove-unprefixed",
+		"schema prefix")
+}
