@@ -31,9 +31,9 @@ func cmdSchema(ctx context.Context, args []string) error {
 	}
 	switch args[0] {
 	case "apply":
-		return cmdSchemaApply(ctx, args[1:], os.Stdout)
+		return withCmd("schema apply", cmdSchemaApply(ctx, args[1:], os.Stdout))
 	case "remove-unprefixed":
-		return cmdSchemaRemoveUnprefixed(ctx, args[1:], os.Stdout)
+		return withCmd("schema remove-unprefixed", cmdSchemaRemoveUnprefixed(ctx, args[1:], os.Stdout))
 	}
 	return &exitError{code: 2, err: fmt.Errorf("unknown subcommand %q\n%s", args[0], schemaUsage)}
 }
@@ -151,4 +151,20 @@ func cmdSchemaRemoveUnprefixed(ctx context.Context, args []string, out io.Writer
 	}
 	fmt.Fprintf(out, "removed %d relationships and %d definitions\n", n, len(plan.Definitions))
 	return nil
+}
+
+// withCmd names the subcommand an error comes from ("schema apply"), so
+// report prints it and points to its --help, not to the parent's.
+func withCmd(cmd string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.cmd == "" {
+			ee.cmd = cmd
+		}
+		return err
+	}
+	return &exitError{code: 1, err: err, cmd: cmd}
 }
