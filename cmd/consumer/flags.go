@@ -153,13 +153,26 @@ func parse(fs *flag.FlagSet, args []string) error {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	fs.VisitAll(func(f *flag.Flag) {
+		if cliOnly[f.Name] {
+			// Ignored, by design; say so, or an operator who set it thinks
+			// it took effect.
+			if env := EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")); os.Getenv(env) != "" {
+				fmt.Fprintf(os.Stderr, "consumer %s: warning: %s is ignored: --%s is command-line only\n", fs.Name(), env, f.Name)
+			}
+		}
 		if set[f.Name] || err != nil {
 			return
 		}
-		for _, env := range envNames(f.Name) {
+		for i, env := range envNames(f.Name) {
 			v, ok := os.LookupEnv(env)
 			if !ok {
 				continue
+			}
+			if i > 0 && v != "" {
+				// A fallback of another tool's (NATS_URL): a variable left
+				// in a shell for the nats CLI turns the fan-out on.
+				fmt.Fprintf(os.Stderr, "consumer %s: --%s from %s (no flag or %s given)\n", fs.Name(), f.Name, env,
+					envName(f.Name))
 			}
 			if e := fs.Set(f.Name, v); e != nil {
 				// The flag package says only "parse error" for a bad

@@ -103,3 +103,25 @@ func TestSchemaSubcommandErrorsNameIt(t *testing.T) {
 	usageLines(t, runCLI(t, bin, env, "schema", "remove-unprefixed", "--schema-prefix", "BAD"), "schema remove-unprefixed",
 		"schema prefix")
 }
+
+// TestIgnoredAndBorrowedVariablesAreSaid: a CONSUMER_* variable of a
+// command-line-only flag is ignored with a warning (it used to be ignored
+// silently, so an operator who set CONSUMER_TAKEOVER=true thought it took
+// effect), and a NATS_URL borrowed from the nats CLI's environment is
+// named, since it turns the fan-out on.
+func TestIgnoredAndBorrowedVariablesAreSaid(t *testing.T) {
+	bin := buildConsumer(t)
+	r := runCLI(t, bin, []string{"CONSUMER_TAKEOVER=true"}, "rewind", "--to", "3", "--spicedb-endpoint", "127.0.0.1:1",
+		"--spicedb-insecure")
+	if !strings.Contains(r.stderr, "warning: CONSUMER_TAKEOVER is ignored: --takeover is command-line only") {
+		t.Errorf("CONSUMER_TAKEOVER=true: stderr %q", r.stderr)
+	}
+	r = runCLI(t, bin, []string{"NATS_URL=nats://127.0.0.1:1", "CONSUMER_NATS_URL="}, "tail", "--nats-stream", "BAD NAME")
+	if strings.Contains(r.stderr, "from NATS_URL") {
+		t.Errorf("an empty CONSUMER_NATS_URL wins over NATS_URL, yet the fallback was announced: %q", r.stderr)
+	}
+	r = runCLI(t, bin, []string{"NATS_URL=nats://127.0.0.1:1"}, "run", "--pds-url", "ftp://x")
+	if !strings.Contains(r.stderr, "--nats-url from NATS_URL (no flag or CONSUMER_NATS_URL given)") {
+		t.Errorf("NATS_URL fallback not named: stderr %q", r.stderr)
+	}
+}
