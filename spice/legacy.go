@@ -231,15 +231,6 @@ func sameShape(held, tmpl SchemaItem) bool {
 	return true
 }
 
-// members are the relation and permission names a definition declares.
-func members(body string) map[string]bool {
-	m := map[string]bool{}
-	for _, sm := range memberRe.FindAllStringSubmatch(body, -1) {
-		m[sm[2]] = true
-	}
-	return m
-}
-
 func subset(a, b map[string]bool) bool {
 	for k := range a {
 		if !b[k] {
@@ -255,7 +246,7 @@ var relationTypesRe = regexp.MustCompile(`relation\s+[a-z][a-z0-9_]*\s*:([^\n]*)
 // subjects (`a`, `b#member`, `c:*` and `d with caveat` give a, b, c, d).
 func relationTypes(body string) []string {
 	var out []string
-	for _, m := range relationTypesRe.FindAllStringSubmatch(stripComments(body), -1) {
+	for _, m := range relationTypesRe.FindAllStringSubmatch(blankComments(body), -1) {
 		for _, alt := range strings.Split(m[1], "|") {
 			f := strings.Fields(alt)
 			if len(f) == 0 {
@@ -267,22 +258,4 @@ func relationTypes(body string) []string {
 		}
 	}
 	return out
-}
-
-// stripComments replaces every comment of s with a space.
-func stripComments(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		if strings.HasPrefix(s[i:], "//") || strings.HasPrefix(s[i:], "/*") {
-			j := skipSpaceAndComments(s, i)
-			// keep the line structure: relations are one a line
-			b.WriteString(strings.Repeat("\n", strings.Count(s[i:j], "\n")))
-			b.WriteByte(' ')
-			i = j
-			continue
-		}
-		b.WriteByte(s[i])
-		i++
-	}
-	return b.String()
 }

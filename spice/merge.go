@@ -265,13 +265,19 @@ var arrowRe = regexp.MustCompile(`\b([a-z][a-z0-9_]*)(?:->|\.any\(|\.all\()([a-z
 
 // declared are the relation and permission names of a definition body,
 // comments left out.
-func declared(body string) map[string]bool { return members(stripComments(body)) }
+func declared(body string) map[string]bool {
+	m := map[string]bool{}
+	for _, sm := range memberRe.FindAllStringSubmatch(blankComments(body), -1) {
+		m[sm[2]] = true
+	}
+	return m
+}
 
 // subjectTypes maps each relation of a definition body to the definitions
 // it allows as subjects.
 func subjectTypes(body string) map[string][]string {
 	out := map[string][]string{}
-	for _, m := range relationDeclRe.FindAllStringSubmatch(stripComments(body), -1) {
+	for _, m := range relationDeclRe.FindAllStringSubmatch(blankComments(body), -1) {
 		out[m[1]] = relationTypes("relation " + m[1] + ":" + m[2])
 	}
 	return out
