@@ -272,6 +272,12 @@ func TestEnvMirrors(t *testing.T) {
 
 // TestRewindToHasNoEnv: --to is command-line only.
 func TestRewindToHasNoEnv(t *testing.T) {
+	t.Setenv("CONSUMER_FORCE", "true")
+	force := flag.NewFlagSet("schema remove-unprefixed", flag.ContinueOnError)
+	forced := force.Bool("force", false, "")
+	if err := parse(force, nil); err != nil || *forced {
+		t.Errorf("CONSUMER_FORCE was read by schema remove-unprefixed: %v %v", *forced, err)
+	}
 	t.Setenv("CONSUMER_TO", "5")
 	fs := flag.NewFlagSet("rewind", flag.ContinueOnError)
 	to := fs.Int64("to", -1, "")

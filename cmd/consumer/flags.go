@@ -28,7 +28,7 @@ var cliOnly = map[string]bool{
 	"takeover": true, "to": true, "fix": true, "exit-when-done": true, "dry-run": true, "did": true,
 	"json": true, "out": true, "loops": true, "count": true, "cursor": true, "cursor-file": true,
 	"frames": true, "duration": true, "events": true, "accounts": true, "projected": true, "seed": true,
-	"addr": true, "schema-file": true,
+	"addr": true, "schema-file": true, "force": true,
 }
 
 // ecosystemEnv are variables of other tools a flag falls back to when
