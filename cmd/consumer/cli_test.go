@@ -69,7 +69,7 @@ func TestCLIConventions(t *testing.T) {
 	usageLines(t, runCLI(t, bin, nil, "rewind"), "rewind", "--to SEQ is required")
 	usageLines(t, runCLI(t, bin, nil, "run", "--pds-url", "http://pds", "--lease-timeout", "15"), "run",
 		"--lease-timeout 15: want a duration with a unit")
-	usageLines(t, runCLI(t, bin, []string{"CONSUMER_SPICEDB_TOKEN=k"}, "run"), "run", "--pds-url (CONSUMER_PDS_URL) is required")
+	usageLines(t, runCLI(t, bin, []string{"CONSUMER_SPICEDB_TOKEN=k"}, "run"), "run", "--pds-url (CONSUMER_PDS_URL) or --relay-url (CONSUMER_RELAY_URL) is required")
 	usageLines(t, runCLI(t, bin, []string{"CONSUMER_SPICEDB_TOKEN=k"}, "schema", "apply", "--nope"), "schema apply",
 		"unknown flag --nope")
 	if r := runCLI(t, bin, nil, "nosuch"); r.code != 2 || r.stderr != "consumer: unknown command \"nosuch\"\n"+

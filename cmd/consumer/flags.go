@@ -192,6 +192,8 @@ func parse(fs *flag.FlagSet, args []string) error {
 // shares.
 type common struct {
 	pdsURL         string
+	relayURL       string
+	plcURL         string
 	spiceEndpoint  string
 	spiceTokenFile string
 	spiceInsecure  bool
@@ -208,7 +210,10 @@ type common struct {
 }
 
 func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
-	fs.StringVar(&c.pdsURL, "pds-url", "", "PDS base URL, http(s):// or ws(s):// (required)")
+	fs.StringVar(&c.pdsURL, "pds-url", "", "PDS base URL, http(s):// or ws(s):// (this or --relay-url is required)")
+	fs.StringVar(&c.relayURL, "relay-url", "",
+		"follow a relay instead of one PDS: its stream, with repos read from each account's own PDS (found through --plc-url)")
+	fs.StringVar(&c.plcURL, "plc-url", DefaultPLCURL, "PLC directory that did:plc identities resolve through")
 	fs.StringVar(&c.spiceEndpoint, "spicedb-endpoint", "127.0.0.1:50051", "SpiceDB gRPC host:port")
 	fs.StringVar(&c.spiceTokenFile, "spicedb-token-file", "", "file holding the SpiceDB preshared key (or set CONSUMER_SPICEDB_TOKEN)")
 	fs.BoolVar(&c.spiceInsecure, "spicedb-insecure", false,
@@ -300,10 +305,21 @@ func (c *common) rules() (*view.Rules, error) {
 }
 
 func (c *common) needPDS() error {
-	if c.pdsURL == "" {
-		return &exitError{code: 2, err: errors.New("--pds-url (CONSUMER_PDS_URL) is required")}
+	switch {
+	case c.pdsURL == "" && c.relayURL == "":
+		return &exitError{code: 2, err: errors.New("--pds-url (CONSUMER_PDS_URL) or --relay-url (CONSUMER_RELAY_URL) is required")}
+	case c.pdsURL != "" && c.relayURL != "":
+		return usageError(errors.New("--pds-url and --relay-url: give one (a relay already carries its PDSes' streams)"))
 	}
 	return nil
+}
+
+// streamURL is the host whose stream is followed: the PDS or the relay.
+func (c *common) streamURL() string {
+	if c.relayURL != "" {
+		return c.relayURL
+	}
+	return c.pdsURL
 }
 
 func (c *common) dial() (*spice.Client, error) {

@@ -38,6 +38,10 @@ type runFlags struct {
 	cacheRecords                               int
 	resyncConcurrency                          int
 	resyncRate                                 float64
+	hostConcurrency                            int
+	hostRate                                   float64
+	collectionDir                              string
+	allowPrivatePDS                            bool
 	reconcileEvery                             time.Duration
 	nats                                       natsFlags
 	publishAll                                 bool
@@ -77,6 +81,16 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.heldPerRepo, "held-per-repo", 1000, "live events held per repo while it resyncs")
 	fs.IntVar(&f.resyncConcurrency, "resync-concurrency", 4, "concurrent getRepo calls")
 	fs.Float64Var(&f.resyncRate, "resync-rate", 20, "getRepo calls per second at most, to be polite to the PDS (0: no limit)")
+	fs.IntVar(&f.hostConcurrency, "repo-host-concurrency", firehose.DefaultHostConcurrency,
+		"with --relay-url: concurrent getRepo calls to one PDS host, at most")
+	fs.Float64Var(&f.hostRate, "repo-host-rate", firehose.DefaultHostRate,
+		"with --relay-url: getRepo calls per second to one PDS host, at most")
+	fs.StringVar(&f.collectionDir, "collection-dir", "",
+		"with --relay-url: service answering com.atproto.sync.listReposByCollection for rebuilds, e.g. indigo's collectiondir "+
+			"(default: the relay; where it is not served, a rebuild reads EVERY repo of the relay)")
+	fs.BoolVar(&f.allowPrivatePDS, "allow-private-pds", false,
+		"with --relay-url: let DID documents name PDSes on loopback, private addresses or plain http (tests, private networks); "+
+			"off, a hostile account can't point the consumer at a port inside its network")
 	durationFlag(fs, &f.reconcileEvery, "reconcile-every", 0, "compare every repo with SpiceDB this often, one at a time, and resync drift (0: off)")
 	f.nats.register(fs)
 	fs.BoolVar(&f.publishAll, "publish-all-collections", false, "publish every record op of every collection to NATS (raw mode)")
@@ -99,7 +113,12 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 	if err != nil {
 		return pipeline.Config{}, err
 	}
-	return pipeline.Config{PDSURL: f.pdsURL, SpiceDB: sc,
+	var relay *pipeline.RelayConfig
+	if f.relayURL != "" {
+		relay = &pipeline.RelayConfig{Identity: newIdentity(f.plcURL), CollectionDir: f.collectionDir,
+			HostConcurrency: f.hostConcurrency, HostRate: f.hostRate, AllowPrivateHosts: f.allowPrivatePDS}
+	}
+	return pipeline.Config{PDSURL: f.streamURL(), Relay: relay, SpiceDB: sc,
 		Lease: pipeline.LeaseConfig{Name: f.name, Holder: f.holder, Timeout: f.leaseTimeout,
 			HeartbeatEvery: f.heartbeatEvery, Takeover: f.takeover},
 		Stream: pipeline.StreamConfig{Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
@@ -223,7 +242,7 @@ func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus
 	if err != nil {
 		return err
 	}
-	cfg.Logger.Info("consumer starting", "version", version, "commit", currentBuild().Commit, "pds", redact.URL(f.pdsURL), "spicedb", f.spiceEndpoint,
+	cfg.Logger.Info("consumer starting", "version", version, "commit", currentBuild().Commit, "stream", redact.URL(f.streamURL()), "relay", f.relayURL != "", "spicedb", f.spiceEndpoint,
 		"projector", f.name, "http", servers[0].Addr(), "admin_api", admin)
 	g, gctx := errgroup.WithContext(ctx)
 	runCtx, stopHTTP := context.WithCancel(context.Background())

@@ -34,6 +34,14 @@ func (c *common) validate(needPDS bool) error {
 			return err
 		}
 	}
+	if c.relayURL != "" {
+		if err := checkURL("relay-url", c.relayURL, "http", "https", "ws", "wss"); err != nil {
+			return err
+		}
+	}
+	if err := checkURL("plc-url", c.plcURL, "http", "https"); err != nil {
+		return err
+	}
 	if !spice.ValidName(c.name) {
 		return usageError(fmt.Errorf("--name %q: a projector name is 1 to 128 letters, digits, _ or -", c.name))
 	}
@@ -161,8 +169,18 @@ func (f *runFlags) validate() error {
 		"max-repo-bytes": float64(f.maxRepoBytes), "max-repo-records": float64(f.maxRepoRecords),
 		"batch-updates": float64(f.batchUpdates), "cache-repos": float64(f.cacheRepos),
 		"cache-records": float64(f.cacheRecords), "held-per-repo": float64(f.heldPerRepo),
-		"resync-concurrency": float64(f.resyncConcurrency), "resync-rate": f.resyncRate}); err != nil {
+		"resync-concurrency": float64(f.resyncConcurrency), "resync-rate": f.resyncRate,
+		"repo-host-concurrency": float64(f.hostConcurrency), "repo-host-rate": f.hostRate}); err != nil {
 		return err
+	}
+	if f.collectionDir != "" {
+		if err := checkURL("collection-dir", f.collectionDir, "http", "https"); err != nil {
+			return err
+		}
+	}
+	if f.relayURL == "" && (f.collectionDir != "" || f.allowPrivatePDS) {
+		return usageError(errors.New("--collection-dir and --allow-private-pds apply to --relay-url only " +
+			"(a PDS is read directly)"))
 	}
 	if f.batchUpdates > projector.MaxBatchUpdates {
 		return usageError(fmt.Errorf("--batch-updates %d: at most %d (SpiceDB's 1,000 a write, less the heartbeat and the "+

@@ -23,9 +23,13 @@ const DefaultName = "default"
 // Config of a consumer. Every zero value takes the default of the package
 // that owns the setting.
 type Config struct {
-	// PDSURL is the PDS to follow (required): its stream, getRepo and
-	// listRepos.
+	// PDSURL is the host whose stream is followed (required): a PDS (its
+	// getRepo and listRepos too), or a relay when Relay is set.
 	PDSURL string
+	// Relay says PDSURL is a relay: an intermediary for many PDSes. Repos
+	// are then read from each account's own PDS, found through its DID
+	// document (nil: PDSURL is a PDS).
+	Relay *RelayConfig
 	// SpiceDB connection (required).
 	SpiceDB spice.Config
 	// Lease names the projector in SpiceDB and says how this process holds
@@ -53,6 +57,31 @@ type Config struct {
 	Registry prometheus.Registerer
 	// Hooks for tools and tests (optional).
 	Hooks Hooks
+}
+
+// RelayConfig is how a consumer that follows a relay reads repos.
+type RelayConfig struct {
+	// Identity resolves an account's PDS (required); its cached identity
+	// is purged when the stream carries an #identity event for the DID.
+	Identity Identity
+	// CollectionDir serves com.atproto.sync.listReposByCollection for
+	// rebuilds (default: the relay itself; where neither serves it, a
+	// rebuild lists every repo of the relay and says so).
+	CollectionDir string
+	// HostConcurrency and HostRate bound getRepo calls per PDS host (see
+	// firehose.RouterConfig).
+	HostConcurrency int
+	HostRate        float64
+	// AllowPrivateHosts lets DID documents name loopback, private and
+	// plain-http PDSes (tests, private networks).
+	AllowPrivateHosts bool
+}
+
+// Identity is what a relay consumer needs of the identity directory.
+type Identity interface {
+	firehose.Resolver
+	// Forget drops what is cached of did (an #identity event).
+	Forget(ctx context.Context, did string)
 }
 
 // LeaseConfig names the projector and says how the lease is held.
@@ -154,6 +183,9 @@ func (c *Config) defaults() error {
 	// lease is taken, which a corrected restart would then wait out.
 	if _, err := firehose.StreamURL(c.PDSURL, -1); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
+	}
+	if c.Relay != nil && c.Relay.Identity == nil {
+		return errors.New("pipeline: a relay source needs an identity directory")
 	}
 	if c.Lease.Name == "" {
 		c.Lease.Name = DefaultName

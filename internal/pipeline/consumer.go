@@ -60,7 +60,7 @@ type Consumer struct {
 type run struct {
 	progress *checkpoint.Progress
 	writer   *spice.Writer
-	sync     *firehose.SyncClient
+	sync     projector.Fetcher
 	engine   *projector.Engine
 	stream   *firehose.Client
 }
@@ -379,8 +379,7 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 		HeartbeatMs: lease.HeartbeatMs, Epoch: lease.Epoch, HeartbeatEvery: c.cfg.Lease.HeartbeatEvery, Logger: c.log,
 		OnRetry: c.noteError,
 		Metrics: c.sm})
-	if r.sync, err = firehose.NewSyncClient(firehose.SyncConfig{URL: c.cfg.PDSURL, Metrics: c.fhm,
-		MaxRepoBytes: c.cfg.Stream.MaxRepoBytes, MaxRepoRecords: c.cfg.Stream.MaxRepoRecords}); err != nil {
+	if r.sync, err = c.fetcher(); err != nil {
 		return nil, err
 	}
 	var publisher projector.Publisher
@@ -405,13 +404,52 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 		filter = nil // raw mode: every op is decoded and published
 	}
 	sc := c.cfg.Stream
-	r.stream, err = firehose.New(firehose.Config{URL: c.cfg.PDSURL, Tracker: progress.Tracker(), Handler: r.engine,
+	var handler firehose.Handler = r.engine
+	if c.cfg.Relay != nil {
+		handler = forgetting{Handler: r.engine, id: c.cfg.Relay.Identity}
+	}
+	r.stream, err = firehose.New(firehose.Config{URL: c.cfg.PDSURL, Tracker: progress.Tracker(), Handler: handler,
 		Filter: filter, Workers: sc.Workers, QueueDepth: sc.QueueDepth, MaxFrameBytes: sc.MaxFrameBytes, Logger: c.log,
 		Metrics: c.fhm, Source: c.source, OnFrame: c.cfg.Hooks.OnFrame})
 	if err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// fetcher reads repos: from the PDS followed, or, behind a relay, from
+// each account's own PDS.
+func (c *Consumer) fetcher() (projector.Fetcher, error) {
+	sc := firehose.SyncConfig{URL: c.cfg.PDSURL, Metrics: c.fhm,
+		MaxRepoBytes: c.cfg.Stream.MaxRepoBytes, MaxRepoRecords: c.cfg.Stream.MaxRepoRecords}
+	own, err := firehose.NewSyncClient(sc)
+	if err != nil || c.cfg.Relay == nil {
+		return own, err
+	}
+	rc := c.cfg.Relay
+	dir := rc.CollectionDir
+	if dir == "" {
+		dir = c.cfg.PDSURL
+	}
+	return firehose.NewRouter(firehose.RouterConfig{Resolver: rc.Identity, Sync: sc,
+		HostConcurrency: rc.HostConcurrency, HostRate: rc.HostRate, AllowPrivate: rc.AllowPrivateHosts,
+		Lister: &firehose.CollectionLister{URL: dir, Collections: c.cfg.Engine.Rules.Collections(),
+			Fallback: own, Logger: c.log}, Logger: c.log})
+}
+
+// forgetting drops an account's cached identity when the stream says it
+// changed, before the account's later events are applied: a resync after
+// a migration reads the repo from the new PDS.
+type forgetting struct {
+	firehose.Handler
+	id Identity
+}
+
+func (f forgetting) HandleEvent(ctx context.Context, ev *firehose.Event) error {
+	if ev.Kind == firehose.KindIdentity {
+		f.id.Forget(ctx, ev.DID)
+	}
+	return f.Handler.HandleEvent(ctx, ev)
 }
 
 // onlySource reports whether this projector is the only source that ever
