@@ -194,6 +194,8 @@ type common struct {
 	pdsURL         string
 	relayURL       string
 	plcURL         string
+	// severalPDS: the command follows several PDSes (run, rebuild).
+	severalPDS bool
 	spiceEndpoint  string
 	spiceTokenFile string
 	spiceInsecure  bool
@@ -210,7 +212,9 @@ type common struct {
 }
 
 func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
-	fs.StringVar(&c.pdsURL, "pds-url", "", "PDS base URL, http(s):// or ws(s):// (this or --relay-url is required)")
+	fs.StringVar(&c.pdsURL, "pds-url", "",
+		"PDS base URL, http(s):// or ws(s):// (this or --relay-url is required); run and rebuild follow several, comma-separated, "+
+			"each a source named <name>-<host>")
 	fs.StringVar(&c.relayURL, "relay-url", "",
 		"follow a relay instead of one PDS: its stream, with repos read from each account's own PDS (found through --plc-url)")
 	fs.StringVar(&c.plcURL, "plc-url", DefaultPLCURL, "PLC directory that did:plc identities resolve through")
@@ -312,6 +316,17 @@ func (c *common) needPDS() error {
 		return usageError(errors.New("--pds-url and --relay-url: give one (a relay already carries its PDSes' streams)"))
 	}
 	return nil
+}
+
+// pdsURLs are the PDSes of --pds-url, a comma-separated list.
+func (c *common) pdsURLs() []string {
+	var out []string
+	for _, u := range strings.Split(c.pdsURL, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // streamURL is the host whose stream is followed: the PDS or the relay.

@@ -232,8 +232,27 @@ func (f *runFlags) listeners(src httpapi.Source, reg *prometheus.Registry, log *
 	return []*httpapi.Server{srv, adm}, where, nil
 }
 
+// follower is a consumer of one stream or a group of them.
+type follower interface {
+	httpapi.Source
+	Run(ctx context.Context) error
+	Close() error
+}
+
+var (
+	_ follower = (*pipeline.Consumer)(nil)
+	_ follower = (*pipeline.Group)(nil)
+)
+
+func newDaemon(f runFlags, cfg pipeline.Config) (follower, error) {
+	if urls := f.pdsURLs(); len(urls) > 1 {
+		return pipeline.NewGroup(cfg, urls)
+	}
+	return pipeline.New(cfg)
+}
+
 func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus.Registry) error {
-	consumer, err := pipeline.New(cfg)
+	consumer, err := newDaemon(f, cfg)
 	if err != nil {
 		return err
 	}

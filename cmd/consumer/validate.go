@@ -29,8 +29,12 @@ func (c *common) validate(needPDS bool) error {
 			return err
 		}
 	}
-	if c.pdsURL != "" {
-		if err := checkURL("pds-url", c.pdsURL, "http", "https", "ws", "wss"); err != nil {
+	if n := len(c.pdsURLs()); n > 1 && !c.severalPDS {
+		return usageError(fmt.Errorf("--pds-url names %d PDSes: this command takes one; a daemon that follows several "+
+			"names each source <name>-<host> (pass that as --name with its one --pds-url)", n))
+	}
+	for _, u := range c.pdsURLs() {
+		if err := checkURL("pds-url", u, "http", "https", "ws", "wss"); err != nil {
 			return err
 		}
 	}
@@ -151,6 +155,7 @@ func sortedKeys[V any](m map[string]V) []string {
 
 // validate checks the daemon's flags (run, rebuild).
 func (f *runFlags) validate() error {
+	f.severalPDS = true
 	if err := f.common.validate(true); err != nil {
 		return err
 	}

@@ -40,6 +40,9 @@ type Status struct {
 	// LastError has the credentials of any URL it quotes redacted.
 	LastError     string  `json:"last_error,omitempty"`
 	UptimeSeconds float64 `json:"uptime_seconds"`
+	// Sources are the PDSes of a daemon that follows several, each on its
+	// own (the fields above sum them up).
+	Sources []Status `json:"sources,omitempty"`
 }
 
 // StatusOf turns a snapshot into the status document.
@@ -54,6 +57,9 @@ func StatusOf(s pipeline.Snapshot) Status {
 	st.LagEvents, st.LagSeconds = s.LagEvents, s.LagSeconds
 	if !s.Engine.AppliedEventTime.IsZero() {
 		st.AppliedEventTime = s.Engine.AppliedEventTime.UTC().Format(time.RFC3339Nano)
+	}
+	for _, m := range s.Sources {
+		st.Sources = append(st.Sources, StatusOf(m))
 	}
 	return st
 }

@@ -77,6 +77,9 @@ type Snapshot struct {
 	Head       int64
 	LagEvents  int64
 	LagSeconds float64
+	// Sources are the snapshots of each source of a daemon that follows
+	// several PDSes (Group); empty for one stream.
+	Sources []Snapshot
 }
 
 // Ready reports connected to the PDS, running (holding the lease), not
@@ -85,6 +88,11 @@ func (s Snapshot) Ready() bool { return s.NotReadyReason() == "" }
 
 // NotReadyReason says why the consumer is not ready ("" when it is).
 func (s Snapshot) NotReadyReason() string {
+	for _, m := range s.Sources {
+		if why := m.NotReadyReason(); why != "" {
+			return "source " + m.Name + ": " + why
+		}
+	}
 	switch {
 	case s.Fenced:
 		return "fenced: another consumer holds the lease"
