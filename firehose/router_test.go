@@ -184,7 +184,9 @@ func collectionDir(t *testing.T, byColl map[string][]string, pageSize int) (stri
 
 type listFunc func(ctx context.Context, fn func(firehose.RepoInfo) error) error
 
-func (f listFunc) ListAllRepos(ctx context.Context, fn func(firehose.RepoInfo) error) error { return f(ctx, fn) }
+func (f listFunc) ListAllRepos(ctx context.Context, fn func(firehose.RepoInfo) error) error {
+	return f(ctx, fn)
+}
 
 // TestCollectionListerListsOnlyReposWithTheCollections: a rebuild behind a
 // relay lists the repos that hold projected collections, each once, paging

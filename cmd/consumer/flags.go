@@ -191,11 +191,11 @@ func parse(fs *flag.FlagSet, args []string) error {
 // common are the flags every command that talks to SpiceDB and the PDS
 // shares.
 type common struct {
-	pdsURL         string
-	relayURL       string
-	plcURL         string
+	pdsURL   string
+	relayURL string
+	plcURL   string
 	// severalPDS: the command follows several PDSes (run, rebuild).
-	severalPDS bool
+	severalPDS     bool
 	spiceEndpoint  string
 	spiceTokenFile string
 	spiceInsecure  bool
