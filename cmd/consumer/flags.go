@@ -227,7 +227,7 @@ func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
 	fs.StringVar(&c.spiceCA, "spicedb-ca", "", "PEM CA bundle to verify SpiceDB's TLS certificate (default: system roots)")
 	fs.StringVar(&c.schemaPrefix, "schema-prefix", spice.DefaultPrefix,
 		"prefix of the project's SpiceDB definitions (spaces_authz/space, …); \"\" for the bare names of versions before 0.2 (upgrade only)")
-	fs.StringVar(&c.name, "name", pipeline.DefaultName, "projector name in SpiceDB: one per PDS stream")
+	fs.StringVar(&c.name, "name", pipeline.DefaultName, "projector name in SpiceDB: one per stream (a daemon that follows several PDSes names each source <name>-<host>)")
 	fs.StringVar(&c.rulesPath, "rules", "", "rules file (default: the built-in rules of DESIGN §2)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", defaultFormat, "json or text")

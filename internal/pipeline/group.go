@@ -16,7 +16,7 @@ import (
 
 // Group is a daemon that follows several PDSes directly, into one SpiceDB:
 // one Consumer per PDS, each a source with its own projector object,
-// lease, epoch and progress (DESIGN §4 "Sources"), under one errgroup.
+// lease, epoch and progress (DESIGN §11), under one errgroup.
 // Its accessors serve the HTTP endpoints for all of them.
 type Group struct {
 	name    string
