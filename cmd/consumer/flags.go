@@ -11,7 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
+	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )
@@ -195,10 +197,11 @@ type common struct {
 	relayURL string
 	plcURL   string
 	// severalPDS: the command follows several PDSes (run, rebuild).
-	severalPDS     bool
-	spiceEndpoint  string
-	spiceTokenFile string
-	spiceInsecure  bool
+	severalPDS      bool
+	allowPrivatePDS bool
+	spiceEndpoint   string
+	spiceTokenFile  string
+	spiceInsecure   bool
 	// spiceInsecureRemote allows --spicedb-insecure to a non-loopback host.
 	spiceInsecureRemote bool
 	spiceCA             string
@@ -218,6 +221,9 @@ func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
 	fs.StringVar(&c.relayURL, "relay-url", "",
 		"follow a relay instead of one PDS: its stream, with repos read from each account's own PDS (found through --plc-url)")
 	fs.StringVar(&c.plcURL, "plc-url", DefaultPLCURL, "PLC directory that did:plc identities resolve through")
+	fs.BoolVar(&c.allowPrivatePDS, "allow-private-pds", false,
+		"with --relay-url: let DID documents name PDSes on loopback, private addresses or plain http (tests, private networks); "+
+			"off, a hostile account can't point the consumer at a port inside its network")
 	fs.StringVar(&c.spiceEndpoint, "spicedb-endpoint", "127.0.0.1:50051", "SpiceDB gRPC host:port")
 	fs.StringVar(&c.spiceTokenFile, "spicedb-token-file", "", "file holding the SpiceDB preshared key (or set CONSUMER_SPICEDB_TOKEN)")
 	fs.BoolVar(&c.spiceInsecure, "spicedb-insecure", false,
@@ -327,6 +333,25 @@ func (c *common) pdsURLs() []string {
 		}
 	}
 	return out
+}
+
+// relayConfig is how repos are read behind --relay-url (nil without one).
+func (c *common) relayConfig() *pipeline.RelayConfig {
+	if c.relayURL == "" {
+		return nil
+	}
+	return &pipeline.RelayConfig{Identity: newIdentity(c.plcURL), AllowPrivateHosts: c.allowPrivatePDS}
+}
+
+// fetcher reads repos for the one-shot commands: from the PDS, or behind
+// a relay from each account's own PDS.
+func (c *common) fetcher() (projector.Fetcher, error) {
+	own, err := firehose.NewSyncClient(firehose.SyncConfig{URL: c.streamURL()})
+	if err != nil || c.relayURL == "" {
+		return own, err
+	}
+	rc := c.relayConfig()
+	return firehose.NewRouter(firehose.RouterConfig{Resolver: rc.Identity, AllowPrivate: rc.AllowPrivateHosts, Lister: own})
 }
 
 // streamURL is the host whose stream is followed: the PDS or the relay.

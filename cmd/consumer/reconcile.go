@@ -10,7 +10,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/spaces-authz/spaces-authz/firehose"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
@@ -59,7 +58,7 @@ func cmdReconcile(ctx context.Context, args []string) error {
 	if err := c.checkProjector(ctx, client); err != nil {
 		return err
 	}
-	fetcher, err := firehose.NewSyncClient(firehose.SyncConfig{URL: c.pdsURL})
+	fetcher, err := c.fetcher()
 	if err != nil {
 		return err
 	}
@@ -171,7 +170,7 @@ func repair(ctx context.Context, c common, admin adminFlags, dids []string) erro
 	if err != nil {
 		return err
 	}
-	cons, err := pipeline.New(pipeline.Config{PDSURL: c.pdsURL, SpiceDB: sc, Logger: log,
+	cons, err := pipeline.New(pipeline.Config{PDSURL: c.streamURL(), Relay: c.relayConfig(), SpiceDB: sc, Logger: log,
 		Lease: pipeline.LeaseConfig{Name: c.name, NoWait: true}, Engine: pipeline.EngineConfig{Rules: rules},
 		Rebuild: pipeline.RebuildConfig{AtStart: true, DIDs: dids, ExitWhenDone: true}})
 	if err != nil {

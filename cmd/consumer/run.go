@@ -41,7 +41,6 @@ type runFlags struct {
 	hostConcurrency                            int
 	hostRate                                   float64
 	collectionDir                              string
-	allowPrivatePDS                            bool
 	reconcileEvery                             time.Duration
 	nats                                       natsFlags
 	publishAll                                 bool
@@ -88,9 +87,6 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.collectionDir, "collection-dir", "",
 		"with --relay-url: service answering com.atproto.sync.listReposByCollection for rebuilds, e.g. indigo's collectiondir "+
 			"(default: the relay; where it is not served, a rebuild reads EVERY repo of the relay)")
-	fs.BoolVar(&f.allowPrivatePDS, "allow-private-pds", false,
-		"with --relay-url: let DID documents name PDSes on loopback, private addresses or plain http (tests, private networks); "+
-			"off, a hostile account can't point the consumer at a port inside its network")
 	durationFlag(fs, &f.reconcileEvery, "reconcile-every", 0, "compare every repo with SpiceDB this often, one at a time, and resync drift (0: off)")
 	f.nats.register(fs)
 	fs.BoolVar(&f.publishAll, "publish-all-collections", false, "publish every record op of every collection to NATS (raw mode)")
@@ -113,10 +109,9 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 	if err != nil {
 		return pipeline.Config{}, err
 	}
-	var relay *pipeline.RelayConfig
-	if f.relayURL != "" {
-		relay = &pipeline.RelayConfig{Identity: newIdentity(f.plcURL), CollectionDir: f.collectionDir,
-			HostConcurrency: f.hostConcurrency, HostRate: f.hostRate, AllowPrivateHosts: f.allowPrivatePDS}
+	relay := f.relayConfig()
+	if relay != nil {
+		relay.CollectionDir, relay.HostConcurrency, relay.HostRate = f.collectionDir, f.hostConcurrency, f.hostRate
 	}
 	return pipeline.Config{PDSURL: f.streamURL(), Relay: relay, SpiceDB: sc,
 		Lease: pipeline.LeaseConfig{Name: f.name, Holder: f.holder, Timeout: f.leaseTimeout,

@@ -79,12 +79,12 @@ func cmdStatus(ctx context.Context, args []string) error {
 	// What status reports on but can't reach makes it exit 1, after the
 	// report: a script must not read "lag 0" from a PDS it never reached.
 	var unreachable []string
-	if c.pdsURL != "" {
+	if c.streamURL() != "" {
 		var err error
-		rep.PDSHead, rep.PDSHeadExact, err = probeHead(ctx, c.pdsURL, st.Cursor)
+		rep.PDSHead, rep.PDSHeadExact, err = probeHead(ctx, c.streamURL(), st.Cursor)
 		if err != nil {
 			rep.PDSError = redact.String(err.Error())
-			unreachable = append(unreachable, fmt.Sprintf("the PDS at %s (%s)", redact.URL(c.pdsURL), rep.PDSError))
+			unreachable = append(unreachable, fmt.Sprintf("the PDS at %s (%s)", redact.URL(c.streamURL()), rep.PDSError))
 		}
 		if rep.PDSHead >= 0 && st.Cursor >= 0 {
 			rep.LagEvents = max(0, rep.PDSHead-st.Cursor)

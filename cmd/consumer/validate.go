@@ -183,9 +183,8 @@ func (f *runFlags) validate() error {
 			return err
 		}
 	}
-	if f.relayURL == "" && (f.collectionDir != "" || f.allowPrivatePDS) {
-		return usageError(errors.New("--collection-dir and --allow-private-pds apply to --relay-url only " +
-			"(a PDS is read directly)"))
+	if f.relayURL == "" && f.collectionDir != "" {
+		return usageError(errors.New("--collection-dir applies to --relay-url only (a PDS lists its own repos)"))
 	}
 	if f.batchUpdates > projector.MaxBatchUpdates {
 		return usageError(fmt.Errorf("--batch-updates %d: at most %d (SpiceDB's 1,000 a write, less the heartbeat and the "+
