@@ -203,6 +203,8 @@ type common struct {
 	rulesPath           string
 	logLevel            string
 	logFormat           string
+	// plcURL is the PLC directory that resolves did:plc documents.
+	plcURL string
 	// loaded are the rules, once read (rules()).
 	loaded *view.Rules
 }
@@ -222,6 +224,8 @@ func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
 	fs.StringVar(&c.rulesPath, "rules", "", "rules file (default: the built-in rules of DESIGN §2)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", defaultFormat, "json or text")
+	fs.StringVar(&c.plcURL, "plc-url", DefaultPLCURL,
+		"PLC directory that resolves did:plc documents (the keys of accounts' service-auth tokens)")
 }
 
 func (c *common) logger() (*slog.Logger, error) {

@@ -34,6 +34,9 @@ func (c *common) validate(needPDS bool) error {
 			return err
 		}
 	}
+	if err := checkURL("plc-url", c.plcURL, "http", "https"); err != nil {
+		return err
+	}
 	if !spice.ValidName(c.name) {
 		return usageError(fmt.Errorf("--name %q: a projector name is 1 to 128 letters, digits, _ or -", c.name))
 	}
@@ -147,7 +150,7 @@ func (f *runFlags) validate() error {
 		return err
 	}
 	if err := durations(map[string]time.Duration{"lease-timeout": f.leaseTimeout, "heartbeat-every": f.heartbeatEvery,
-		"flush-every": f.flushEvery, "nats-max-age": f.natsMaxAge},
+		"flush-every": f.flushEvery, "nats-max-age": f.natsMaxAge, "account-resync-every": f.accountResyncEvery},
 		map[string]time.Duration{"rev-flush-after": f.revFlushAfter, "reconcile-every": f.reconcileEvery}); err != nil {
 		return err
 	}
@@ -161,8 +164,14 @@ func (f *runFlags) validate() error {
 		"max-repo-bytes": float64(f.maxRepoBytes), "max-repo-records": float64(f.maxRepoRecords),
 		"batch-updates": float64(f.batchUpdates), "cache-repos": float64(f.cacheRepos),
 		"cache-records": float64(f.cacheRecords), "held-per-repo": float64(f.heldPerRepo),
-		"resync-concurrency": float64(f.resyncConcurrency), "resync-rate": f.resyncRate}); err != nil {
+		"resync-concurrency": float64(f.resyncConcurrency), "resync-rate": f.resyncRate,
+		"account-resync-burst": float64(f.accountResyncBurst), "max-account-resyncs": float64(f.maxAccountResyncs)}); err != nil {
 		return err
+	}
+	if f.serviceDID != "" {
+		if err := checkServiceDID(f.serviceDID); err != nil {
+			return err
+		}
 	}
 	if f.batchUpdates > projector.MaxBatchUpdates {
 		return usageError(fmt.Errorf("--batch-updates %d: at most %d (SpiceDB's 1,000 a write, less the heartbeat and the "+
