@@ -107,9 +107,9 @@ func newAccountResync(cfg *Config) *accountResync {
 	}
 }
 
-// validServiceDID checks an aud: a DID with an optional #fragment (a
-// service entry of its document).
-func validServiceDID(s string) error {
+// CheckServiceDID checks a service DID (an aud): a DID with an optional
+// #fragment (a service entry of its document).
+func CheckServiceDID(s string) error {
 	did, frag, _ := strings.Cut(s, "#")
 	if _, err := syntax.ParseDID(did); err != nil {
 		return err

@@ -95,7 +95,7 @@ func (c *Config) Validate() error {
 	case c.Directory == nil:
 		return errors.New("httpapi: config: Directory is required with a ServiceDID")
 	}
-	if err := validServiceDID(c.ServiceDID); err != nil {
+	if err := CheckServiceDID(c.ServiceDID); err != nil {
 		return fmt.Errorf("httpapi: config: ServiceDID %q: want a DID, e.g. did:web:authz.example.com: %w", c.ServiceDID, err)
 	}
 	return nil
