@@ -80,7 +80,6 @@ type accountResync struct {
 	nsid      syntax.NSID
 	limits    *accountLimiter
 	slots     chan struct{} // a slot per request in progress
-	log       *slog.Logger
 }
 
 func newAccountResync(cfg *Config) *accountResync {
@@ -94,16 +93,11 @@ func newAccountResync(cfg *Config) *accountResync {
 	if n == 0 {
 		n = DefaultMaxAccountResyncs
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	return &accountResync{
 		validator: &auth.ServiceAuthValidator{Audience: cfg.ServiceDID, Dir: cfg.Directory},
 		nsid:      syntax.NSID(ResyncAccountNSID),
 		limits:    newAccountLimiter(every, burst, DefaultMaxRateLimitedAccounts),
 		slots:     make(chan struct{}, n),
-		log:       log.With("method", ResyncAccountNSID),
 	}
 }
 
@@ -132,13 +126,16 @@ type refusal struct {
 
 func (a *API) refuse(w http.ResponseWriter, r *http.Request, f refusal) {
 	a.m.accountResync(f.result)
-	if a.acct != nil {
-		attrs := []any{"result", f.result, "status", f.status, "reason", f.msg, "remote", r.RemoteAddr}
-		if f.did != "" {
-			attrs = append(attrs, "did", f.did)
-		}
-		a.acct.log.Info("resyncAccount refused", attrs...)
+	attrs := []any{"method", ResyncAccountNSID, "result", f.result, "status", f.status, "reason", f.msg,
+		"remote", r.RemoteAddr}
+	if f.did != "" {
+		attrs = append(attrs, "did", f.did)
 	}
+	level := slog.LevelInfo
+	if f.result == "disabled" {
+		level = slog.LevelDebug // any scanner would fill the log of a daemon that never enabled it
+	}
+	a.log.Log(r.Context(), level, "resyncAccount refused", attrs...)
 	if f.retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(f.retryAfter.Seconds()))))
 	}
@@ -209,7 +206,7 @@ func (a *API) resyncAccount(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.m.accountResync("ok")
-	a.acct.log.Info("account resynced on its request", "did", did.String())
+	a.log.Info("account resynced on its request", "method", ResyncAccountNSID, "did", did.String())
 	writeJSON(w, http.StatusOK, ResyncAccountResponse{DID: did.String(), Status: "resynced"})
 }
 

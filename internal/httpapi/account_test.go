@@ -2,7 +2,9 @@ package httpapi_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -93,10 +95,18 @@ type xrpcAnswer struct {
 
 func callResync(t *testing.T, base, tok, body string) xrpcAnswer {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, base+httpapi.ResyncAccountPath,
-		strings.NewReader(body))
+	out, err := tryResync(t.Context(), base, tok, body)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return out
+}
+
+// tryResync is callResync for another goroutine than the test's.
+func tryResync(ctx context.Context, base, tok, body string) (xrpcAnswer, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+httpapi.ResyncAccountPath, strings.NewReader(body))
+	if err != nil {
+		return xrpcAnswer{}, err
 	}
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
@@ -106,16 +116,16 @@ func callResync(t *testing.T, base, tok, body string) xrpcAnswer {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return xrpcAnswer{}, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	var out xrpcAnswer
 	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatalf("%d: body %q is not JSON: %v", resp.StatusCode, b, err)
+		return xrpcAnswer{}, fmt.Errorf("%d: body %q is not JSON: %w", resp.StatusCode, b, err)
 	}
 	out.status, out.retryAfter = resp.StatusCode, resp.Header.Get("Retry-After")
-	return out
+	return out, nil
 }
 
 // syncBuffer is a log sink the handlers write to concurrently.
@@ -372,5 +382,51 @@ func TestResyncAccountConfig(t *testing.T) {
 		if (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("%+v: %v, want %q", cfg, err, c.want)
 		}
+	}
+}
+
+// blockingDirectory is a directory whose lookups wait for release: the
+// requests it serves stay in progress.
+type blockingDirectory struct {
+	identity.Directory
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (d *blockingDirectory) LookupDID(ctx context.Context, did syntax.DID) (*identity.Identity, error) {
+	d.entered <- struct{}{}
+	<-d.release
+	return d.Directory.LookupDID(ctx, did)
+}
+
+// TestResyncAccountConcurrencyBound: past MaxAccountResyncs requests in
+// progress (a token check included), the next gets 429 at once.
+func TestResyncAccountConcurrencyBound(t *testing.T) {
+	t.Parallel()
+	dir := identity.NewMockDirectory()
+	alice, bob := accounts(t, dir)
+	slow := &blockingDirectory{Directory: dir, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	s := newResyncServer(t, httpapi.Config{ServiceDID: serviceDID, Directory: slow, MaxAccountResyncs: 1})
+	first, firstErr := make(chan xrpcAnswer, 1), make(chan error, 1)
+	tok := alice.good(t)
+	go func() {
+		got, err := tryResync(t.Context(), s.url, tok, "")
+		first <- got
+		firstErr <- err
+	}()
+	<-slow.entered
+	got := callResync(t, s.url, bob.good(t), "")
+	if got.status != http.StatusTooManyRequests || got.Error != "RateLimitExceeded" || got.retryAfter == "" {
+		t.Errorf("second request while one is in progress: %+v, want 429 with Retry-After", got)
+	}
+	close(slow.release)
+	if got, err := <-first, <-firstErr; err != nil || got.status != http.StatusOK {
+		t.Fatalf("the request in progress: %+v %v", got, err)
+	}
+	if got := s.src.resyncs(); len(got) != 1 || got[0][0] != aliceDID {
+		t.Fatalf("resyncs %v, want alice only", got)
+	}
+	if n := s.results(t, "busy"); n != 1 {
+		t.Errorf("busy counted %v, want 1", n)
 	}
 }

@@ -107,6 +107,7 @@ type API struct {
 	reg     prometheus.Gatherer
 	m       *Metrics
 	waiters chan struct{} // a slot per waiting /v1/consistency request
+	log     *slog.Logger
 	// acct serves ResyncAccountNSID; nil when it is disabled.
 	acct *accountResync
 	// adminHash is the SHA-256 of the admin token, nil when the admin API
@@ -128,6 +129,9 @@ func New(cfg Config) (*API, error) {
 	if cfg.AdminToken != "" {
 		h := sha256.Sum256([]byte(cfg.AdminToken))
 		a.adminHash = h[:]
+	}
+	if a.log = cfg.Logger; a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.ServiceDID != "" {
 		a.acct = newAccountResync(&cfg)
