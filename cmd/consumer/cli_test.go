@@ -309,6 +309,10 @@ func TestValidateBeforeDialing(t *testing.T) {
 		{[]string{"--pds-url", "https://pds", "--nats-url", "nats://n", "--nats-creds", "/no/such"}, "--nats-creds"},
 		{[]string{"--pds-url", "https://pds", "--http-addr", "9464"}, "--http-addr"},
 		{[]string{"--pds-url", "https://pds", "--log-level", "loud"}, "--log-level"},
+		{[]string{"--pds-url", "https://pds", "--plc-url", "plc.directory"}, `--plc-url "plc.directory" has no scheme`},
+		{[]string{"--pds-url", "https://pds", "--service-did", "authz.example.com"}, `--service-did "authz.example.com"`},
+		{[]string{"--pds-url", "https://pds", "--account-resync-every", "0s"}, "--account-resync-every 0s"},
+		{[]string{"--pds-url", "https://pds", "--account-resync-burst", "-1"}, "--account-resync-burst -1"},
 	} {
 		var f runFlags
 		fs := f.flagSet("run")

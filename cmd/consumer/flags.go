@@ -195,7 +195,6 @@ func parse(fs *flag.FlagSet, args []string) error {
 type common struct {
 	pdsURL   string
 	relayURL string
-	plcURL   string
 	// severalPDS: the command follows several PDSes (run, rebuild).
 	severalPDS      bool
 	allowPrivatePDS bool
@@ -210,6 +209,8 @@ type common struct {
 	rulesPath           string
 	logLevel            string
 	logFormat           string
+	// plcURL is the PLC directory that resolves did:plc documents.
+	plcURL string
 	// loaded are the rules, once read (rules()).
 	loaded *view.Rules
 }
@@ -220,7 +221,6 @@ func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
 			"each a source named <name>-<host>")
 	fs.StringVar(&c.relayURL, "relay-url", "",
 		"follow a relay instead of one PDS: its stream, with repos read from each account's own PDS (found through --plc-url)")
-	fs.StringVar(&c.plcURL, "plc-url", DefaultPLCURL, "PLC directory that did:plc identities resolve through")
 	fs.BoolVar(&c.allowPrivatePDS, "allow-private-pds", false,
 		"with --relay-url: let DID documents name PDSes on loopback, private addresses or plain http (tests, private networks); "+
 			"off, a hostile account can't point the consumer at a port inside its network")
@@ -237,6 +237,8 @@ func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
 	fs.StringVar(&c.rulesPath, "rules", "", "rules file (default: the built-in rules of DESIGN §2)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", defaultFormat, "json or text")
+	fs.StringVar(&c.plcURL, "plc-url", DefaultPLCURL,
+		"PLC directory that resolves did:plc documents (accounts' PDSes behind --relay-url, their keys for verified commits and service-auth tokens)")
 }
 
 func (c *common) logger() (*slog.Logger, error) {

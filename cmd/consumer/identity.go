@@ -12,9 +12,6 @@ import (
 	"github.com/spaces-authz/spaces-authz/firehose"
 )
 
-// DefaultPLCURL is the PLC directory DIDs resolve through by default.
-const DefaultPLCURL = "https://plc.directory"
-
 // identityDir resolves accounts' DID documents (PLC and did:web) through
 // indigo's identity package, in a bounded cache.
 type identityDir struct {

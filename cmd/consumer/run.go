@@ -27,6 +27,9 @@ type runFlags struct {
 	httpAddr                                   string
 	admin                                      adminFlags
 	maxConsistencyWaiters                      int
+	serviceDID                                 string
+	accountResyncEvery                         time.Duration
+	accountResyncBurst, maxAccountResyncs      int
 	holder                                     string
 	leaseTimeout, heartbeatEvery, flushEvery   time.Duration
 	revFlushAfter                              time.Duration
@@ -55,6 +58,15 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 		"(default: on --http-addr)")
 	fs.IntVar(&f.maxConsistencyWaiters, "max-consistency-waiters", httpapi.DefaultMaxConsistencyWaiters,
 		"/v1/consistency requests waiting at once, at most; more get 429")
+	fs.StringVar(&f.serviceDID, "service-did", "",
+		"this consumer's service DID, the aud of the service-auth tokens accounts send to "+httpapi.ResyncAccountNSID+
+			" to resync themselves (empty: that method answers 501)")
+	durationFlag(fs, &f.accountResyncEvery, "account-resync-every", httpapi.DefaultAccountResyncEvery,
+		"how often, on average, one account may resync itself with "+httpapi.ResyncAccountNSID)
+	fs.IntVar(&f.accountResyncBurst, "account-resync-burst", httpapi.DefaultAccountResyncBurst,
+		"resyncs in a row one account may ask for before --account-resync-every applies")
+	fs.IntVar(&f.maxAccountResyncs, "max-account-resyncs", httpapi.DefaultMaxAccountResyncs,
+		httpapi.ResyncAccountNSID+" requests in progress at once, at most; more get 429")
 	fs.StringVar(&f.holder, "holder", "", "lease holder ID of this process (default: random per process)")
 	durationFlag(fs, &f.leaseTimeout, "lease-timeout", spice.DefaultLeaseTimeout, "a holder silent this long loses the lease")
 	durationFlag(fs, &f.heartbeatEvery, "heartbeat-every", spice.DefaultHeartbeatEvery, "how often the lease heartbeat is written")
@@ -190,11 +202,17 @@ func (f *runFlags) listeners(src httpapi.Source, reg *prometheus.Registry, log *
 	if err != nil {
 		return nil, "", err
 	}
-	api, err := httpapi.New(httpapi.Config{Source: src, Gatherer: reg, AdminToken: token,
-		MaxConsistencyWaiters: f.maxConsistencyWaiters, Metrics: httpapi.NewMetrics(reg)})
+	cfg := httpapi.Config{Source: src, Gatherer: reg, AdminToken: token,
+		MaxConsistencyWaiters: f.maxConsistencyWaiters, Metrics: httpapi.NewMetrics(reg),
+		ServiceDID: f.serviceDID, AccountResyncEvery: f.accountResyncEvery, AccountResyncBurst: f.accountResyncBurst,
+		MaxAccountResyncs: f.maxAccountResyncs, Logger: log}
+	if f.serviceDID != "" {
+		cfg.Directory = newDirectory(f.plcURL)
+	}
+	api, err := httpapi.New(cfg)
 	if err != nil {
-		return nil, "", &exitError{code: 2, err: fmt.Errorf("--admin-token-file/%s, --max-consistency-waiters: %w",
-			adminTokenEnv, err)}
+		return nil, "", &exitError{code: 2, err: fmt.Errorf("--admin-token-file/%s, --max-consistency-waiters, "+
+			"--service-did: %w", adminTokenEnv, err)}
 	}
 	if f.admin.addr == "" {
 		srv, err := httpapi.Listen(f.httpAddr, api.Handler(), log)
@@ -256,8 +274,9 @@ func serve(ctx context.Context, f runFlags, cfg pipeline.Config, reg *prometheus
 	if err != nil {
 		return err
 	}
-	cfg.Logger.Info("consumer starting", "version", version, "commit", currentBuild().Commit, "stream", redact.URL(f.streamURL()), "relay", f.relayURL != "", "spicedb", f.spiceEndpoint,
-		"projector", f.name, "http", servers[0].Addr(), "admin_api", admin)
+	cfg.Logger.Info("consumer starting", "version", version, "commit", currentBuild().Commit,
+		"stream", redact.URL(f.streamURL()), "relay", f.relayURL != "", "spicedb", f.spiceEndpoint,
+		"projector", f.name, "http", servers[0].Addr(), "admin_api", admin, "resync_account", accountResyncState(f))
 	g, gctx := errgroup.WithContext(ctx)
 	runCtx, stopHTTP := context.WithCancel(context.Background())
 	defer stopHTTP()

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -316,4 +317,36 @@ func flagSetOf(c *common) *flag.FlagSet {
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	c.register(fs, "text")
 	return fs
+}
+
+// TestResyncAccountOnPublicListener: with --admin-addr the account's own
+// resync (authenticated by its token, not the admin token) is on the
+// public listener, not the admin one; --service-did turns it on.
+func TestResyncAccountOnPublicListener(t *testing.T) {
+	for _, c := range []struct {
+		serviceDID string
+		want       int // on the public listener
+	}{{"did:web:authz.example.com", http.StatusUnauthorized}, {"", http.StatusNotImplemented}} {
+		f := runFlags{httpAddr: "127.0.0.1:0", admin: adminFlags{addr: "127.0.0.1:0"}, serviceDID: c.serviceDID,
+			common: common{plcURL: "http://127.0.0.1:1"}}
+		servers, _, err := f.listeners(newAdminFake(), prometheus.NewRegistry(), testenv.Logger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		for _, s := range servers {
+			go func() { _ = s.Run(ctx) }()
+		}
+		for i, want := range []int{c.want, http.StatusNotFound} {
+			resp, err := http.Post("http://"+servers[i].Addr()+httpapi.ResyncAccountPath, "application/json", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("service DID %q, listener %d: %d, want %d", c.serviceDID, i, resp.StatusCode, want)
+			}
+		}
+		cancel()
+	}
 }

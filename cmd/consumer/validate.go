@@ -160,7 +160,7 @@ func (f *runFlags) validate() error {
 		return err
 	}
 	if err := durations(map[string]time.Duration{"lease-timeout": f.leaseTimeout, "heartbeat-every": f.heartbeatEvery,
-		"flush-every": f.flushEvery, "nats-max-age": f.natsMaxAge},
+		"flush-every": f.flushEvery, "nats-max-age": f.natsMaxAge, "account-resync-every": f.accountResyncEvery},
 		map[string]time.Duration{"rev-flush-after": f.revFlushAfter, "reconcile-every": f.reconcileEvery}); err != nil {
 		return err
 	}
@@ -175,7 +175,8 @@ func (f *runFlags) validate() error {
 		"batch-updates": float64(f.batchUpdates), "cache-repos": float64(f.cacheRepos),
 		"cache-records": float64(f.cacheRecords), "held-per-repo": float64(f.heldPerRepo),
 		"resync-concurrency": float64(f.resyncConcurrency), "resync-rate": f.resyncRate,
-		"repo-host-concurrency": float64(f.hostConcurrency), "repo-host-rate": f.hostRate}); err != nil {
+		"repo-host-concurrency": float64(f.hostConcurrency), "repo-host-rate": f.hostRate,
+		"account-resync-burst": float64(f.accountResyncBurst), "max-account-resyncs": float64(f.maxAccountResyncs)}); err != nil {
 		return err
 	}
 	if f.collectionDir != "" {
@@ -185,6 +186,11 @@ func (f *runFlags) validate() error {
 	}
 	if f.relayURL == "" && f.collectionDir != "" {
 		return usageError(errors.New("--collection-dir applies to --relay-url only (a PDS lists its own repos)"))
+	}
+	if f.serviceDID != "" {
+		if err := checkServiceDID(f.serviceDID); err != nil {
+			return err
+		}
 	}
 	if f.batchUpdates > projector.MaxBatchUpdates {
 		return usageError(fmt.Errorf("--batch-updates %d: at most %d (SpiceDB's 1,000 a write, less the heartbeat and the "+

@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"time"
 
+	"github.com/bluesky-social/indigo/atproto/identity"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -45,6 +48,28 @@ type Config struct {
 	MaxConsistencyWaiters int
 	// Metrics counts refusals and waiters (optional; nil counts nothing).
 	Metrics *Metrics
+
+	// ServiceDID is this consumer's service DID (optionally with a
+	// #fragment), the aud an account's service-auth token must carry to
+	// call ResyncAccountNSID (optional). Empty disables that method: it
+	// answers 501 and says how to enable it.
+	ServiceDID string
+	// Directory resolves the DID documents whose keys verify service-auth
+	// tokens (required when ServiceDID is set).
+	Directory identity.Directory
+	// AccountResyncEvery is how often, on average, one account may resync
+	// itself (optional; 0 means DefaultAccountResyncEvery).
+	AccountResyncEvery time.Duration
+	// AccountResyncBurst is how many resyncs in a row one account may ask
+	// for (optional; 0 means DefaultAccountResyncBurst).
+	AccountResyncBurst int
+	// MaxAccountResyncs bounds the ResyncAccountNSID requests in progress
+	// at once, past it they get 429 (optional; 0 means
+	// DefaultMaxAccountResyncs).
+	MaxAccountResyncs int
+	// Logger gets a line per refused ResyncAccountNSID request (optional;
+	// nil logs nothing).
+	Logger *slog.Logger
 }
 
 // Validate names the first invalid field.
@@ -59,6 +84,19 @@ func (c *Config) Validate() error {
 			len(c.AdminToken), MinAdminTokenLen)
 	case c.MaxConsistencyWaiters < 0:
 		return fmt.Errorf("httpapi: config: MaxConsistencyWaiters %d is negative", c.MaxConsistencyWaiters)
+	case c.AccountResyncEvery < 0:
+		return fmt.Errorf("httpapi: config: AccountResyncEvery %s is negative", c.AccountResyncEvery)
+	case c.AccountResyncBurst < 0:
+		return fmt.Errorf("httpapi: config: AccountResyncBurst %d is negative", c.AccountResyncBurst)
+	case c.MaxAccountResyncs < 0:
+		return fmt.Errorf("httpapi: config: MaxAccountResyncs %d is negative", c.MaxAccountResyncs)
+	case c.ServiceDID == "":
+		return nil
+	case c.Directory == nil:
+		return errors.New("httpapi: config: Directory is required with a ServiceDID")
+	}
+	if err := CheckServiceDID(c.ServiceDID); err != nil {
+		return fmt.Errorf("httpapi: config: ServiceDID %q: want a DID, e.g. did:web:authz.example.com: %w", c.ServiceDID, err)
 	}
 	return nil
 }
@@ -69,6 +107,9 @@ type API struct {
 	reg     prometheus.Gatherer
 	m       *Metrics
 	waiters chan struct{} // a slot per waiting /v1/consistency request
+	log     *slog.Logger
+	// acct serves ResyncAccountNSID; nil when it is disabled.
+	acct *accountResync
 	// adminHash is the SHA-256 of the admin token, nil when the admin API
 	// is disabled. Comparing hashes keeps the comparison constant-time
 	// whatever the length of the presented token.
@@ -89,8 +130,18 @@ func New(cfg Config) (*API, error) {
 		h := sha256.Sum256([]byte(cfg.AdminToken))
 		a.adminHash = h[:]
 	}
+	if a.log = cfg.Logger; a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ServiceDID != "" {
+		a.acct = newAccountResync(&cfg)
+	}
 	return a, nil
 }
+
+// AccountResyncEnabled reports whether ResyncAccountNSID is served (a
+// service DID is configured).
+func (a *API) AccountResyncEnabled() bool { return a.acct != nil }
 
 // AdminEnabled reports whether an admin token is configured.
 func (a *API) AdminEnabled() bool { return a.adminHash != nil }
@@ -139,6 +190,9 @@ func (a *API) public(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, StatusOf(a.src.Snapshot()))
 	})
 	mux.HandleFunc("GET /v1/consistency", a.consistency)
+	// Authenticated by the account's own token, not the admin token: it
+	// belongs on the public listener.
+	mux.HandleFunc(ResyncAccountPath, a.resyncAccount)
 }
 
 // errorBody is the JSON of a refusal.

@@ -5,11 +5,17 @@ import "github.com/prometheus/client_golang/prometheus"
 // adminOutcomes are the values of spaces_authz_admin_requests_total's label.
 var adminOutcomes = []string{"ok", "disabled", "unauthorized", "malformed", "too_many_dids", "failed"}
 
+// accountResyncResults are the values of
+// spaces_authz_account_resync_requests_total's label.
+var accountResyncResults = []string{"ok", "disabled", "busy", "auth_required", "malformed", "invalid_token",
+	"identity_unavailable", "forbidden", "rate_limited", "failed"}
+
 // Metrics of the HTTP endpoints. A nil *Metrics records nothing.
 type Metrics struct {
-	waiters   prometheus.Gauge
-	refused   prometheus.Counter
-	adminReqs *prometheus.CounterVec
+	waiters     prometheus.Gauge
+	refused     prometheus.Counter
+	adminReqs   *prometheus.CounterVec
+	accountReqs *prometheus.CounterVec
 }
 
 // NewMetrics registers the endpoints' metrics on reg.
@@ -22,10 +28,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		adminReqs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "admin_requests_total",
 			Help: "Admin API requests, by outcome (ok, disabled, unauthorized, malformed, too_many_dids, failed)."},
 			[]string{"outcome"}),
+		accountReqs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz",
+			Name: "account_resync_requests_total",
+			Help: "Requests of accounts to resync themselves (" + ResyncAccountNSID + "), by result (ok, disabled, " +
+				"busy, auth_required, malformed, invalid_token, identity_unavailable, forbidden, rate_limited, failed)."},
+			[]string{"result"}),
 	}
-	reg.MustRegister(m.waiters, m.refused, m.adminReqs)
+	reg.MustRegister(m.waiters, m.refused, m.adminReqs, m.accountReqs)
 	for _, o := range adminOutcomes {
 		m.adminReqs.WithLabelValues(o)
+	}
+	for _, o := range accountResyncResults {
+		m.accountReqs.WithLabelValues(o)
 	}
 	return m
 }
@@ -45,5 +59,11 @@ func (m *Metrics) refusedWaiter() {
 func (m *Metrics) admin(outcome string) {
 	if m != nil {
 		m.adminReqs.WithLabelValues(outcome).Inc()
+	}
+}
+
+func (m *Metrics) accountResync(result string) {
+	if m != nil {
+		m.accountReqs.WithLabelValues(result).Inc()
 	}
 }

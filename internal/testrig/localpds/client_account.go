@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
+	"time"
 )
 
 // The XRPC calls of account migration and self-service account deletion.
@@ -68,7 +70,17 @@ func (c *Client) GetSession(ctx context.Context, sess Session) (SessionInfo, err
 // service DID, e.g. another PDS's ServiceDID) and the method lxm (empty: any
 // method, valid one minute).
 func (c *Client) GetServiceAuth(ctx context.Context, sess Session, aud, lxm string) (string, error) {
+	return c.GetServiceAuthUntil(ctx, sess, aud, lxm, time.Time{})
+}
+
+// GetServiceAuthUntil is GetServiceAuth with the token's expiry exp (the
+// PDS wants it in the future, at most an hour on, a minute without lxm;
+// whole seconds); the zero time leaves it to the PDS.
+func (c *Client) GetServiceAuthUntil(ctx context.Context, sess Session, aud, lxm string, exp time.Time) (string, error) {
 	q := url.Values{"aud": {aud}}
+	if !exp.IsZero() {
+		q.Set("exp", strconv.FormatInt(exp.Unix(), 10))
+	}
 	if lxm != "" {
 		q.Set("lxm", lxm)
 	}
