@@ -86,6 +86,11 @@ type Config struct {
 	// OnFrame, when set, sees every binary frame exactly as received, on the
 	// reader goroutine, before it is decoded (captures).
 	OnFrame func(frame []byte)
+	// Verifier (optional) checks each #commit that has an op passing the
+	// Filter, in the delivery workers, before the Handler sees it; a
+	// refused commit is delivered with Event.Unverified set. Nil verifies
+	// nothing (a stream read straight from the PDS that signs it).
+	Verifier CommitVerifier
 }
 
 // Validate reports the first invalid field.
@@ -287,6 +292,12 @@ func (c *Client) deliver(ctx context.Context, lane <-chan *Frame) error {
 			c.log.Warn("op unreadable, dropped", "reason", d.Reason, "did", f.Event.DID, "seq", f.Event.Seq,
 				"detail", view.Clip(d.Detail), "malformed", f.Event.Malformed != "")
 		}
+		if f.raw != nil {
+			c.verify(ctx, f)
+			if ctx.Err() != nil {
+				return nil
+			}
+		}
 		f.DecodeRecords()
 		for i := range f.Event.Ops {
 			if e := f.Event.Ops[i].Err; e != nil {
@@ -300,6 +311,25 @@ func (c *Client) deliver(ctx context.Context, lane <-chan *Frame) error {
 		}
 	}
 	return nil
+}
+
+// verify runs the Verifier on a frame's commit and marks the event when it
+// is refused.
+func (c *Client) verify(ctx context.Context, f *Frame) {
+	ev := f.Event
+	err := c.cfg.Verifier.VerifyCommit(ctx, ev, f.raw)
+	f.raw = nil
+	if err == nil {
+		c.cfg.Metrics.verified()
+		return
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	ev.Unverified = unverifiedReason(err)
+	c.cfg.Metrics.unverified(ev.Unverified)
+	c.log.Warn("commit not verified; it will not be applied", "did", ev.DID, "seq", ev.Seq, "rev", ev.Rev,
+		"reason", ev.Unverified, "err", view.Clip(err.Error()))
 }
 
 func (c *Client) readLoop(ctx context.Context, lanes []chan *Frame) error {
@@ -506,6 +536,13 @@ func (c *Client) decode(mt int, frame []byte, over int) (*Frame, error) {
 		c.cfg.OnFrame(frame)
 	}
 	f, err := DecodeFrame(frame, c.cfg.Filter)
+	if err == nil && c.cfg.Verifier != nil && f.Event != nil && f.Event.Kind == KindCommit &&
+		len(f.Event.Ops) > 0 && f.Event.Malformed == "" {
+		// A Malformed commit is not applied anyway; one with no op kept
+		// carries nothing projected and is not verified (the cost stays
+		// on the few frames that matter).
+		f.raw = cloneBytes(frame)
+	}
 	if err != nil {
 		var bf *BadFrameError
 		reason := ReasonMalformedFrame
