@@ -292,6 +292,9 @@ func (c *Client) deliver(ctx context.Context, lane <-chan *Frame) error {
 			c.log.Warn("op unreadable, dropped", "reason", d.Reason, "did", f.Event.DID, "seq", f.Event.Seq,
 				"detail", view.Clip(d.Detail), "malformed", f.Event.Malformed != "")
 		}
+		if f.Event.Kind == KindIdentity {
+			c.purgeKey(ctx, f.Event)
+		}
 		if f.raw != nil {
 			c.verify(ctx, f)
 			if ctx.Err() != nil {
@@ -311,6 +314,26 @@ func (c *Client) deliver(ctx context.Context, lane <-chan *Frame) error {
 		}
 	}
 	return nil
+}
+
+// KeyPurger is implemented by a CommitVerifier that caches signing keys
+// (*Verifier does): the client calls PurgeKey for each #identity event,
+// in the DID's lane, so the DID's next commit is checked against a fresh
+// key.
+type KeyPurger interface {
+	PurgeKey(ctx context.Context, did string) error
+}
+
+// purgeKey drops the Verifier's cached key of an #identity event's DID.
+func (c *Client) purgeKey(ctx context.Context, ev *Event) {
+	p, ok := c.cfg.Verifier.(KeyPurger)
+	if !ok {
+		return
+	}
+	if err := p.PurgeKey(ctx, ev.DID); err != nil {
+		c.log.Warn("could not drop a cached signing key after an #identity event", "did", ev.DID, "seq", ev.Seq,
+			"err", view.Clip(err.Error()))
+	}
 }
 
 // verify runs the Verifier on a frame's commit and marks the event when it

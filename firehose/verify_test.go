@@ -247,8 +247,14 @@ func TestVerifyAfterKeyRotation(t *testing.T) {
 
 // countingVerifier counts the commits it is asked to verify.
 type countingVerifier struct {
-	inner firehose.CommitVerifier
-	calls atomic.Int64
+	inner  *firehose.Verifier
+	calls  atomic.Int64
+	purges atomic.Int64
+}
+
+func (c *countingVerifier) PurgeKey(ctx context.Context, did string) error {
+	c.purges.Add(1)
+	return c.inner.PurgeKey(ctx, did)
 }
 
 func (c *countingVerifier) VerifyCommit(ctx context.Context, ev *firehose.Event, frame []byte) error {
@@ -309,6 +315,9 @@ func TestClientMarksUnverifiedCommits(t *testing.T) {
 	}
 	if n := cv.calls.Load(); n != 2 {
 		t.Fatalf("%d commits verified, want 2 (only those with a projected op)", n)
+	}
+	if n := cv.purges.Load(); n != 1 {
+		t.Fatalf("%d keys purged, want 1 (the #identity event)", n)
 	}
 	if got := metrictest.Value(t, r.reg, "spaces_authz_commits_unverified_total", "reason", firehose.UnverifiedSignature); got != 1 {
 		t.Fatalf("unverified metric %v, want 1", got)
