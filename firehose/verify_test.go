@@ -388,7 +388,16 @@ func TestCorpusCommitsVerify(t *testing.T) {
 		plc.docs[did] = doc
 	}
 	v := newVerifier(t, plc.directory(t, nil))
-	n := 0
+	// Everyone's key is mallory's here: a forgery that is consistent
+	// (tree, CAR, ops, prevData) passes against it.
+	mallory := attackerKey(t)
+	mdir := identity.NewMockDirectory()
+	for did := range docs {
+		mdir.Insert(identity.Identity{DID: syntax.DID(did), Keys: map[string]identity.VerificationMethod{
+			"atproto": {Type: "Multikey", PublicKeyMultibase: mustPublic(t, mallory).Multibase()}}})
+	}
+	asMallory := newVerifier(t, mdir)
+	n, forgedN := 0, 0
 	frames, err := capture.ReadFile(relayCorpus + "/frames.bin.zst")
 	if err != nil {
 		t.Fatal(err)
@@ -403,11 +412,34 @@ func TestCorpusCommitsVerify(t *testing.T) {
 		}
 		n++
 		// The same frame with one record's value forged is refused.
-		if forged, err := forge.Commit(frame, forge.Options{Key: attackerKey(t)}); err == nil {
-			if err := v.VerifyCommit(t.Context(), f.Event, forged.Frame); reasonOf(err) != firehose.UnverifiedSignature {
-				t.Errorf("seq %d forged: %v", f.Event.Seq, err)
+		forged, err := forge.Commit(frame, forge.Options{Key: mallory})
+		if errors.Is(err, forge.ErrNoTarget) {
+			continue // a commit with only deletes
+		}
+		if err != nil {
+			t.Errorf("seq %d: forge: %v", f.Event.Seq, err)
+			continue
+		}
+		forgedN++
+		if err := v.VerifyCommit(t.Context(), f.Event, forged.Frame); reasonOf(err) != firehose.UnverifiedSignature {
+			t.Errorf("seq %d forged: %v", f.Event.Seq, err)
+		}
+		if err := asMallory.VerifyCommit(t.Context(), f.Event, forged.Frame); err != nil {
+			t.Errorf("seq %d: the forgery is not consistent: %v", f.Event.Seq, err)
+		}
+		ff, err := firehose.DecodeFrame(forged.Frame, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ff.DecodeRecords()
+		for _, op := range ff.Event.Ops {
+			if op.Path() == forged.Path && (op.Err != nil || op.Record["forged"] != true) {
+				t.Errorf("seq %d: the forged record reads as %+v", f.Event.Seq, op)
 			}
 		}
+	}
+	if forgedN < 140 {
+		t.Fatalf("only %d commits forged", forgedN)
 	}
 	if n != 148 {
 		t.Fatalf("%d commits verified, want 148", n)
