@@ -86,6 +86,11 @@ type Config struct {
 	// OnFrame, when set, sees every binary frame exactly as received, on the
 	// reader goroutine, before it is decoded (captures).
 	OnFrame func(frame []byte)
+	// Verifier (optional) checks each #commit that has an op passing the
+	// Filter, in the delivery workers, before the Handler sees it; a
+	// refused commit is delivered with Event.Unverified set. Nil verifies
+	// nothing (a stream read straight from the PDS that signs it).
+	Verifier CommitVerifier
 }
 
 // Validate reports the first invalid field.
@@ -287,6 +292,15 @@ func (c *Client) deliver(ctx context.Context, lane <-chan *Frame) error {
 			c.log.Warn("op unreadable, dropped", "reason", d.Reason, "did", f.Event.DID, "seq", f.Event.Seq,
 				"detail", view.Clip(d.Detail), "malformed", f.Event.Malformed != "")
 		}
+		if f.Event.Kind == KindIdentity {
+			c.purgeKey(ctx, f.Event)
+		}
+		if f.raw != nil {
+			c.verify(ctx, f)
+			if ctx.Err() != nil {
+				return nil
+			}
+		}
 		f.DecodeRecords()
 		for i := range f.Event.Ops {
 			if e := f.Event.Ops[i].Err; e != nil {
@@ -300,6 +314,45 @@ func (c *Client) deliver(ctx context.Context, lane <-chan *Frame) error {
 		}
 	}
 	return nil
+}
+
+// KeyPurger is implemented by a CommitVerifier that caches signing keys
+// (*Verifier does): the client calls PurgeKey for each #identity event,
+// in the DID's lane, so the DID's next commit is checked against a fresh
+// key.
+type KeyPurger interface {
+	PurgeKey(ctx context.Context, did string) error
+}
+
+// purgeKey drops the Verifier's cached key of an #identity event's DID.
+func (c *Client) purgeKey(ctx context.Context, ev *Event) {
+	p, ok := c.cfg.Verifier.(KeyPurger)
+	if !ok {
+		return
+	}
+	if err := p.PurgeKey(ctx, ev.DID); err != nil {
+		c.log.Warn("could not drop a cached signing key after an #identity event", "did", ev.DID, "seq", ev.Seq,
+			"err", view.Clip(err.Error()))
+	}
+}
+
+// verify runs the Verifier on a frame's commit and marks the event when it
+// is refused.
+func (c *Client) verify(ctx context.Context, f *Frame) {
+	ev := f.Event
+	err := c.cfg.Verifier.VerifyCommit(ctx, ev, f.raw)
+	f.raw = nil
+	if err == nil {
+		c.cfg.Metrics.verified()
+		return
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	ev.Unverified = unverifiedReason(err)
+	c.cfg.Metrics.unverified(ev.Unverified)
+	c.log.Warn("commit not verified; it will not be applied", "did", ev.DID, "seq", ev.Seq, "rev", ev.Rev,
+		"reason", ev.Unverified, "err", view.Clip(err.Error()))
 }
 
 func (c *Client) readLoop(ctx context.Context, lanes []chan *Frame) error {
@@ -506,6 +559,13 @@ func (c *Client) decode(mt int, frame []byte, over int) (*Frame, error) {
 		c.cfg.OnFrame(frame)
 	}
 	f, err := DecodeFrame(frame, c.cfg.Filter)
+	if err == nil && c.cfg.Verifier != nil && f.Event != nil && f.Event.Kind == KindCommit &&
+		len(f.Event.Ops) > 0 && f.Event.Malformed == "" {
+		// A Malformed commit is not applied anyway; one with no op kept
+		// carries nothing projected and is not verified (the cost stays
+		// on the few frames that matter).
+		f.raw = cloneBytes(frame)
+	}
 	if err != nil {
 		var bf *BadFrameError
 		reason := ReasonMalformedFrame

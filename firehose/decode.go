@@ -31,6 +31,9 @@ type Frame struct {
 	// (Event.Malformed says whether any may be projected). Nil for nearly
 	// every frame; a pointer keeps Frame in a smaller size class.
 	dropped *[]OpError
+	// raw is a copy of the whole frame of a #commit to verify (set by the
+	// client when a Verifier is configured and some op matched).
+	raw []byte
 }
 
 // droppedOps returns the ops DecodeFrame dropped as unreadable.

@@ -35,4 +35,15 @@
 //     path passes the filter or can't be split; any op without a filter).
 //     Unreadable records (CID mismatches, missing blocks) are per op too
 //     (Op.Err).
+//   - With Config.Verifier set (a stream read through a relay), no #commit
+//     with an op that passed the filter reaches the Handler unchecked: the
+//     delivery worker verifies it first (signature against the account's
+//     current key, CAR and op consistency, MST inversion to prevData where
+//     present; verify.go) and a refused one arrives with Event.Unverified
+//     set, never silently dropped, so the watermark still moves. Commits
+//     with no such op are not verified: they carry nothing projected. An
+//     #identity event drops the DID's cached key (KeyPurger) in the DID's
+//     lane, before its later commits are verified.
+//   - With SyncConfig.VerifyKey set, a getRepo snapshot whose commit is not
+//     signed by the account's key is refused (ErrUnverified).
 package firehose

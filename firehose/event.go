@@ -59,6 +59,11 @@ type Event struct {
 	// client could not read and that may touch a projected collection: Ops
 	// is then incomplete, and the consumer must read the repo instead.
 	Malformed string
+	// Unverified is set (to an Unverified* reason) when Config.Verifier
+	// refused the commit: its signature, its CAR or its ops don't check
+	// out. Its ops must not be applied; the consumer reads the repo
+	// instead. Only commits with ops that passed the filter are verified.
+	Unverified string
 	// SyncData is the MST root CID named by a #sync's commit block, when it
 	// could be read (cid.Undef otherwise).
 	SyncData cid.Cid

@@ -25,6 +25,8 @@ type Metrics struct {
 	errorFrames  *prometheus.CounterVec
 	repoFetches  *prometheus.CounterVec
 	repoFetchDur prometheus.Histogram
+	verifiedC    prometheus.Counter
+	unverifiedC  *prometheus.CounterVec
 }
 
 // NewMetrics registers the stream metrics on reg (spaces_authz_firehose_*,
@@ -58,6 +60,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		repoFetchDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "spaces_authz", Subsystem: "sync",
 			Name: "repo_fetch_duration_seconds", Help: "Time to fetch and read one repo CAR.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
+	}
+	m.verifiedC = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "commits_verified_total",
+		Help: "Commits with projected ops whose signature and content were verified."})
+	m.unverifiedC = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spaces_authz", Name: "commits_unverified_total",
+		Help: "Commits with projected ops refused by verification (not applied; the repo is resynced), by reason."}, []string{"reason"})
+	reg.MustRegister(m.verifiedC, m.unverifiedC)
+	for _, r := range unverifiedReasons {
+		m.unverifiedC.WithLabelValues(r)
 	}
 	reg.MustRegister(m.events, m.badFrames, m.badOps, m.reconnects, m.connected, m.headSeq,
 		m.headTime, m.frameBytes, m.infos, m.errorFrames, m.repoFetches, m.repoFetchDur)
@@ -167,5 +177,17 @@ func (m *Metrics) repoFetch(result string, seconds float64) {
 	m.repoFetches.WithLabelValues(result).Inc()
 	if result == "ok" {
 		m.repoFetchDur.Observe(seconds)
+	}
+}
+
+func (m *Metrics) verified() {
+	if m != nil {
+		m.verifiedC.Inc()
+	}
+}
+
+func (m *Metrics) unverified(reason string) {
+	if m != nil {
+		m.unverifiedC.WithLabelValues(reason).Inc()
 	}
 }

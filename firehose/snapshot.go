@@ -72,6 +72,8 @@ type snapshotStats struct {
 	visited       int  // MST nodes read
 	nodeScans     int  // scans to find MST nodes the index lacked
 	recordScans   int  // scans to find record blocks the index lacked
+	// commit is the snapshot's signed commit (for signature checks).
+	commit *repo.Commit
 }
 
 // readSnapshot reads a CAR from r in one pass; spool must then hold the
@@ -103,6 +105,7 @@ func readSnapshotInto(ctx context.Context, r io.Reader, spool io.ReaderAt, keep 
 	if err := commit.VerifyStructure(); err != nil {
 		return nil, fmt.Errorf("read CAR: parse commit block: %w", err)
 	}
+	st.commit = &commit
 	w := &mstWalk{spool: spool, cf: cf, keep: keep, lim: lim}
 	err = w.run(ctx, commit.Data)
 	st.visited, st.nodeScans = w.visited, w.scans

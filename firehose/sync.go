@@ -13,6 +13,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/bluesky-social/indigo/atproto/atcrypto"
 	"github.com/bluesky-social/indigo/atproto/syntax"
 	"github.com/ipfs/go-cid"
 	"github.com/spaces-authz/spaces-authz/view"
@@ -46,6 +47,8 @@ type SyncClient struct {
 	maxPages  int
 	metrics   *Metrics
 	snapshots snapshotLimits
+	verifyKey func(ctx context.Context, did string) (atcrypto.PublicKey, error)
+	purgeKey  func(ctx context.Context, did string) error
 }
 
 // SyncConfig configures a SyncClient.
@@ -78,6 +81,15 @@ type SyncConfig struct {
 	MaxListPages int
 	// Metrics (optional).
 	Metrics *Metrics
+	// VerifyKey (optional) gives an account's current signing key: when
+	// set, GetRepo checks the snapshot's commit signature against it and
+	// fails with ErrUnverified when it does not match (Verifier.SigningKey
+	// is one). Nil reads snapshots unverified.
+	VerifyKey func(ctx context.Context, did string) (atcrypto.PublicKey, error)
+	// PurgeKey (optional, with VerifyKey) drops a cached key: on a bad
+	// signature GetRepo calls it and checks once more with a fresh key,
+	// since the key may have rotated (Verifier.PurgeKey is one).
+	PurgeKey func(ctx context.Context, did string) error
 }
 
 // NewSyncClient validates cfg.
@@ -103,7 +115,8 @@ func NewSyncClient(cfg SyncConfig) (*SyncClient, error) {
 		hc = &http.Client{Timeout: 5 * time.Minute}
 	}
 	c := &SyncClient{base: u.Scheme + "://" + u.Host, http: hc, maxBytes: cfg.MaxRepoBytes, tempDir: cfg.TempDir,
-		maxRepos: cfg.MaxListRepos, maxPages: cfg.MaxListPages, metrics: cfg.Metrics, snapshots: defaultSnapshotLimits}
+		maxRepos: cfg.MaxListRepos, maxPages: cfg.MaxListPages, metrics: cfg.Metrics, snapshots: defaultSnapshotLimits,
+		verifyKey: cfg.VerifyKey, purgeKey: cfg.PurgeKey}
 	if c.maxBytes == 0 {
 		c.maxBytes = DefaultMaxRepoBytes
 	}
@@ -166,7 +179,7 @@ var (
 )
 
 // repoFetchResults are the label values of the repo fetch counter.
-var repoFetchResults = []string{"ok", "not_found", "inactive", "too_large", "error"}
+var repoFetchResults = []string{"ok", "not_found", "inactive", "too_large", "unverified", "error"}
 
 // repoFetchResults creates every result's series, so that they exist at
 // zero before the first fetch.
@@ -185,7 +198,10 @@ func (m *Metrics) repoFetchResults() {
 // the repo (snapshot.go). Every block is checked against its CID.
 // A repo the PDS doesn't have wraps ErrRepoNotFound; a deactivated, taken
 // down or suspended one wraps ErrRepoInactive (the *XRPCError says which);
-// one over SyncConfig.MaxRepoBytes wraps ErrRepoTooLarge.
+// one over SyncConfig.MaxRepoBytes wraps ErrRepoTooLarge; with
+// SyncConfig.VerifyKey, one whose commit is not signed by the account's
+// key (or whose key can't be found) wraps ErrUnverified (an
+// *UnverifiedError says which).
 func (c *SyncClient) GetRepo(ctx context.Context, did string, keep func(collection string) bool) (*Snapshot, error) {
 	start := time.Now()
 	snap, err := c.getRepo(ctx, did, keep)
@@ -198,6 +214,8 @@ func (c *SyncClient) GetRepo(ctx context.Context, did string, keep func(collecti
 		result = "inactive"
 	case errors.Is(err, ErrRepoTooLarge):
 		result = "too_large"
+	case errors.Is(err, ErrUnverified):
+		result = "unverified"
 	default:
 		result = "error"
 	}
@@ -224,7 +242,7 @@ func (c *SyncClient) getRepo(ctx context.Context, did string, keep func(string) 
 	}
 	defer spool.Close()
 	body := &capReader{r: resp.Body, max: c.maxBytes}
-	snap, err := readSnapshot(ctx, io.TeeReader(body, spool), spool, keep, c.snapshots)
+	snap, st, err := readSnapshotStats(ctx, io.TeeReader(body, spool), spool, keep, c.snapshots)
 	switch {
 	case errors.Is(err, ErrRepoTooLarge) && body.n > c.maxBytes:
 		return nil, tooLarge
@@ -232,6 +250,11 @@ func (c *SyncClient) getRepo(ctx context.Context, did string, keep func(string) 
 		return nil, fmt.Errorf("firehose: get repo %s: %w", did, err)
 	case snap.DID != did:
 		return nil, fmt.Errorf("firehose: get repo %s: CAR is for %s", did, snap.DID)
+	}
+	if c.verifyKey != nil {
+		if err := checkSignature(ctx, st.commit, c.verifyKey, c.purgeKey); err != nil {
+			return nil, fmt.Errorf("firehose: get repo %s: %w", did, err)
+		}
 	}
 	return snap, nil
 }

@@ -111,6 +111,20 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 		a.settle(ev, nil)
 		return nil
 	}
+	if ev.Unverified != "" {
+		// The stream's verifier refused the commit (a relay may have
+		// altered it): none of its ops is applied or published, and its
+		// rev is not taken; the repo is read from its PDS instead.
+		if d.status != statusDeleted && (d.rev == "" || ev.Rev > d.rev) {
+			e.log.Warn("a commit failed verification; resyncing the repo", "did", d.did, "seq", ev.Seq,
+				"reason", ev.Unverified)
+			a.startResync(d, ev, TriggerUnverified)
+			return nil
+		}
+		e.log.Warn("a stale commit failed verification; ignored", "did", d.did, "seq", ev.Seq, "reason", ev.Unverified)
+		a.settle(ev, nil)
+		return nil
+	}
 	if d.status != statusDeleted && (d.rev == "" || ev.Rev > d.rev) {
 		if ev.Malformed != "" {
 			// The stream could not read every op of this commit: read the

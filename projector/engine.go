@@ -360,7 +360,7 @@ func (e *Engine) HandleEvent(ctx context.Context, ev *firehose.Event) error {
 		case firehose.KindIdentity:
 			fast = true
 		case firehose.KindCommit:
-			fast = len(ev.Ops) == 0 && ev.Malformed == ""
+			fast = len(ev.Ops) == 0 && ev.Malformed == "" && ev.Unverified == ""
 		case firehose.KindAccount:
 			fast = ev.Active
 		case firehose.KindSync:

@@ -46,6 +46,9 @@ const (
 	// TriggerMalformed: a #commit had an op the client could not read whose
 	// collection may be projected (firehose.Event.Malformed).
 	TriggerMalformed = "malformed"
+	// TriggerUnverified: the stream's verifier refused a #commit (bad
+	// signature, CAR or commit chain: firehose.Event.Unverified).
+	TriggerUnverified = "unverified"
 	// TriggerClaim: an event of a repo another source owns came from this
 	// source's stream: the repo may have moved here (a claim).
 	TriggerClaim = "claim"
@@ -110,7 +113,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.rejected.WithLabelValues(string(r))
 	}
 	for _, t := range []string{TriggerSync, TriggerGap, TriggerActivate, TriggerRewind, TriggerRebuild, TriggerUnreadable, TriggerMalformed,
-		TriggerClaim, TriggerRetry} {
+		TriggerUnverified, TriggerClaim, TriggerRetry} {
 		m.resyncs.WithLabelValues(t)
 	}
 	for _, k := range []string{"commit", "sync", "identity", "account"} {

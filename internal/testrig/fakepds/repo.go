@@ -351,3 +351,28 @@ func (r *Repo) headCID() string {
 	}
 	return r.head.Cid().String()
 }
+
+// PublicKey is the repo's current signing key (what its DID document
+// declares).
+func (r *Repo) PublicKey() atcrypto.PublicKey {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pub, err := r.key.PublicKey()
+	if err != nil {
+		panic(err) // a generated K-256 key always has a public half
+	}
+	return pub
+}
+
+// RotateKey gives the repo a fresh signing key, used from its next commit,
+// and returns its public half (for the DID document).
+func (r *Repo) RotateKey() (atcrypto.PublicKey, error) {
+	key, err := atcrypto.GeneratePrivateKeyK256()
+	if err != nil {
+		return nil, fmt.Errorf("fakepds: rotate key: %w", err)
+	}
+	r.mu.Lock()
+	r.key = key
+	r.mu.Unlock()
+	return key.PublicKey()
+}

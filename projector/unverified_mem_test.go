@@ -1,0 +1,96 @@
+package projector
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spaces-authz/spaces-authz/checkpoint"
+	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/metrictest"
+	"github.com/spaces-authz/spaces-authz/view"
+)
+
+const memMallory = "did:plc:mallory"
+
+// forgedGrant is a commit event whose one op the PDS really wrote (a
+// viewer grant to bob) but whose record, as the stream carries it, grants
+// mallory the same, and that the stream's verifier refused.
+func forgedGrant(h *memHarness) *firehose.Event {
+	ev := h.write(memAlice, map[string]map[string]any{relCol + "g": grant(memAlice, "root", "viewer", memBob)})
+	ev.Ops[0].Record = grant(memAlice, "root", "viewer", memMallory)
+	ev.Unverified = firehose.UnverifiedSignature
+	return ev
+}
+
+func mentionsMallory(h *memHarness) []string {
+	var out []string
+	for _, s := range h.got() {
+		if strings.Contains(s, "mallory") {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// TestMemUnverifiedCommitResyncs: a commit the verifier refused is not
+// applied nor published; the repo is read from its PDS instead.
+func TestMemUnverifiedCommitResyncs(t *testing.T) {
+	h := &memHarness{t: t, view: &memView{rels: map[view.Tuple]bool{}}, pds: &memPDS{repos: map[string]*memRepo{}},
+		reg: prometheus.NewRegistry(), clock: 1_700_000_000_000_000, pub: &memPublisher{}}
+	h.start(checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false)})
+	h.assertView("before")
+	h.send(forgedGrant(h))
+	h.assertView("after an unverified commit")
+	if m := mentionsMallory(h); len(m) > 0 {
+		t.Fatalf("the forged record was applied: %v", m)
+	}
+	if !strings.Contains(strings.Join(h.got(), " "), "viewer@acct:did|plc|bob") {
+		t.Fatal("the PDS's real record is missing after the resync")
+	}
+	if got := metrictest.Value(t, h.reg, "spaces_authz_resyncs_total", "trigger", TriggerUnverified); got != 1 {
+		t.Fatalf("unverified resyncs %v, want 1", got)
+	}
+	if pub := h.pub.published(func(c view.Change) bool { return c.Record != nil && c.Record["subject"] == memMallory }); len(pub) > 0 {
+		t.Fatalf("the forged record was published: %+v", pub)
+	}
+	// The resync's diff publishes the real record.
+	if pub := h.pub.published(func(c view.Change) bool { return c.Record != nil && c.Record["subject"] == memBob }); len(pub) != 1 {
+		t.Fatalf("the real record was published %d times, want 1", len(pub))
+	}
+}
+
+// TestMemUnverifiedCommitWithFailedResync: when the resync fails too, the
+// unverified commit is still not applied (a Malformed one would be, as it
+// is).
+func TestMemUnverifiedCommitWithFailedResync(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false)})
+	h.assertView("before")
+	h.engine.cfg.ResyncAttempts = 1
+	h.failGetRepo(memAlice, errors.New("getRepo: 503 upstream"))
+	h.send(forgedGrant(h))
+	h.settle()
+	if m := mentionsMallory(h); len(m) > 0 {
+		t.Fatalf("the forged record was applied after a failed resync: %v", m)
+	}
+	if st := h.engine.Status(); st.Desynchronized != 1 {
+		t.Fatalf("status %+v, want alice desynchronized", st)
+	}
+	h.failGetRepo(memAlice, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for h.engine.Status().Desynchronized != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the retry did not resync alice")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	h.assertView("after the retry")
+	if m := mentionsMallory(h); len(m) > 0 {
+		t.Fatalf("the forged record was applied: %v", m)
+	}
+}
