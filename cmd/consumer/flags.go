@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spaces-authz/spaces-authz/firehose"
+	"github.com/spaces-authz/spaces-authz/internal/ident"
 	"github.com/spaces-authz/spaces-authz/internal/pipeline"
 	"github.com/spaces-authz/spaces-authz/projector"
 	"github.com/spaces-authz/spaces-authz/spice"
@@ -198,9 +199,11 @@ type common struct {
 	// severalPDS: the command follows several PDSes (run, rebuild).
 	severalPDS      bool
 	allowPrivatePDS bool
-	spiceEndpoint   string
-	spiceTokenFile  string
-	spiceInsecure   bool
+	// dir is the identity directory, once built (identity()).
+	dir            *ident.Directory
+	spiceEndpoint  string
+	spiceTokenFile string
+	spiceInsecure  bool
 	// spiceInsecureRemote allows --spicedb-insecure to a non-loopback host.
 	spiceInsecureRemote bool
 	spiceCA             string
@@ -342,7 +345,7 @@ func (c *common) relayConfig() *pipeline.RelayConfig {
 	if c.relayURL == "" {
 		return nil
 	}
-	return &pipeline.RelayConfig{Identity: newIdentity(c.plcURL), AllowPrivateHosts: c.allowPrivatePDS}
+	return &pipeline.RelayConfig{AllowPrivateHosts: c.allowPrivatePDS}
 }
 
 // fetcher reads repos for the one-shot commands: from the PDS, or behind
@@ -352,8 +355,11 @@ func (c *common) fetcher() (projector.Fetcher, error) {
 	if err != nil || c.relayURL == "" {
 		return own, err
 	}
-	rc := c.relayConfig()
-	return firehose.NewRouter(firehose.RouterConfig{Resolver: rc.Identity, AllowPrivate: rc.AllowPrivateHosts, Lister: own})
+	dir, err := c.identity(nil)
+	if err != nil {
+		return nil, err
+	}
+	return firehose.NewRouter(firehose.RouterConfig{Resolver: dir, AllowPrivate: c.allowPrivatePDS, Lister: own})
 }
 
 // streamURL is the host whose stream is followed: the PDS or the relay.

@@ -2,42 +2,45 @@ package main
 
 import (
 	"fmt"
-	"net/http"
 	"strings"
-	"time"
 
-	"github.com/bluesky-social/indigo/atproto/identity"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spaces-authz/spaces-authz/internal/httpapi"
+	"github.com/spaces-authz/spaces-authz/internal/ident"
 	"github.com/spaces-authz/spaces-authz/internal/redact"
 )
 
 // DefaultPLCURL is the PLC directory of the ATProto network.
 const DefaultPLCURL = "https://plc.directory"
 
-// Sizes of the identity cache: DID documents are kept an hour (a key
-// rotation is seen at once anyway: a signature that does not verify
-// purges the issuer's entry and resolves it again), failures a minute.
-const (
-	identityCacheSize = 10000
-	identityHitTTL    = time.Hour
-	identityErrTTL    = time.Minute
-	identityTimeout   = 10 * time.Second
-)
-
-// newDirectory is the identity directory that verifies accounts'
-// service-auth tokens: did:plc from plcURL, did:web from the web, cached.
-// Handles are not verified: a token names a DID, and its key is all that
-// matters. This is the one place the directory is built, so that a richer
-// resolver can replace it.
-func newDirectory(plcURL string) identity.Directory {
-	base := &identity.BaseDirectory{
-		PLCURL:                 strings.TrimRight(plcURL, "/"),
-		HTTPClient:             http.Client{Timeout: identityTimeout},
-		SkipHandleVerification: true,
-		UserAgent:              "spaces-authz-consumer/" + version,
+// identity is the process's one identity directory (did:plc from
+// --plc-url, did:web from the web, in a bounded cache): accounts' PDSes
+// behind a relay, their keys for verified commits and service-auth
+// tokens. Its metrics go to reg (nil: none).
+func (c *common) identity(reg prometheus.Registerer) (*ident.Directory, error) {
+	if c.dir != nil {
+		return c.dir, nil
 	}
-	return identity.NewCacheDirectory(base, identityCacheSize, identityHitTTL, identityErrTTL, identityErrTTL)
+	d, err := ident.New(ident.Config{PLCURL: strings.TrimRight(c.plcURL, "/"), Registerer: reg})
+	if err != nil {
+		return nil, usageError(fmt.Errorf("--plc-url: %w", err))
+	}
+	c.dir = d
+	return d, nil
+}
+
+// verifying says whether commits are verified: --verify-commits, or by
+// default when the stream is a relay's (an intermediary), not a PDS's (the
+// authority for its own repos).
+func (f *runFlags) verifying() bool {
+	switch f.verifyCommits {
+	case "on":
+		return true
+	case "off":
+		return false
+	}
+	return f.relayURL != ""
 }
 
 // checkServiceDID checks --service-did.

@@ -170,7 +170,12 @@ func repair(ctx context.Context, c common, admin adminFlags, dids []string) erro
 	if err != nil {
 		return err
 	}
-	cons, err := pipeline.New(pipeline.Config{PDSURL: c.streamURL(), Relay: c.relayConfig(), SpiceDB: sc, Logger: log,
+	dir, err := c.identity(nil)
+	if err != nil {
+		return err
+	}
+	cons, err := pipeline.New(pipeline.Config{PDSURL: c.streamURL(), Relay: c.relayConfig(), Identity: dir,
+		VerifyCommits: c.relayURL != "", SpiceDB: sc, Logger: log,
 		Lease: pipeline.LeaseConfig{Name: c.name, NoWait: true}, Engine: pipeline.EngineConfig{Rules: rules},
 		Rebuild: pipeline.RebuildConfig{AtStart: true, DIDs: dids, ExitWhenDone: true}})
 	if err != nil {

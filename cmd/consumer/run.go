@@ -44,6 +44,7 @@ type runFlags struct {
 	hostConcurrency                            int
 	hostRate                                   float64
 	collectionDir                              string
+	verifyCommits                              string
 	reconcileEvery                             time.Duration
 	nats                                       natsFlags
 	publishAll                                 bool
@@ -96,6 +97,9 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 		"with --relay-url: concurrent getRepo calls to one PDS host, at most")
 	fs.Float64Var(&f.hostRate, "repo-host-rate", firehose.DefaultHostRate,
 		"with --relay-url: getRepo calls per second to one PDS host, at most")
+	fs.StringVar(&f.verifyCommits, "verify-commits", "auto",
+		"check each commit that touches a projected record, and each getRepo snapshot, against the account's signing key: "+
+			"on, off, or auto (on with --relay-url: a relay is an intermediary; off with --pds-url: the PDS is the authority)")
 	fs.StringVar(&f.collectionDir, "collection-dir", "",
 		"with --relay-url: service answering com.atproto.sync.listReposByCollection for rebuilds, e.g. indigo's collectiondir "+
 			"(default: the relay; where it is not served, a rebuild reads EVERY repo of the relay)")
@@ -121,11 +125,15 @@ func (f *runFlags) pipelineConfig(reg prometheus.Registerer) (pipeline.Config, e
 	if err != nil {
 		return pipeline.Config{}, err
 	}
+	dir, err := f.identity(reg)
+	if err != nil {
+		return pipeline.Config{}, err
+	}
 	relay := f.relayConfig()
 	if relay != nil {
 		relay.CollectionDir, relay.HostConcurrency, relay.HostRate = f.collectionDir, f.hostConcurrency, f.hostRate
 	}
-	return pipeline.Config{PDSURL: f.streamURL(), Relay: relay, SpiceDB: sc,
+	return pipeline.Config{PDSURL: f.streamURL(), Relay: relay, Identity: dir, VerifyCommits: f.verifying(), SpiceDB: sc,
 		Lease: pipeline.LeaseConfig{Name: f.name, Holder: f.holder, Timeout: f.leaseTimeout,
 			HeartbeatEvery: f.heartbeatEvery, Takeover: f.takeover},
 		Stream: pipeline.StreamConfig{Workers: f.workers, QueueDepth: f.queueDepth, MaxFrameBytes: f.maxFrame,
@@ -207,7 +215,9 @@ func (f *runFlags) listeners(src httpapi.Source, reg *prometheus.Registry, log *
 		ServiceDID: f.serviceDID, AccountResyncEvery: f.accountResyncEvery, AccountResyncBurst: f.accountResyncBurst,
 		MaxAccountResyncs: f.maxAccountResyncs, Logger: log}
 	if f.serviceDID != "" {
-		cfg.Directory = newDirectory(f.plcURL)
+		if cfg.Directory, err = f.identity(reg); err != nil {
+			return nil, "", err
+		}
 	}
 	api, err := httpapi.New(cfg)
 	if err != nil {

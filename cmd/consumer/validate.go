@@ -179,6 +179,11 @@ func (f *runFlags) validate() error {
 		"account-resync-burst": float64(f.accountResyncBurst), "max-account-resyncs": float64(f.maxAccountResyncs)}); err != nil {
 		return err
 	}
+	switch f.verifyCommits {
+	case "auto", "on", "off":
+	default:
+		return usageError(fmt.Errorf("--verify-commits %q: want on, off or auto", f.verifyCommits))
+	}
 	if f.collectionDir != "" {
 		if err := checkURL("collection-dir", f.collectionDir, "http", "https"); err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/bluesky-social/indigo/atproto/identity"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spaces-authz/spaces-authz/fanout"
@@ -26,6 +27,16 @@ type Config struct {
 	// PDSURL is the host whose stream is followed (required): a PDS (its
 	// getRepo and listRepos too), or a relay when Relay is set.
 	PDSURL string
+	// Identity resolves accounts' DID documents: their PDS behind a relay,
+	// their signing keys for VerifyCommits. Required with either; the
+	// account's cached identity is purged when the stream carries an
+	// #identity event for it.
+	Identity Identity
+	// VerifyCommits checks each commit that touches a projected record
+	// against the account's current signing key (and the sync 1.1 chain
+	// where present), and each getRepo snapshot's signed commit; a commit
+	// that fails is not applied and its repo is resynced (DESIGN §11).
+	VerifyCommits bool
 	// Relay says PDSURL is a relay: an intermediary for many PDSes. Repos
 	// are then read from each account's own PDS, found through its DID
 	// document (nil: PDSURL is a PDS).
@@ -61,9 +72,6 @@ type Config struct {
 
 // RelayConfig is how a consumer that follows a relay reads repos.
 type RelayConfig struct {
-	// Identity resolves an account's PDS (required); its cached identity
-	// is purged when the stream carries an #identity event for the DID.
-	Identity Identity
 	// CollectionDir serves com.atproto.sync.listReposByCollection for
 	// rebuilds (default: the relay itself; where neither serves it, a
 	// rebuild lists every repo of the relay and says so).
@@ -77,11 +85,13 @@ type RelayConfig struct {
 	AllowPrivateHosts bool
 }
 
-// Identity is what a relay consumer needs of the identity directory.
+// Identity is what a consumer needs of the identity directory
+// (*ident.Directory is one).
 type Identity interface {
+	identity.Directory
 	firehose.Resolver
-	// Forget drops what is cached of did (an #identity event).
-	Forget(ctx context.Context, did string)
+	// PurgeDID drops what is cached of did (an #identity event).
+	PurgeDID(ctx context.Context, did string) error
 }
 
 // LeaseConfig names the projector and says how the lease is held.
@@ -184,8 +194,8 @@ func (c *Config) defaults() error {
 	if _, err := firehose.StreamURL(c.PDSURL, -1); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
-	if c.Relay != nil && c.Relay.Identity == nil {
-		return errors.New("pipeline: a relay source needs an identity directory")
+	if (c.Relay != nil || c.VerifyCommits) && c.Identity == nil {
+		return errors.New("pipeline: a relay source and verified commits need an identity directory")
 	}
 	if c.Lease.Name == "" {
 		c.Lease.Name = DefaultName

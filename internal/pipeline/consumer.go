@@ -44,7 +44,9 @@ type Consumer struct {
 	nm      *fanout.Metrics
 	source  *firehose.Source // the PDS's head and link, and the lag, across runs
 	pub     *fanout.Publisher
-	started time.Time
+	// verifier checks commits and snapshots (nil: Config.VerifyCommits off).
+	verifier *firehose.Verifier
+	started  time.Time
 
 	mu       sync.Mutex
 	run      *run // the current run; nil before the first
@@ -80,6 +82,12 @@ func New(cfg Config) (*Consumer, error) {
 		started: time.Now()}
 	if cfg.NATS != nil {
 		c.nm = fanout.NewMetrics(cfg.Registry)
+	}
+	if cfg.VerifyCommits {
+		if c.verifier, err = firehose.NewVerifier(firehose.VerifierConfig{Directory: cfg.Identity}); err != nil {
+			_ = client.Close()
+			return nil, fmt.Errorf("pipeline: %w", err)
+		}
 	}
 	cfg.Registry.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spaces_authz", Name: "ready",
@@ -405,12 +413,16 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 	}
 	sc := c.cfg.Stream
 	var handler firehose.Handler = r.engine
-	if c.cfg.Relay != nil {
-		handler = forgetting{Handler: r.engine, id: c.cfg.Relay.Identity}
+	if c.cfg.Identity != nil {
+		handler = forgetting{Handler: r.engine, id: c.cfg.Identity}
+	}
+	var verifier firehose.CommitVerifier
+	if c.verifier != nil {
+		verifier = c.verifier
 	}
 	r.stream, err = firehose.New(firehose.Config{URL: c.cfg.PDSURL, Tracker: progress.Tracker(), Handler: handler,
 		Filter: filter, Workers: sc.Workers, QueueDepth: sc.QueueDepth, MaxFrameBytes: sc.MaxFrameBytes, Logger: c.log,
-		Metrics: c.fhm, Source: c.source, OnFrame: c.cfg.Hooks.OnFrame})
+		Metrics: c.fhm, Source: c.source, OnFrame: c.cfg.Hooks.OnFrame, Verifier: verifier})
 	if err != nil {
 		return nil, err
 	}
@@ -422,6 +434,9 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 func (c *Consumer) fetcher() (projector.Fetcher, error) {
 	sc := firehose.SyncConfig{URL: c.cfg.PDSURL, Metrics: c.fhm,
 		MaxRepoBytes: c.cfg.Stream.MaxRepoBytes, MaxRepoRecords: c.cfg.Stream.MaxRepoRecords}
+	if c.verifier != nil {
+		sc.VerifyKey, sc.PurgeKey = c.verifier.SigningKey, c.verifier.PurgeKey
+	}
 	own, err := firehose.NewSyncClient(sc)
 	if err != nil || c.cfg.Relay == nil {
 		return own, err
@@ -431,7 +446,7 @@ func (c *Consumer) fetcher() (projector.Fetcher, error) {
 	if dir == "" {
 		dir = c.cfg.PDSURL
 	}
-	return firehose.NewRouter(firehose.RouterConfig{Resolver: rc.Identity, Sync: sc,
+	return firehose.NewRouter(firehose.RouterConfig{Resolver: c.cfg.Identity, Sync: sc,
 		HostConcurrency: rc.HostConcurrency, HostRate: rc.HostRate, AllowPrivate: rc.AllowPrivateHosts,
 		Lister: &firehose.CollectionLister{URL: dir, Collections: c.cfg.Engine.Rules.Collections(),
 			Fallback: own, Logger: c.log}, Logger: c.log})
@@ -447,7 +462,7 @@ type forgetting struct {
 
 func (f forgetting) HandleEvent(ctx context.Context, ev *firehose.Event) error {
 	if ev.Kind == firehose.KindIdentity {
-		f.id.Forget(ctx, ev.DID)
+		_ = f.id.PurgeDID(ctx, ev.DID) // a purge of a cache fails only on a malformed DID
 	}
 	return f.Handler.HandleEvent(ctx, ev)
 }
