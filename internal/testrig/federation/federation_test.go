@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,13 +60,16 @@ func subscribe(t *testing.T, url string, cursor int64) *subscription {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	var runErr error
 	s := &subscription{events: col.events, stop: func() error {
-		cancel()
-		err := <-done
-		if errors.Is(err, context.Canceled) {
-			return nil
-		}
-		return err
+		once.Do(func() {
+			cancel()
+			if runErr = <-done; errors.Is(runErr, context.Canceled) {
+				runErr = nil
+			}
+		})
+		return runErr
 	}}
 	t.Cleanup(func() { _ = s.stop() })
 	select {

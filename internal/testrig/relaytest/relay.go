@@ -161,6 +161,7 @@ func (r *Relay) Start() {
 		r.t.Fatal("relaytest: Start: the relay is already running")
 	}
 	off := r.logSize()
+	t0 := time.Now()
 	args := []string{
 		"--admin-password", r.password,
 		"--plc-host", r.cfg.PLCURL,
@@ -189,6 +190,7 @@ func (r *Relay) Start() {
 	if err := r.waitSubscribed(off, r.hosts, deadline); err != nil {
 		r.t.Fatal(err)
 	}
+	r.t.Logf("relaytest: relay on %s up and subscribed to %v in %s", r.URL(), r.hosts, time.Since(t0).Round(time.Millisecond))
 }
 
 // Kill sends SIGKILL: the relay persists nothing more (its host cursors
