@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -285,12 +286,13 @@ func (r *Relay) waitHealthy(deadline time.Time) error {
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
+			err = fmt.Errorf("status %s", resp.Status)
 		}
 		if !r.proc.Running() {
-			return fmt.Errorf("relaytest: the relay exited during startup (%v); log:\n%s", r.proc.ExitErr(), r.logTailString())
+			return fmt.Errorf("relaytest: the relay exited during startup (%w); log:\n%s", r.exitErr(), r.logTailString())
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("relaytest: %s/xrpc/_health did not answer within %s (last error %v); log:\n%s",
+			return fmt.Errorf("relaytest: %s/xrpc/_health did not answer within %s (last error %w); log:\n%s",
 				r.URL(), DefaultStartTimeout, err, r.logTailString())
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -352,8 +354,8 @@ func (r *Relay) waitSubscribed(off int64, hosts []string, deadline time.Time) er
 			return nil
 		}
 		if !r.proc.Running() {
-			return fmt.Errorf("relaytest: the relay exited before subscribing to %v (%v); log:\n%s",
-				keys(pending), r.proc.ExitErr(), r.logTailString())
+			return fmt.Errorf("relaytest: the relay exited before subscribing to %v (%w); log:\n%s",
+				keys(pending), r.exitErr(), r.logTailString())
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("relaytest: not subscribed to %v within %s (last errors %v); log:\n%s",
@@ -362,6 +364,14 @@ func (r *Relay) waitSubscribed(off int64, hosts []string, deadline time.Time) er
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
+}
+
+// exitErr is how the relay process ended, never nil (for %w).
+func (r *Relay) exitErr() error {
+	if err := r.proc.ExitErr(); err != nil {
+		return err
+	}
+	return errors.New("exit status 0")
 }
 
 func keys(m map[string]bool) []string {
