@@ -33,6 +33,20 @@
 //   - The relay's log (JSON lines, debug level) is a file in t.TempDir(),
 //     printed when the test fails.
 //
+// What the relay does on its own (checked by the tests here and in package
+// federation, indigo at the version go.mod pins):
+//
+//   - It flushes each host's cursor (last_seq) every 4 s and on a clean
+//     stop. After Stop, Start replays from each PDS what it wrote while the
+//     relay was down. After Kill, only from the last flush: a host whose
+//     cursor was never flushed (-1) is read from its head again, and what it
+//     wrote meanwhile is never relayed.
+//   - Its own seqs continue across restarts (disk persister), so a reader
+//     resumes from the last relay seq it read.
+//   - com.atproto.sync.listHosts lists only hosts that have sent an event
+//     (last_seq > 0); the admin route /admin/pds/list lists all, with
+//     HasActiveConnection.
+//
 // What the relay does not do for loopback hosts: its getRepo answers with a
 // redirect to https://localhost:PORT even for a no-SSL host, so a client must
 // resolve an account's PDS from its DID document instead of following it.
