@@ -112,14 +112,12 @@ func Start(t testing.TB, cfg Config) *Relay {
 			_ = r.proc.Stop(stopGrace)
 		}
 	})
-	if len(cfg.Hosts) == 0 {
-		r.Start()
-		return r
-	}
-	// The relay creates its schema when it starts; the rows go in while it
-	// is stopped, and the next start subscribes to them.
+	// The relay creates its schema when it starts; the host rows go in
+	// while it is stopped, and the next start subscribes to them.
 	r.Start()
-	r.AddHosts(cfg.Hosts...)
+	if len(cfg.Hosts) > 0 {
+		r.AddHosts(cfg.Hosts...)
+	}
 	return r
 }
 
