@@ -7,6 +7,7 @@ export GOBIN := $(ROOT)/.cache/bin
 export PATH := $(GOBIN):$(PATH)
 export SPICEDB_BIN := $(GOBIN)/spicedb
 export NATS_SERVER_BIN := $(GOBIN)/nats-server
+export RELAY_BIN := $(GOBIN)/relay
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 COMMIT := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 GO_TEST_FLAGS ?=
@@ -32,8 +33,8 @@ lint:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-# The test command: installs SpiceDB, nats-server, PostgreSQL (when absent),
-# Node 22 and the reference PDS, then runs the unit, integration, crash and
+# The test command: installs SpiceDB, nats-server, indigo's relay, sqlite3
+# and PostgreSQL (when absent), Node 22 and the reference PDS, then runs the unit, integration, crash and
 # e2e tests for real.
 test: deps vet test-unit test-e2e
 
@@ -41,7 +42,7 @@ test-unit:
 	go test -race -count=1 -timeout 30m $(GO_TEST_FLAGS) ./...
 
 test-e2e:
-	go test -count=1 -timeout 45m -tags e2e -v $(GO_TEST_FLAGS) ./e2e/ ./internal/testrig/localpds/ 2>&1 | tee .cache/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; \
+	go test -count=1 -timeout 45m -tags e2e -v $(GO_TEST_FLAGS) ./e2e/ ./internal/testrig/localpds/ ./internal/testrig/federation/ 2>&1 | tee .cache/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; \
 	rc=$${PIPESTATUS[0]}; if [ $$rc -ne 0 ]; then scripts/failed-output.sh .cache/e2e.log; fi; exit $$rc
 
 # The main job: a local stack on loopback (PDS + PLC, SpiceDB, NATS, the

@@ -4,6 +4,11 @@
 #   - Go modules (go mod download)
 #   - SpiceDB v1.56.2   (go install, ~3-5 min on 2 cores the first time)
 #   - nats-server v2.15.2 (go install)
+#   - indigo's relay (cmd/relay) at the indigo version go.mod pins (go install
+#     with cgo, ~1.5 min the first time; a stamp file .cache/bin/relay.version
+#     records the version, since the binary has no version command)
+#   - the sqlite3 CLI (Debian's sqlite3 package, only when absent): relaytest
+#     registers localhost PDSs in the relay's SQLite host table with it
 #   - PostgreSQL >= 15 (Debian's postgresql package, only when absent; the
 #     tests start throwaway clusters of their own, never the system one)
 #   - Node 22 + the reference PDS from npm (e2e/pds/setup.sh, ~90 s the first time)
@@ -17,6 +22,9 @@ export GOBIN="$BIN"
 SPICEDB_VERSION=v1.56.2
 NATS_VERSION=v2.15.2
 GOLANGCI_VERSION=v2.15.0
+# The relay is built at the indigo version the module depends on, so the
+# relay and the project's own indigo code agree.
+INDIGO_VERSION=$(cd "$ROOT" && go list -m -f '{{.Version}}' github.com/bluesky-social/indigo)
 
 step() { printf '\n== %s\n' "$*" >&2; }
 t0=$(date +%s)
@@ -43,6 +51,28 @@ else
   go install "github.com/nats-io/nats-server/v2@$NATS_VERSION"
 fi
 
+step "indigo relay $INDIGO_VERSION"
+# `relay` has no version command: the stamp next to it says what it was built
+# from, and is written only after a successful install.
+if [[ -x "$BIN/relay" && "$(cat "$BIN/relay.version" 2>/dev/null)" == "$INDIGO_VERSION" ]]; then
+  echo "cached: $BIN/relay" >&2
+else
+  rm -f "$BIN/relay.version"
+  CGO_ENABLED=1 go install "github.com/bluesky-social/indigo/cmd/relay@$INDIGO_VERSION"
+  echo "$INDIGO_VERSION" >"$BIN/relay.version"
+fi
+
+SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
+
+step "sqlite3 CLI (OS package)"
+if command -v sqlite3 >/dev/null; then
+  echo "found: $(command -v sqlite3)" >&2
+else
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends sqlite3 >/dev/null
+  command -v sqlite3 >/dev/null || { echo "sqlite3 not found after apt-get install sqlite3" >&2; exit 1; }
+fi
+
 if [[ "${DEPS_PG:-1}" == 1 ]]; then
   step "PostgreSQL >= 15 (OS package)"
   pg_ok() {
@@ -54,7 +84,6 @@ if [[ "${DEPS_PG:-1}" == 1 ]]; then
     return 1
   }
   if ! pg_ok; then
-    SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
     # The package's own cluster is not used; a temporary policy-rc.d keeps
     # it from starting.
     policy=""
