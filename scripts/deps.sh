@@ -5,7 +5,7 @@
 #   - SpiceDB v1.56.2   (go install, ~3-5 min on 2 cores the first time)
 #   - nats-server v2.15.2 (go install)
 #   - indigo's relay (cmd/relay) at the indigo version go.mod pins (go install
-#     with cgo, ~1.5 min the first time; a stamp file .cache/bin/relay.version
+#     with cgo, ~3 min on 2 cores the first time; a stamp file .cache/bin/relay.version
 #     records the version, since the binary has no version command)
 #   - the sqlite3 CLI (Debian's sqlite3 package, only when absent): relaytest
 #     registers localhost PDSs in the relay's SQLite host table with it
