@@ -79,6 +79,9 @@ type stack struct {
 	// database on it, on the postgres datastore (nil and "" on memory).
 	pg    *pgtest.Cluster
 	pgURI string
+	// source replaces `--pds-url <the PDS>` in the consumer's arguments
+	// (a consumer that follows a relay, or several PDSes).
+	source []string
 }
 
 type stackOpts struct {
@@ -163,7 +166,11 @@ func (s *stack) env() []string {
 }
 
 func (s *stack) commonArgs() []string {
-	return []string{"--pds-url", s.pds.URL, "--spicedb-endpoint", s.sdb.Addr, "--spicedb-insecure", "--log-format", "text"}
+	src := []string{"--pds-url", s.pds.URL}
+	if s.source != nil {
+		src = s.source
+	}
+	return append(src, "--spicedb-endpoint", s.sdb.Addr, "--spicedb-insecure", "--log-format", "text")
 }
 
 // cli runs a one-shot consumer command and returns its output.

@@ -82,6 +82,9 @@ func killNineDuringWorkload(t *testing.T, o stackOpts, minOps int64, minKills in
 type driver struct {
 	s        *stack
 	sessions []localpds.Session
+	// on is the stack (PDS) of each account when they span several (nil:
+	// every account is on s).
+	on []*stack
 	gen      *workload.Generator
 	status   []string // per account: "", "deactivated" or "takendown"
 	ops      atomic.Int64
@@ -107,6 +110,9 @@ func (s *stack) newDriver(prefix string, accounts int, seed uint64, o workload.O
 // apply writes one step: a commit (applyWrites) or an account status change.
 func (d *driver) apply(ctx context.Context, st workload.Step) error {
 	s, sess := d.s, d.sessions[st.Account]
+	if d.on != nil {
+		s = d.on[st.Account]
+	}
 	switch st.Kind {
 	case workload.KindCommit:
 		var ws []localpds.Write

@@ -50,6 +50,9 @@ type world struct {
 	sdb    *spicedbtest.Server
 	client *spice.Client
 	a, b   *side
+	// owner, when set, is the one source that must own every repo (a
+	// consumer that follows a relay); otherwise a repo's host's side.
+	owner string
 }
 
 // side is one PDS and its consumer, projector name name.
@@ -317,7 +320,7 @@ func (w *world) oracle() (data, lineage []string, lost map[string]lostRecords, s
 		if sd == nil {
 			continue // deleted everywhere
 		}
-		if active {
+		if active && w.owner == "" {
 			sources[did] = sd.name
 		}
 		listed := map[string]bool{}
@@ -332,6 +335,12 @@ func (w *world) oracle() (data, lineage []string, lost map[string]lostRecords, s
 				tuples, err := sd.rules.Project(did, coll, rkey, r.Value)
 				if err != nil {
 					continue
+				}
+				if active && w.owner != "" {
+					// One source owns every repo it wrote bookkeeping
+					// for: those with projected records (a repo with
+					// none has nothing to own).
+					sources[did] = w.owner
 				}
 				for _, t := range tuples {
 					if active {
