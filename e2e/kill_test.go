@@ -84,10 +84,10 @@ type driver struct {
 	sessions []localpds.Session
 	// on is the stack (PDS) of each account when they span several (nil:
 	// every account is on s).
-	on []*stack
-	gen      *workload.Generator
-	status   []string // per account: "", "deactivated" or "takendown"
-	ops      atomic.Int64
+	on     []*stack
+	gen    *workload.Generator
+	status []string // per account: "", "deactivated" or "takendown"
+	ops    atomic.Int64
 
 	mu   sync.Mutex
 	revs []string // per account: the rev of its last commit
