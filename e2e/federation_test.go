@@ -4,12 +4,25 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/bluesky-social/indigo/atproto/atcrypto"
+	"github.com/gorilla/websocket"
+
 	"github.com/spaces-authz/spaces-authz/internal/testrig/federation"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/forge"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/localpds"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/relaytest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/workload"
 	"github.com/spaces-authz/spaces-authz/view"
 )
 
@@ -55,7 +68,9 @@ func relayArgs(url, plc string) []string {
 
 // settle waits until the relay consumer has applied a marker commit of an
 // account of each PDS: every earlier commit of both is applied, as far as
-// the relay relayed it.
+// the relay relayed it. Both accounts must have projected records: a
+// commit of a repo the view holds nothing of is not indexed for
+// /v1/consistency (DESIGN §7).
 func (f *fed) settle(ma, mb localpds.Session) {
 	f.t.Helper()
 	for _, m := range []struct {
@@ -70,6 +85,22 @@ func (f *fed) settle(ma, mb localpds.Session) {
 		if _, err := f.r.consistentWithin(m.sess.DID, ref.Rev, 60*time.Second); err != nil {
 			f.t.Fatalf("the relay consumer did not apply %s's marker commit %s: %v", m.sd.name, ref.Rev, err)
 		}
+	}
+}
+
+// rebuilt waits until the consumer's rebuild (a first run's) is committed.
+func (sd *side) rebuilt() {
+	sd.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st := sd.status()
+		if st.State == "running" && st.Ready {
+			return
+		}
+		if time.Now().After(deadline) {
+			sd.t.Fatalf("%s: the rebuild did not finish: %+v", sd.name, st)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -131,4 +162,188 @@ func TestRelayCrossPDSGroup(t *testing.T) {
 		t.Fatalf("%v commits verified, want at least the 4 projected ones", verified)
 	}
 	t.Logf("%d relationships match both PDSs (after %v); %v commits verified", n, took, verified)
+}
+
+// newDriver creates perSide accounts on each PDS (alternating, so a step's
+// grants cross PDSs) and a workload over all of them.
+func (f *fed) newDriver(prefix string, perSide int, seed uint64, o workload.Options) *driver {
+	f.t.Helper()
+	d := &driver{s: f.a.stack}
+	var dids []string
+	for i := range 2 * perSide {
+		sd := []*side{f.a, f.b}[i%2]
+		sess := sd.account(fmt.Sprintf("%s%d", prefix, i))
+		d.sessions, d.on = append(d.sessions, sess), append(d.on, sd.stack)
+		dids = append(dids, sess.DID)
+	}
+	d.status, d.revs = make([]string, len(dids)), make([]string, len(dids))
+	d.gen = workload.New(seed, dids, o)
+	return d
+}
+
+// TestRelayKillNine: a randomized workload over accounts of both PDSs
+// (grants to groups and accounts of the other PDS included, account status
+// changes too) while the consumer that follows the relay is killed with
+// SIGKILL again and again, its first run's rebuild included; then the view
+// matches both PDSs' records, relationship for relationship.
+func TestRelayKillNine(t *testing.T) {
+	f := newFed(t)
+	seed := workload.Seed(t, "E2E_SEED")
+	d := f.newDriver("kill", 3, seed, workload.Options{StatusChanges: true})
+	const minOps, minKills = 800, 10
+	workDone := make(chan error, 1)
+	go func() { workDone <- d.run(context.Background(), minOps) }()
+	rng := rand.New(rand.NewPCG(seed, 5))
+	deadline := time.Now().Add(10 * time.Minute)
+	kills := 0
+	finished := false
+	for !finished || kills < minKills {
+		p := f.r.startDaemon()
+		time.Sleep(time.Duration(100+rng.IntN(500)) * time.Millisecond)
+		if !p.Running() {
+			t.Fatalf("the relay consumer exited on its own:\n%s", tail(p.Output(), 3000))
+		}
+		p.Kill()
+		kills++
+		select {
+		case err := <-workDone:
+			if err != nil {
+				t.Fatal(err)
+			}
+			finished = true
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the workload did not finish in 10 minutes: %d record operations, %d kills", d.ops.Load(), kills)
+		}
+	}
+	f.r.startDaemon()
+	n, took := f.waitOracle(3 * time.Minute)
+	t.Logf("kills: %d; record operations: %d across %d accounts on 2 PDSs; %d relationships match both PDSs "+
+		"(caught up %v after the last kill)", kills, d.ops.Load(), len(d.sessions), n, took)
+}
+
+// forgingProxy stands between the consumer and the relay: it passes every
+// frame on, except the first #commit with a relation record of rkey
+// forgeRKey, whose record it alters (subject → the attacker) and re-signs
+// with its own key, keeping the CAR and MST consistent: what a hostile
+// relay could send.
+type forgingProxy struct {
+	t       *testing.T
+	srv     *httptest.Server
+	relay   string
+	key     atcrypto.PrivateKey
+	subject string
+	forged  atomic.Int32
+}
+
+const forgeRKey = "forgeme"
+
+func newForgingProxy(t *testing.T, relayURL, subject string) *forgingProxy {
+	key, err := atcrypto.GeneratePrivateKeyK256()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &forgingProxy{t: t, relay: relayURL, key: key, subject: subject}
+	target, err := url.Parse(relayURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest := httputil.NewSingleHostReverseProxy(target)
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/xrpc/com.atproto.sync.subscribeRepos" {
+			rest.ServeHTTP(w, r)
+			return
+		}
+		p.stream(w, r)
+	}))
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *forgingProxy) stream(w http.ResponseWriter, r *http.Request) {
+	up, _, err := websocket.DefaultDialer.Dial(strings.Replace(p.relay, "http", "ws", 1)+r.URL.RequestURI(), nil)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer up.Close()
+	down, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer down.Close()
+	go func() { // the consumer's close ends the upstream read below
+		for {
+			if _, _, err := down.ReadMessage(); err != nil {
+				up.Close()
+				return
+			}
+		}
+	}()
+	for {
+		typ, frame, err := up.ReadMessage()
+		if err != nil {
+			return
+		}
+		if typ == websocket.BinaryMessage && p.forged.Load() == 0 {
+			res, err := forge.Commit(frame, forge.Options{Key: p.key,
+				Match: func(path string) bool { return path == relC+"/"+forgeRKey },
+				Edit:  func(rec map[string]any) { rec["subject"] = p.subject }})
+			if err == nil {
+				frame = res.Frame
+				p.forged.Add(1)
+				p.t.Logf("forging proxy: %s altered (%s → %s), re-signed by another key", res.Path, res.OldCID, res.NewCID)
+			}
+		}
+		if err := down.WriteMessage(typ, frame); err != nil {
+			return
+		}
+	}
+}
+
+// TestRelayForgedCommitIsRefused: a relay that alters a projected record of
+// a relayed commit (Alice's grant to Carol, re-targeted to Mallory and
+// re-signed by the relay's own key) is caught: the commit is not applied,
+// Alice's repo is read again from her own PDS (its signed commit checked
+// too), and the view ends as her repo is: Carol allowed, Mallory denied.
+func TestRelayForgedCommitIsRefused(t *testing.T) {
+	f := newFed(t)
+	alice, carol := f.a.account("alice"), f.b.account("carol")
+	mallory := f.b.account("mallory")
+	proxy := newForgingProxy(t, f.relay.URL(), mallory.DID)
+	f.r.source = relayArgs(proxy.srv.URL, f.a.pds.PLCURL)
+	f.r.startDaemon()
+	f.r.waitReady()
+	f.r.rebuilt() // the first run's rebuild has read alice's repo: the forged commit is news
+	s := view.ObjectID(alice.DID, "s")
+	rev := f.a.apply(alice, create(spaceC, "s", space(false)),
+		create(relC, forgeRKey, rel("space", alice.DID+"/s", "viewer", "acct", carol.DID, "")))
+	token, err := f.r.consistentWithin(alice.DID, rev, time.Minute)
+	if err != nil {
+		t.Fatalf("consistency for alice's commit (resynced from her PDS): %v", err)
+	}
+	if proxy.forged.Load() != 1 {
+		t.Fatalf("the proxy forged %d commits, want 1", proxy.forged.Load())
+	}
+	for who, want := range map[string]bool{carol.DID: true, mallory.DID: false} {
+		got, err := f.r.checkAt(token, "view", s, who)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("view of alice's space for %s: %v, want %v (the forged grant must not apply)", who, got, want)
+		}
+	}
+	if v := f.r.metricValue(`spaces_authz_commits_unverified_total{reason="bad_signature"}`); v != 1 {
+		t.Fatalf("unverified commits (bad_signature): %v, want 1", v)
+	}
+	if v := f.r.metricValue(`spaces_authz_resyncs_total{trigger="unverified"}`); v < 1 {
+		t.Fatalf("resyncs after an unverified commit: %v, want 1", v)
+	}
+	if !strings.Contains(f.r.consumer.Output(), "commit not verified") {
+		t.Fatalf("no log line says why the commit was refused:\n%s", tail(f.r.consumer.Output(), 3000))
+	}
+	n, _ := f.waitOracle(time.Minute)
+	t.Logf("forged commit refused, alice's repo resynced from her PDS; %d relationships match both PDSs", n)
 }
