@@ -22,7 +22,10 @@ import (
 	"github.com/spaces-authz/spaces-authz/internal/testrig/forge"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/localpds"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/relaytest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/spicedbtest"
+	"github.com/spaces-authz/spaces-authz/internal/testrig/testenv"
 	"github.com/spaces-authz/spaces-authz/internal/testrig/workload"
+	"github.com/spaces-authz/spaces-authz/spice"
 	"github.com/spaces-authz/spaces-authz/view"
 )
 
@@ -190,6 +193,11 @@ func TestRelayKillNine(t *testing.T) {
 	f := newFed(t)
 	seed := workload.Seed(t, "E2E_SEED")
 	d := f.newDriver("kill", 3, seed, workload.Options{StatusChanges: true})
+	// The same workload, followed from both PDSs directly by one daemon
+	// (one source per PDS) into a SpiceDB of its own, must end with the
+	// same relationships.
+	direct := f.directSide()
+	direct.startDaemon()
 	const minOps, minKills = 800, 10
 	workDone := make(chan error, 1)
 	go func() { workDone <- d.run(context.Background(), minOps) }()
@@ -221,6 +229,51 @@ func TestRelayKillNine(t *testing.T) {
 	n, took := f.waitOracle(3 * time.Minute)
 	t.Logf("kills: %d; record operations: %d across %d accounts on 2 PDSs; %d relationships match both PDSs "+
 		"(caught up %v after the last kill)", kills, d.ops.Load(), len(d.sessions), n, took)
+	same := f.sameAs(direct, time.Minute)
+	t.Logf("the daemon that follows both PDSs directly holds the same %d data and lineage relationships", same)
+}
+
+// directSide is a consumer that follows both PDSs directly (`--pds-url
+// A,B`: one source per PDS) into a SpiceDB of its own, whose schema is
+// applied.
+func (f *fed) directSide() *side {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sdb, err := spicedbtest.StartServe(ctx, spicedbtest.ServeOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(sdb.Stop)
+	client, err := spice.Dial(spice.Config{Endpoint: sdb.Addr, Token: sdb.Key, Insecure: true})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { _ = client.Close() })
+	st := *f.a.stack
+	st.sdb, st.client, st.accounts = sdb, client, map[string]localpds.Session{}
+	st.cli("schema", "apply")
+	st.source = []string{"--pds-url", f.a.pds.URL + "," + f.b.pds.URL}
+	return &side{name: "direct", stack: &st}
+}
+
+// sameAs waits until other's SpiceDB holds the same data and lineage as
+// the relay consumer's, and returns how many.
+func (f *fed) sameAs(other *side, timeout time.Duration) int {
+	f.t.Helper()
+	want := f.r.relationships(view.TypeSpace, view.TypeGroup, view.TypeLineage)
+	deadline := time.Now().Add(timeout)
+	for {
+		got := other.relationships(view.TypeSpace, view.TypeGroup, view.TypeLineage)
+		diff := testenv.Diff(got, want)
+		if diff == "" {
+			return len(got)
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("%s differs from the relay consumer's view:\n%s", other.name, diff)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // forgingProxy stands between the consumer and the relay: it passes every
