@@ -400,3 +400,86 @@ func TestRelayForgedCommitIsRefused(t *testing.T) {
 	n, _ := f.waitOracle(time.Minute)
 	t.Logf("forged commit refused, alice's repo resynced from her PDS; %d relationships match both PDSs", n)
 }
+
+// TestRelayRestartsAndMigration: the relay restarts (cleanly, with writes
+// made while it is down, and after a SIGKILL), PDS B restarts, and Bob
+// moves from A to B while grants to him and from him exist. The consumer
+// follows the relay through all of it, reads Bob's repo from B once his
+// DID document says so, and ends with the view of both PDSs.
+func TestRelayRestartsAndMigration(t *testing.T) {
+	f := newFed(t)
+	ctx := context.Background()
+	alice, bob := f.a.account("alice"), f.a.account("bob")
+	carol := f.b.account("carol")
+	f.r.startDaemon()
+	f.r.waitReady()
+	f.r.rebuilt()
+	// Grants to Bob (Alice's space, to him and to his group) and from him
+	// (his space, to Alice); Carol is in Bob's group.
+	f.a.apply(alice, create(spaceC, "s", space(false)),
+		create(relC, "toBob", rel("space", alice.DID+"/s", "viewer", "acct", bob.DID, "")),
+		create(relC, "toGroup", rel("space", alice.DID+"/s", "viewer", "group", bob.DID+"/g", "member")))
+	f.a.apply(bob, create(spaceC, "t", space(false)), create(groupC, "g", map[string]any{"displayName": "g"}),
+		create(relC, "carol", rel("group", bob.DID+"/g", "direct_member", "acct", carol.DID, "")),
+		create(relC, "toAlice", rel("space", bob.DID+"/t", "viewer", "acct", alice.DID, "")))
+	rev := f.b.apply(carol, create(spaceC, "c", space(false)))
+	f.waitOracle(time.Minute)
+
+	// A clean stop: writes made while the relay is down are relayed after.
+	f.relay.Stop()
+	f.a.apply(alice, create(relC, "down", rel("space", alice.DID+"/s", "viewer", "acct", carol.DID, "")))
+	f.b.apply(carol, create(relC, "down", rel("space", carol.DID+"/c", "viewer", "acct", alice.DID, "")))
+	f.relay.Start()
+	n, took := f.waitOracle(2 * time.Minute)
+	t.Logf("relay stopped and started: %d relationships match after %v", n, took)
+	// A SIGKILL: the relay may lose what it had not flushed; later commits
+	// of the same repos chain from revs the view does not hold, which the
+	// consumer resyncs from the accounts' PDSs.
+	f.relay.Kill()
+	f.relay.Start()
+	f.a.apply(alice, create(relC, "afterKill", rel("space", alice.DID+"/s", "viewer", "acct", bob.DID, "")))
+	f.b.apply(carol, del(relC, "down"))
+	n, took = f.waitOracle(2 * time.Minute)
+	t.Logf("relay killed and started: %d relationships match after %v", n, took)
+
+	// PDS B restarts; the relay reconnects to it.
+	if err := f.b.pds.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rev = f.b.apply(carol, create(relC, "afterRestart", rel("space", carol.DID+"/c", "viewer", "acct", bob.DID, "")))
+	if _, err := f.r.consistentWithin(carol.DID, rev, time.Minute); err != nil {
+		t.Fatalf("carol's commit after B restarted: %v", err)
+	}
+
+	// Bob moves from A to B.
+	moved, err := localpds.Migrate(ctx, f.a.pds, f.b.pds, bob, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.b.accounts["bob"] = moved
+	dave := f.b.account("dave")
+	rev = f.b.apply(moved, create(relC, "dave", rel("group", bob.DID+"/g", "direct_member", "acct", dave.DID, "")))
+	token, err := f.r.consistentWithin(bob.DID, rev, time.Minute)
+	if err != nil {
+		t.Fatalf("bob's first commit on B: %v", err)
+	}
+	for _, c := range []struct {
+		res, who string
+		want     bool
+	}{
+		{view.ObjectID(alice.DID, "s"), dave.DID, true},  // alice's grant to bob's group, dave added on B
+		{view.ObjectID(alice.DID, "s"), carol.DID, true}, // carol still in it
+		{view.ObjectID(alice.DID, "s"), bob.DID, true},   // alice's grant to bob
+		{view.ObjectID(bob.DID, "t"), alice.DID, true},   // bob's grant, moved with his repo
+	} {
+		got, err := f.r.checkAt(token, "view", c.res, c.who)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Fatalf("after bob's move: view %s for %s = %v, want %v", c.res, c.who, got, c.want)
+		}
+	}
+	n, took = f.waitOracle(2 * time.Minute)
+	t.Logf("bob moved from A to B: %d relationships match both PDSs after %v", n, took)
+}
