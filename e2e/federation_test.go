@@ -315,7 +315,10 @@ func newForgingProxy(t *testing.T, relayURL, subject string) *forgingProxy {
 }
 
 func (p *forgingProxy) stream(w http.ResponseWriter, r *http.Request) {
-	up, _, err := websocket.DefaultDialer.Dial(strings.Replace(p.relay, "http", "ws", 1)+r.URL.RequestURI(), nil)
+	up, resp, err := websocket.DefaultDialer.Dial(strings.Replace(p.relay, "http", "ws", 1)+r.URL.RequestURI(), nil)
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
+	}
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
@@ -422,7 +425,7 @@ func TestRelayRestartsAndMigration(t *testing.T) {
 	f.a.apply(bob, create(spaceC, "t", space(false)), create(groupC, "g", map[string]any{"displayName": "g"}),
 		create(relC, "carol", rel("group", bob.DID+"/g", "direct_member", "acct", carol.DID, "")),
 		create(relC, "toAlice", rel("space", bob.DID+"/t", "viewer", "acct", alice.DID, "")))
-	rev := f.b.apply(carol, create(spaceC, "c", space(false)))
+	f.b.apply(carol, create(spaceC, "c", space(false)))
 	f.waitOracle(time.Minute)
 
 	// A clean stop: writes made while the relay is down are relayed after.
@@ -446,7 +449,7 @@ func TestRelayRestartsAndMigration(t *testing.T) {
 	if err := f.b.pds.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rev = f.b.apply(carol, create(relC, "afterRestart", rel("space", carol.DID+"/c", "viewer", "acct", bob.DID, "")))
+	rev := f.b.apply(carol, create(relC, "afterRestart", rel("space", carol.DID+"/c", "viewer", "acct", bob.DID, "")))
 	if _, err := f.r.consistentWithin(carol.DID, rev, time.Minute); err != nil {
 		t.Fatalf("carol's commit after B restarted: %v", err)
 	}

@@ -34,16 +34,16 @@ var (
 // Consumer is a running (or starting) daemon; its accessors serve the HTTP
 // endpoints and `status`.
 type Consumer struct {
-	cfg     Config
-	log     *slog.Logger
-	client  *spice.Client
-	fhm     *firehose.Metrics
-	pm      *projector.Metrics
-	sm      *spice.Metrics
-	cm      *checkpoint.Metrics
-	nm      *fanout.Metrics
-	source  *firehose.Source // the PDS's head and link, and the lag, across runs
-	pub     *fanout.Publisher
+	cfg    Config
+	log    *slog.Logger
+	client *spice.Client
+	fhm    *firehose.Metrics
+	pm     *projector.Metrics
+	sm     *spice.Metrics
+	cm     *checkpoint.Metrics
+	nm     *fanout.Metrics
+	source *firehose.Source // the PDS's head and link, and the lag, across runs
+	pub    *fanout.Publisher
 	// verifier checks commits and snapshots (nil: Config.VerifyCommits off).
 	verifier *firehose.Verifier
 	started  time.Time
