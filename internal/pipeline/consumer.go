@@ -413,7 +413,8 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 	}
 	sc := c.cfg.Stream
 	var handler firehose.Handler = r.engine
-	if c.cfg.Identity != nil {
+	if c.cfg.Identity != nil && c.verifier == nil {
+		// (A verifier purges the identity itself, in the DID's lane.)
 		handler = forgetting{Handler: r.engine, id: c.cfg.Identity}
 	}
 	var verifier firehose.CommitVerifier
