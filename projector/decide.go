@@ -125,6 +125,16 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 		a.settle(ev, nil)
 		return nil
 	}
+	if ev.Unchecked && len(ev.Ops) == 0 && ev.Malformed == "" && !ev.TooBig {
+		// The stream verifies commits but did not verify this one (it
+		// carries no projected op): its rev is the relay's word, and a
+		// forged far-future rev taken here would make every later commit
+		// of the account look stale. Nothing to apply; the rev is not
+		// taken (the account's next verified commit then chains from the
+		// last verified rev or resyncs as a gap).
+		a.settle(ev, nil)
+		return nil
+	}
 	if d.status != statusDeleted && (d.rev == "" || ev.Rev > d.rev) {
 		if ev.Malformed != "" {
 			// The stream could not read every op of this commit: read the

@@ -34,16 +34,16 @@ var (
 // Consumer is a running (or starting) daemon; its accessors serve the HTTP
 // endpoints and `status`.
 type Consumer struct {
-	cfg     Config
-	log     *slog.Logger
-	client  *spice.Client
-	fhm     *firehose.Metrics
-	pm      *projector.Metrics
-	sm      *spice.Metrics
-	cm      *checkpoint.Metrics
-	nm      *fanout.Metrics
-	source  *firehose.Source // the PDS's head and link, and the lag, across runs
-	pub     *fanout.Publisher
+	cfg    Config
+	log    *slog.Logger
+	client *spice.Client
+	fhm    *firehose.Metrics
+	pm     *projector.Metrics
+	sm     *spice.Metrics
+	cm     *checkpoint.Metrics
+	nm     *fanout.Metrics
+	source *firehose.Source // the PDS's head and link, and the lag, across runs
+	pub    *fanout.Publisher
 	// verifier checks commits and snapshots (nil: Config.VerifyCommits off).
 	verifier *firehose.Verifier
 	started  time.Time
@@ -417,12 +417,14 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 		handler = forgetting{Handler: r.engine, id: c.cfg.Identity}
 	}
 	var verifier firehose.CommitVerifier
+	var verifyAlso func(string) bool
 	if c.verifier != nil {
-		verifier = c.verifier
+		verifier, verifyAlso = c.verifier, r.engine.Tracks
 	}
 	r.stream, err = firehose.New(firehose.Config{URL: c.cfg.PDSURL, Tracker: progress.Tracker(), Handler: handler,
 		Filter: filter, Workers: sc.Workers, QueueDepth: sc.QueueDepth, MaxFrameBytes: sc.MaxFrameBytes, Logger: c.log,
-		Metrics: c.fhm, Source: c.source, OnFrame: c.cfg.Hooks.OnFrame, Verifier: verifier})
+		Metrics: c.fhm, Source: c.source, OnFrame: c.cfg.Hooks.OnFrame, Verifier: verifier,
+		VerifyAlso: verifyAlso})
 	if err != nil {
 		return nil, err
 	}
