@@ -548,3 +548,41 @@ func TestClientUncheckedAndVerifyAlso(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyInjectedDelete: a relay appends to a genuinely signed commit a
+// delete of a record the account still holds (without prev, and without
+// prevData, so that nothing is inverted). The signed tree still holds the
+// record: the commit must be refused, or the relay could revoke any grant
+// of any account. Before the fix a delete op was not checked at all.
+func TestVerifyInjectedDelete(t *testing.T) {
+	t.Parallel()
+	plc := newPLC(t)
+	v := newVerifier(t, plc.directory(t, nil))
+	alice, err := fakepds.NewRepo(fakepds.PLCDID("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plc.setKey(alice.DID(), alice.PublicKey())
+	if err := verify(t, v, signedFrame(t, alice, 1, nil, spaceWrite("create", "root", false))); err != nil {
+		t.Fatal(err)
+	}
+	inject := func(c *fakepds.Commit) {
+		c.PrevData = nil
+		c.Ops = append(c.Ops, fakepds.OpOut{Action: "delete", Path: "com.atproto.space.space/root"})
+	}
+	bad := signedFrame(t, alice, 2, inject, postWrite("p1"))
+	if err := verify(t, v, bad); reasonOf(err) != firehose.UnverifiedOpMismatch {
+		t.Fatalf("injected delete: %v, want %s", err, firehose.UnverifiedOpMismatch)
+	}
+	// A genuine delete (without prev, as pre-sync-1.1 hosts send it) passes.
+	strip := func(c *fakepds.Commit) {
+		c.PrevData = nil
+		for i := range c.Ops {
+			c.Ops[i].Prev = nil
+		}
+	}
+	good := signedFrame(t, alice, 3, strip, fakepds.Write{Action: "delete", Collection: "com.atproto.space.space", RKey: "root"})
+	if err := verify(t, v, good); err != nil {
+		t.Fatalf("genuine delete: %v", err)
+	}
+}
