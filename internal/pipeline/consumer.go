@@ -84,7 +84,11 @@ func New(cfg Config) (*Consumer, error) {
 		c.nm = fanout.NewMetrics(cfg.Registry)
 	}
 	if cfg.VerifyCommits {
-		if c.verifier, err = firehose.NewVerifier(firehose.VerifierConfig{Directory: cfg.Identity}); err != nil {
+		// Behind a relay the op list and prevData are the relay's word:
+		// without prevData a dropped op (a revocation) can't be seen, so
+		// it is required (every commit of a sync 1.1 host carries it).
+		if c.verifier, err = firehose.NewVerifier(firehose.VerifierConfig{Directory: cfg.Identity,
+			RequirePrevData: cfg.Relay != nil}); err != nil {
 			_ = client.Close()
 			return nil, fmt.Errorf("pipeline: %w", err)
 		}
