@@ -564,13 +564,13 @@ func (c *Client) decode(mt int, frame []byte, over int) (*Frame, error) {
 		c.cfg.OnFrame(frame)
 	}
 	f, err := DecodeFrame(frame, c.cfg.Filter)
-	if err == nil && c.cfg.Verifier != nil && f.Event != nil && f.Event.Kind == KindCommit && f.Event.Malformed == "" {
-		// A Malformed commit is not applied anyway; one with no op kept
-		// carries nothing projected and is verified only for the repos
-		// VerifyAlso names (the cost stays on the few frames that
-		// matter); the others are marked Unchecked: their revs are not
-		// the account's word.
-		if len(f.Event.Ops) > 0 || (c.cfg.VerifyAlso != nil && c.cfg.VerifyAlso(f.Event.DID)) {
+	if err == nil && c.cfg.Verifier != nil && f.Event != nil && f.Event.Kind == KindCommit {
+		// A Malformed commit is not verified (its repo is resynced), one
+		// with no op kept carries nothing projected and is verified only
+		// for the repos VerifyAlso names (the cost stays on the few
+		// frames that matter); the others are marked Unchecked: neither
+		// their ops nor their revs are the account's word.
+		if f.Event.Malformed == "" && (len(f.Event.Ops) > 0 || (c.cfg.VerifyAlso != nil && c.cfg.VerifyAlso(f.Event.DID))) {
 			f.raw = cloneBytes(frame)
 		} else {
 			f.Event.Unchecked = true

@@ -122,3 +122,37 @@ func TestMemUncheckedCommitDoesNotTakeRev(t *testing.T) {
 	h.commit(memAlice, map[string]map[string]any{relCol + "g": nil})
 	h.assertView("after the revocation")
 }
+
+// TestMemUncheckedMalformedCommitWithFailedResync: a Malformed commit is
+// not verified (the client keeps no frame for it), so behind a relay it
+// is Unchecked. When its resync fails (the account's PDS is down, which
+// the relay, crawling it, knows), its readable ops must not be applied
+// "as they are": before the fix a relay could forge a commit granting
+// mallory, add an unreadable op, and have the grant applied until a retry.
+func TestMemUncheckedMalformedCommitWithFailedResync(t *testing.T) {
+	h := newMemHarness(t, checkpoint.State{Cursor: 0, Rewind: checkpoint.None, Rebuild: checkpoint.None})
+	h.commit(memAlice, map[string]map[string]any{spaceCol + "root": space(false)})
+	h.assertView("before")
+	h.engine.cfg.ResyncAttempts = 1
+	h.failGetRepo(memAlice, errors.New("getRepo: 503 upstream"))
+	ev := forgedGrant(h)
+	ev.Unverified, ev.Unchecked, ev.Malformed = "", true, "unreadable op"
+	ev.Rev = syntax.NewTID(h.clock+1_000_000_000_000, 0).String() // and a far-future rev
+	h.send(ev)
+	h.settle()
+	if m := mentionsMallory(h); len(m) > 0 {
+		t.Fatalf("the forged record was applied after a failed resync: %v", m)
+	}
+	h.failGetRepo(memAlice, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for h.engine.Status().Desynchronized != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the retry did not resync alice")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	h.assertView("after the retry")
+	// The forged rev was not taken: alice's next commit applies.
+	h.commit(memAlice, map[string]map[string]any{relCol + "g": grant(memAlice, "root", "viewer", memBob)})
+	h.assertView("after alice's next commit")
+}
