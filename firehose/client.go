@@ -91,6 +91,11 @@ type Config struct {
 	// refused commit is delivered with Event.Unverified set. Nil verifies
 	// nothing (a stream read straight from the PDS that signs it).
 	Verifier CommitVerifier
+	// VerifyAlso (optional, with Verifier) says whose commits to verify
+	// even when no op passed the Filter (the repos whose rev chain the
+	// handler follows). Other commits with no such op are delivered with
+	// Event.Unchecked set.
+	VerifyAlso func(did string) bool
 }
 
 // Validate reports the first invalid field.
@@ -559,12 +564,17 @@ func (c *Client) decode(mt int, frame []byte, over int) (*Frame, error) {
 		c.cfg.OnFrame(frame)
 	}
 	f, err := DecodeFrame(frame, c.cfg.Filter)
-	if err == nil && c.cfg.Verifier != nil && f.Event != nil && f.Event.Kind == KindCommit &&
-		len(f.Event.Ops) > 0 && f.Event.Malformed == "" {
-		// A Malformed commit is not applied anyway; one with no op kept
-		// carries nothing projected and is not verified (the cost stays
-		// on the few frames that matter).
-		f.raw = cloneBytes(frame)
+	if err == nil && c.cfg.Verifier != nil && f.Event != nil && f.Event.Kind == KindCommit {
+		// A Malformed commit is not verified (its repo is resynced), one
+		// with no op kept carries nothing projected and is verified only
+		// for the repos VerifyAlso names (the cost stays on the few
+		// frames that matter); the others are marked Unchecked: neither
+		// their ops nor their revs are the account's word.
+		if f.Event.Malformed == "" && (len(f.Event.Ops) > 0 || (c.cfg.VerifyAlso != nil && c.cfg.VerifyAlso(f.Event.DID))) {
+			f.raw = cloneBytes(frame)
+		} else {
+			f.Event.Unchecked = true
+		}
 	}
 	if err != nil {
 		var bf *BadFrameError

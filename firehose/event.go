@@ -64,6 +64,12 @@ type Event struct {
 	// out. Its ops must not be applied; the consumer reads the repo
 	// instead. Only commits with ops that passed the filter are verified.
 	Unverified string
+	// Unchecked is set on a #commit that was not verified although
+	// Config.Verifier is set (a Malformed one, or no op passed the filter
+	// and Config.VerifyAlso did not ask for it): nothing in it, its ops,
+	// rev and since included, is the account's word. The consumer must
+	// not apply its ops nor take its rev.
+	Unchecked bool
 	// SyncData is the MST root CID named by a #sync's commit block, when it
 	// could be read (cid.Undef otherwise).
 	SyncData cid.Cid

@@ -3,6 +3,7 @@ package firehose
 import (
 	"container/list"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -241,6 +242,10 @@ type CollectionLister struct {
 	HTTP *http.Client
 	// MaxRepos bounds the distinct DIDs listed (default DefaultMaxListRepos).
 	MaxRepos int
+	// MaxPages bounds the pages read per collection (default ten times
+	// the pages MaxRepos fills): a service whose pages repeat DIDs under
+	// fresh cursors would otherwise be paged forever.
+	MaxPages int
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -264,6 +269,10 @@ func (l *CollectionLister) ListAllRepos(ctx context.Context, fn func(RepoInfo) e
 	if maxRepos == 0 {
 		maxRepos = DefaultMaxListRepos
 	}
+	maxPages := l.MaxPages
+	if maxPages == 0 {
+		maxPages = 10 * ((maxRepos + collectionPage - 1) / collectionPage)
+	}
 	base, err := hostURL(l.URL, false)
 	if err != nil {
 		return fmt.Errorf("firehose: list repos by collection: %w", err)
@@ -271,8 +280,11 @@ func (l *CollectionLister) ListAllRepos(ctx context.Context, fn func(RepoInfo) e
 	seen := map[string]struct{}{}
 	for _, coll := range l.Collections {
 		cursor := ""
-		cursors := map[string]struct{}{}
-		for {
+		cursors := map[[sha256.Size]byte]struct{}{} // by digest: a hostile service's cursors can be long
+		for page := 1; ; page++ {
+			if page > maxPages {
+				return fmt.Errorf("firehose: list repos by collection %s: %w: more than %d pages", coll, ErrListReposLimit, maxPages)
+			}
 			dids, next, err := l.page(ctx, hc, base, coll, cursor)
 			var xe *XRPCError
 			if errors.As(err, &xe) && unserved(xe) && l.Fallback != nil {
@@ -304,10 +316,11 @@ func (l *CollectionLister) ListAllRepos(ctx context.Context, fn func(RepoInfo) e
 			if next == "" || len(dids) == 0 {
 				break
 			}
-			if _, dup := cursors[next]; dup {
+			key := sha256.Sum256([]byte(next))
+			if _, dup := cursors[key]; dup {
 				return fmt.Errorf("firehose: list repos by collection %s: %w: cursor %q again", coll, ErrListReposLoop, view.Clip(next))
 			}
-			cursors[next] = struct{}{}
+			cursors[key] = struct{}{}
 			cursor = next
 		}
 	}

@@ -253,3 +253,25 @@ func TestCollectionListerFallsBack(t *testing.T) {
 		t.Fatal("no fallback: want an error when listReposByCollection is not served")
 	}
 }
+
+// TestCollectionListerEndlessPagingStops: a hostile listReposByCollection
+// that answers every page with the same DID and a fresh cursor never
+// repeats a cursor nor adds a DID; the listing must still end (a page
+// bound) instead of paging (and remembering cursors) forever. Before the
+// fix it ran until the context expired.
+func TestCollectionListerEndlessPagingStops(t *testing.T) {
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"cursor":"c%d","repos":[{"did":"did:plc:same"}]}`, n)
+	}))
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	l := &firehose.CollectionLister{URL: srv.URL, Collections: []string{"com.atproto.space.space"}, MaxRepos: 100}
+	err := l.ListAllRepos(ctx, func(firehose.RepoInfo) error { return nil })
+	if !errors.Is(err, firehose.ErrListReposLimit) {
+		t.Fatalf("after %d pages: %v, want ErrListReposLimit", calls.Load(), err)
+	}
+}

@@ -30,7 +30,7 @@ import (
 //     (on a failure the DID's identity is purged and the check made once
 //     more: the key may have rotated);
 //   - each create and update op's CID is the value the signed MST holds at
-//     its path;
+//     its path, and the MST holds nothing at a delete op's path;
 //   - sync 1.1: when the frame has prevData and the ops carry their prev
 //     CIDs, inverting the ops on the new MST gives prevData.
 
@@ -216,6 +216,11 @@ func (v *Verifier) checkOps(msg *comatproto.SyncSubscribeRepos_Commit, r *repo.R
 				invertible = false
 			}
 		case "delete":
+			// The signed tree must not hold the path any more: otherwise
+			// a relay could append a delete to any genuine commit.
+			if got, err := r.MST.Get([]byte(o.Path)); err != nil || got != nil {
+				return unverified(UnverifiedOpMismatch, "delete of %q: the signed tree still holds it", o.Path)
+			}
 			if op.Prev == nil {
 				invertible = false
 			}

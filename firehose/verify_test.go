@@ -479,3 +479,110 @@ func mustPublic(t *testing.T, k *atcrypto.PrivateKeyK256) atcrypto.PublicKey {
 	}
 	return pub
 }
+
+// TestClientUncheckedAndVerifyAlso: with a Verifier, a commit with no
+// projected op is delivered Unchecked (its rev is not the account's word),
+// unless VerifyAlso names its repo: then it is verified like the others,
+// and one forged (re-signed by another key) arrives Unverified instead of
+// passing with a rev the engine would take.
+func TestClientUncheckedAndVerifyAlso(t *testing.T) {
+	t.Parallel()
+	pds := fakepds.New(t)
+	plc := newPLC(t)
+	alice, err := pds.CreateAccount("alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := pds.CreateAccount("bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plc.setKey(alice.DID(), alice.PublicKey())
+	plc.setKey(bob.DID(), bob.PublicKey())
+	cv := &countingVerifier{inner: newVerifier(t, plc.directory(t, nil))}
+	if _, _, err := pds.Commit(alice.DID(), postWrite("p1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := pds.Commit(bob.DID(), postWrite("p1")); err != nil {
+		t.Fatal(err)
+	}
+	mallory := attackerKey(t)
+	if _, err := pds.InjectSequenced(func(seq int64) ([]byte, error) {
+		good := signedFrame(t, alice, seq, nil, postWrite("p2"))
+		f, err := forge.Commit(good, forge.Options{Key: mallory})
+		if err != nil {
+			return nil, err
+		}
+		return f.Frame, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tr := checkpoint.NewTracker(0, 0, nil)
+	rec := newRecorder(tr)
+	start(t, firehose.Config{URL: pds.URL(), Tracker: tr, Handler: rec, Filter: onlySpaces, Verifier: cv,
+		VerifyAlso: func(did string) bool { return did == alice.DID() }})
+	var posts []*firehose.Event
+	waitFor(t, "3 post commits", func() bool {
+		posts = posts[:0]
+		for _, ev := range rec.snapshot() {
+			if ev.Kind == firehose.KindCommit && ev.Rev != "" && len(ev.Ops) == 0 && ev.Since != "" {
+				posts = append(posts, ev)
+			}
+		}
+		return len(posts) == 3
+	})
+	for _, ev := range posts {
+		switch {
+		case ev.DID == bob.DID():
+			if !ev.Unchecked || ev.Unverified != "" {
+				t.Fatalf("bob's post: unchecked %v unverified %q, want unchecked", ev.Unchecked, ev.Unverified)
+			}
+		case ev.Rev == posts[len(posts)-1].Rev:
+			if ev.Unchecked || ev.Unverified != firehose.UnverifiedSignature {
+				t.Fatalf("alice's forged post: unchecked %v unverified %q", ev.Unchecked, ev.Unverified)
+			}
+		default:
+			if ev.Unchecked || ev.Unverified != "" {
+				t.Fatalf("alice's post: unchecked %v unverified %q, want verified", ev.Unchecked, ev.Unverified)
+			}
+		}
+	}
+}
+
+// TestVerifyInjectedDelete: a relay appends to a genuinely signed commit a
+// delete of a record the account still holds (without prev, and without
+// prevData, so that nothing is inverted). The signed tree still holds the
+// record: the commit must be refused, or the relay could revoke any grant
+// of any account. Before the fix a delete op was not checked at all.
+func TestVerifyInjectedDelete(t *testing.T) {
+	t.Parallel()
+	plc := newPLC(t)
+	v := newVerifier(t, plc.directory(t, nil))
+	alice, err := fakepds.NewRepo(fakepds.PLCDID("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plc.setKey(alice.DID(), alice.PublicKey())
+	if err := verify(t, v, signedFrame(t, alice, 1, nil, spaceWrite("create", "root", false))); err != nil {
+		t.Fatal(err)
+	}
+	inject := func(c *fakepds.Commit) {
+		c.PrevData = nil
+		c.Ops = append(c.Ops, fakepds.OpOut{Action: "delete", Path: "com.atproto.space.space/root"})
+	}
+	bad := signedFrame(t, alice, 2, inject, postWrite("p1"))
+	if err := verify(t, v, bad); reasonOf(err) != firehose.UnverifiedOpMismatch {
+		t.Fatalf("injected delete: %v, want %s", err, firehose.UnverifiedOpMismatch)
+	}
+	// A genuine delete (without prev, as pre-sync-1.1 hosts send it) passes.
+	strip := func(c *fakepds.Commit) {
+		c.PrevData = nil
+		for i := range c.Ops {
+			c.Ops[i].Prev = nil
+		}
+	}
+	good := signedFrame(t, alice, 3, strip, fakepds.Write{Action: "delete", Collection: "com.atproto.space.space", RKey: "root"})
+	if err := verify(t, v, good); err != nil {
+		t.Fatalf("genuine delete: %v", err)
+	}
+}

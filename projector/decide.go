@@ -125,6 +125,27 @@ func (a *applier) decideCommit(d *didState, ev *firehose.Event) error {
 		a.settle(ev, nil)
 		return nil
 	}
+	if ev.Unchecked {
+		// The stream verifies commits but did not verify this one (it
+		// carries no projected op, or is Malformed): its ops and rev are
+		// the relay's word, and a forged far-future rev taken here would
+		// make every later commit of the account look stale. Its rev is
+		// never taken (the account's next verified commit chains from the
+		// last verified rev or resyncs as a gap); a fresh Malformed or
+		// tooBig one resyncs below, and its ops are not applied even when
+		// the resync fails (resyncWrites).
+		fresh := d.status != statusDeleted && (d.rev == "" || ev.Rev > d.rev)
+		switch {
+		case !fresh || (len(ev.Ops) == 0 && ev.Malformed == "" && !ev.TooBig):
+			a.settle(ev, nil)
+			return nil
+		case ev.Malformed == "" && !ev.TooBig:
+			// Ops no verifier saw (the client verifies every commit with
+			// one): read the repo instead.
+			a.startResync(d, ev, TriggerUnverified)
+			return nil
+		}
+	}
 	if d.status != statusDeleted && (d.rev == "" || ev.Rev > d.rev) {
 		if ev.Malformed != "" {
 			// The stream could not read every op of this commit: read the

@@ -399,6 +399,17 @@ func (e *Engine) HandleEvent(ctx context.Context, ev *firehose.Event) error {
 	}
 }
 
+// Tracks reports whether the engine holds a state for did: a repo whose
+// rev chain it follows, so that a stream that verifies commits should
+// verify that repo's commits even when none of their ops is projected
+// (firehose.Config.VerifyAlso), or it would not take their revs
+// (Event.Unchecked) and the next projected commit would resync as a gap.
+func (e *Engine) Tracks(did string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.states[did] != nil
+}
+
 // dequeued counts an event the applier took from its input.
 func (e *Engine) dequeued(did string) {
 	e.mu.Lock()

@@ -323,7 +323,7 @@ func (a *applier) resyncWrites(d *didState, l *lineage, job *resyncJob, r *resyn
 		e.log.Error("resync failed; the repo is desynchronized until a retry succeeds (applying the triggering event as it is)",
 			"did", d.did, "trigger", job.reason, "err", r.err)
 		w.final = append(w.final, a.markDesync(d, trigSeq)...)
-		if ev := job.trigger; ev != nil && ev.Kind == firehose.KindCommit && ev.Unverified == "" {
+		if ev := job.trigger; ev != nil && ev.Kind == firehose.KindCommit && ev.Unverified == "" && !ev.Unchecked {
 			w.changes = a.changes(d, ev)
 			w.units = a.recordUnits(d, l, w.changes)
 			w.final = append(w.final, a.setRev(d, l, ev.Rev)...)
@@ -522,8 +522,9 @@ func (a *applier) claimWrites(d *didState, l *lineage, job *resyncJob, r *resync
 // still carries every op of every commit once under the event's ID, before
 // the resync's diff (DESIGN §6).
 func (a *applier) triggerChanges(d *didState, job *resyncJob) []view.Change {
-	if ev := job.trigger; ev != nil && ev.Kind == firehose.KindCommit && ev.Unverified == "" {
-		// An unverified commit's ops are not the account's: not published.
+	if ev := job.trigger; ev != nil && ev.Kind == firehose.KindCommit && ev.Unverified == "" && !ev.Unchecked {
+		// An unverified (or unchecked) commit's ops are not the account's:
+		// not published.
 		return a.commitChanges(d, ev) // the resync's diff counts what it rejects
 	}
 	return nil

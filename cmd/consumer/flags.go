@@ -225,8 +225,8 @@ func (c *common) register(fs *flag.FlagSet, defaultFormat string) {
 	fs.StringVar(&c.relayURL, "relay-url", "",
 		"follow a relay instead of one PDS: its stream, with repos read from each account's own PDS (found through --plc-url)")
 	fs.BoolVar(&c.allowPrivatePDS, "allow-private-pds", false,
-		"with --relay-url: let DID documents name PDSes on loopback, private addresses or plain http (tests, private networks); "+
-			"off, a hostile account can't point the consumer at a port inside its network")
+		"with --relay-url: let DID documents name PDSes on loopback, private addresses or plain http, and did:web documents "+
+			"be fetched from private addresses (tests, private networks); off, a hostile account can't point the consumer at a port inside its network")
 	fs.StringVar(&c.spiceEndpoint, "spicedb-endpoint", "127.0.0.1:50051", "SpiceDB gRPC host:port")
 	fs.StringVar(&c.spiceTokenFile, "spicedb-token-file", "", "file holding the SpiceDB preshared key (or set CONSUMER_SPICEDB_TOKEN)")
 	fs.BoolVar(&c.spiceInsecure, "spicedb-insecure", false,

@@ -22,7 +22,8 @@ func (c *common) identity(reg prometheus.Registerer) (*ident.Directory, error) {
 	if c.dir != nil {
 		return c.dir, nil
 	}
-	d, err := ident.New(ident.Config{PLCURL: strings.TrimRight(c.plcURL, "/"), Registerer: reg})
+	d, err := ident.New(ident.Config{PLCURL: strings.TrimRight(c.plcURL, "/"), Registerer: reg,
+		AllowPrivate: c.allowPrivatePDS})
 	if err != nil {
 		return nil, usageError(fmt.Errorf("--plc-url: %w", err))
 	}

@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/bluesky-social/indigo/atproto/atcrypto"
 	"github.com/bluesky-social/indigo/atproto/identity"
 	"github.com/bluesky-social/indigo/atproto/syntax"
+	"github.com/bluesky-social/indigo/util/ssrf"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -43,8 +47,17 @@ type Config struct {
 	// and host, with an optional port, no trailing slash.
 	PLCURL string
 	// HTTP client for PLC and did:web fetches (optional; default one with
-	// a DefaultHTTPTimeout timeout).
+	// a DefaultHTTPTimeout timeout). Its transport is wrapped: every
+	// answer is cut off past MaxDocumentBytes, and, unless AllowPrivate,
+	// hosts other than PLCURL's (did:web hosts, redirects) are dialed only
+	// at public addresses.
 	HTTP *http.Client
+	// AllowPrivate lets did:web documents (and redirects away from the
+	// PLC directory) be fetched from loopback and private addresses
+	// (tests, private networks). Off, a did:web DID (anyone can send one,
+	// in a service-auth token or on a relay's stream) cannot make the
+	// consumer request a port inside its network.
+	AllowPrivate bool
 	// Capacity bounds the identities cached (optional; zero means
 	// DefaultCapacity; negative is refused).
 	Capacity int
@@ -108,9 +121,11 @@ func New(cfg Config) (*Directory, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	guarded := *hc
+	guarded.Transport = newDocTransport(hc.Transport, cfg.PLCURL, cfg.AllowPrivate)
 	base := &identity.BaseDirectory{
 		PLCURL:                 cfg.PLCURL,
-		HTTPClient:             *hc,
+		HTTPClient:             guarded,
 		SkipHandleVerification: true,
 		UserAgent:              "spaces-authz",
 	}
@@ -214,4 +229,70 @@ func (d *Directory) PDSEndpoint(ctx context.Context, did string) (string, error)
 		return "", fmt.Errorf("ident: PDS of %s: %w", did, ErrNoPDS)
 	}
 	return ep, nil
+}
+
+// MaxDocumentBytes bounds an answer of the PLC directory or a did:web host
+// (indigo reads it whole into memory); DID documents are a few KiB.
+const MaxDocumentBytes = 1 << 20
+
+// errDocumentTooLarge ends the read of an answer past MaxDocumentBytes.
+var errDocumentTooLarge = fmt.Errorf("ident: DID document over %d bytes", MaxDocumentBytes)
+
+// docTransport bounds answers and, unless private addresses are allowed,
+// dials hosts other than the PLC directory's only at public addresses.
+type docTransport struct {
+	plcHost string
+	plc     http.RoundTripper // the configured transport
+	other   http.RoundTripper // the same with the SSRF-safe dialer
+}
+
+func newDocTransport(rt http.RoundTripper, plcURL string, allowPrivate bool) http.RoundTripper {
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	t := &docTransport{plc: rt, other: rt}
+	if u, err := url.Parse(plcURL); err == nil {
+		t.plcHost = u.Scheme + "://" + u.Host
+	}
+	if !allowPrivate {
+		if ht, ok := rt.(*http.Transport); ok {
+			c := ht.Clone()
+			c.Proxy = nil // the proxy would be dialed, not the host
+			c.DialContext = (&net.Dialer{Timeout: 30 * time.Second, Control: ssrf.PublicOnlyControl}).DialContext
+			t.other = c
+		} else {
+			t.other = ssrf.PublicOnlyTransport()
+		}
+	}
+	return t
+}
+
+func (t *docTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	rt := t.other
+	if req.URL.Scheme+"://"+req.URL.Host == t.plcHost {
+		rt = t.plc
+	}
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = &cappedBody{ReadCloser: resp.Body, left: MaxDocumentBytes}
+	return resp, nil
+}
+
+// cappedBody fails a read past its bound.
+type cappedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *cappedBody) Read(p []byte) (int, error) {
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.ReadCloser.Read(p)
+	if b.left -= int64(n); b.left < 0 {
+		return n, errDocumentTooLarge
+	}
+	return n, err
 }

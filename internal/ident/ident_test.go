@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/bluesky-social/indigo/atproto/atcrypto"
@@ -242,7 +243,7 @@ func TestDIDWeb(t *testing.T) {
 	}
 	tr.TLSClientConfig = tr.TLSClientConfig.Clone()
 	tr.TLSClientConfig.ServerName = "example.com" // the httptest certificate names example.com
-	d, err := ident.New(ident.Config{PLCURL: "http://127.0.0.1:1", HTTP: &http.Client{Transport: tr}})
+	d, err := ident.New(ident.Config{PLCURL: "http://127.0.0.1:1", HTTP: &http.Client{Transport: tr}, AllowPrivate: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,5 +260,68 @@ func TestDIDWeb(t *testing.T) {
 	}
 	if n := s.fetches(web); n != 1 {
 		t.Fatalf("%d fetches, want 1", n)
+	}
+}
+
+// TestDIDWebRefusesPrivateAddresses: a did:web host is named by its
+// account (and by any caller of resyncAccount, before its token is
+// checked); its name may resolve to an address inside the consumer's
+// network. Without AllowPrivate the fetch is refused at the dial (here
+// every name "resolves" to 127.0.0.1). Before the fix the document was
+// fetched from the loopback server.
+func TestDIDWebRefusesPrivateAddresses(t *testing.T) {
+	t.Parallel()
+	s := newDocServer()
+	const web = "did:web:example.com"
+	s.webID = web
+	s.set(web, newKey(t), "https://pds.example.com")
+	srv := httptest.NewTLSServer(s)
+	t.Cleanup(srv.Close)
+	tr := srv.Client().Transport.(*http.Transport).Clone()
+	addr := srv.Listener.Addr().String()
+	tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	tr.TLSClientConfig = tr.TLSClientConfig.Clone()
+	tr.TLSClientConfig.ServerName = "example.com"
+	d, err := ident.New(ident.Config{PLCURL: "http://127.0.0.1:1", HTTP: &http.Client{Transport: tr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.SigningKey(t.Context(), web); err == nil {
+		t.Fatal("a did:web document was fetched from a loopback address")
+	}
+	if n := s.fetches(web); n != 0 {
+		t.Fatalf("%d fetches reached the loopback server, want 0", n)
+	}
+}
+
+// TestDocumentSizeBounded: a DID document host (a did:web one is anyone's)
+// answering with an endless body must not be read to the end: indigo reads
+// the whole body into memory. Before the fix all 64 MiB were read.
+func TestDocumentSizeBounded(t *testing.T) {
+	t.Parallel()
+	var written atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		chunk := []byte(`{"id":"` + strings.Repeat(" ", 64<<10))
+		for range 1024 { // 64 MiB
+			n, err := w.Write(chunk)
+			written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	d, err := ident.New(ident.Config{PLCURL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.SigningKey(t.Context(), "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"); err == nil {
+		t.Fatal("an endless document resolved")
+	}
+	if n := written.Load(); n > 16<<20 {
+		t.Fatalf("%d bytes of the document were read, want it cut off near ident.MaxDocumentBytes", n)
 	}
 }

@@ -84,7 +84,11 @@ func New(cfg Config) (*Consumer, error) {
 		c.nm = fanout.NewMetrics(cfg.Registry)
 	}
 	if cfg.VerifyCommits {
-		if c.verifier, err = firehose.NewVerifier(firehose.VerifierConfig{Directory: cfg.Identity}); err != nil {
+		// Behind a relay the op list and prevData are the relay's word:
+		// without prevData a dropped op (a revocation) can't be seen, so
+		// it is required (every commit of a sync 1.1 host carries it).
+		if c.verifier, err = firehose.NewVerifier(firehose.VerifierConfig{Directory: cfg.Identity,
+			RequirePrevData: cfg.Relay != nil}); err != nil {
 			_ = client.Close()
 			return nil, fmt.Errorf("pipeline: %w", err)
 		}
@@ -418,12 +422,14 @@ func (c *Consumer) newRun(lease spice.ProjectorState, poison *projector.Poison, 
 		handler = forgetting{Handler: r.engine, id: c.cfg.Identity}
 	}
 	var verifier firehose.CommitVerifier
+	var verifyAlso func(string) bool
 	if c.verifier != nil {
-		verifier = c.verifier
+		verifier, verifyAlso = c.verifier, r.engine.Tracks
 	}
 	r.stream, err = firehose.New(firehose.Config{URL: c.cfg.PDSURL, Tracker: progress.Tracker(), Handler: handler,
 		Filter: filter, Workers: sc.Workers, QueueDepth: sc.QueueDepth, MaxFrameBytes: sc.MaxFrameBytes, Logger: c.log,
-		Metrics: c.fhm, Source: c.source, OnFrame: c.cfg.Hooks.OnFrame, Verifier: verifier})
+		Metrics: c.fhm, Source: c.source, OnFrame: c.cfg.Hooks.OnFrame, Verifier: verifier,
+		VerifyAlso: verifyAlso})
 	if err != nil {
 		return nil, err
 	}
