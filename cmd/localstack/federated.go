@@ -37,7 +37,7 @@ func runFederated(ctx context.Context, consumerBin, httpAddr, datastore string) 
 	}
 	defer func() { _ = fed.Stop() }()
 
-	sdb, dsInfo, stopSpiceDB, err := startSpiceDB(ctx, datastore)
+	sdb, client, dsInfo, stopSpiceDB, err := startSpiceDB(ctx, datastore)
 	if err != nil {
 		return err
 	}
@@ -50,12 +50,6 @@ func runFederated(ctx context.Context, consumerBin, httpAddr, datastore string) 
 		return err
 	}
 	defer func() { _ = consumer.Stop(15 * time.Second) }()
-
-	client, err := spice.Dial(spice.Config{Endpoint: sdb.Addr, Token: sdb.Key, Insecure: true})
-	if err != nil {
-		return err
-	}
-	defer client.Close()
 	if err := waitReady(ctx, httpAddr, time.Minute); err != nil {
 		return fmt.Errorf("%w (consumer log: %s)", err, tail(consumer.Output(), 2000))
 	}

@@ -87,7 +87,7 @@ func run(ctx context.Context, consumerBin, natsBin, httpAddr, datastore string) 
 	}
 	defer func() { _ = pds.Stop() }()
 
-	sdb, dsInfo, stopSpiceDB, err := startSpiceDB(ctx, datastore)
+	sdb, client, dsInfo, stopSpiceDB, err := startSpiceDB(ctx, datastore)
 	if err != nil {
 		return err
 	}
@@ -112,12 +112,6 @@ func run(ctx context.Context, consumerBin, natsBin, httpAddr, datastore string) 
 		return err
 	}
 	defer func() { _ = consumer.Stop(15 * time.Second) }()
-
-	client, err := spice.Dial(spice.Config{Endpoint: sdb.Addr, Token: sdb.Key, Insecure: true})
-	if err != nil {
-		return err
-	}
-	defer client.Close()
 
 	fmt.Printf(`
 running (everything on loopback):
@@ -162,8 +156,9 @@ func say(format string, args ...any) {
 }
 
 // startSpiceDB starts SpiceDB (serve) on the datastore: memory, or a
-// throwaway PostgreSQL cluster, migrated. stop stops what it started.
-func startSpiceDB(ctx context.Context, datastore string) (sdb *spicedbtest.Server, dsInfo string, stop func(), err error) {
+// throwaway PostgreSQL cluster, migrated, and dials it. stop closes the
+// client and stops what it started.
+func startSpiceDB(ctx context.Context, datastore string) (sdb *spicedbtest.Server, client *spice.Client, dsInfo string, stop func(), err error) {
 	var serve spicedbtest.ServeOptions
 	dsInfo = "memory datastore"
 	stop = func() {}
@@ -171,16 +166,16 @@ func startSpiceDB(ctx context.Context, datastore string) (sdb *spicedbtest.Serve
 		say("starting PostgreSQL (a throwaway cluster, fsync on) and migrating SpiceDB's datastore ...")
 		pg, err := pgtest.Start(ctx, pgtest.Options{Durable: true})
 		if err != nil {
-			return nil, "", nil, fmt.Errorf("%w (run `make deps`)", err)
+			return nil, nil, "", nil, fmt.Errorf("%w (run `make deps`)", err)
 		}
 		stop = pg.Remove
 		if serve.PostgresURI, err = pg.CreateDB(ctx, "spicedb"); err != nil {
 			stop()
-			return nil, "", nil, err
+			return nil, nil, "", nil, err
 		}
 		if err := spicedbtest.Migrate(ctx, serve.PostgresURI); err != nil {
 			stop()
-			return nil, "", nil, err
+			return nil, nil, "", nil, err
 		}
 		dsInfo = "postgres datastore at " + serve.PostgresURI
 	}
@@ -188,10 +183,16 @@ func startSpiceDB(ctx context.Context, datastore string) (sdb *spicedbtest.Serve
 	sdb, err = spicedbtest.StartServe(ctx, serve)
 	if err != nil {
 		stop()
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
 	}
 	removeDatastore := stop
-	return sdb, dsInfo, func() { sdb.Stop(); removeDatastore() }, nil
+	stop = func() { sdb.Stop(); removeDatastore() }
+	client, err = spice.Dial(spice.Config{Endpoint: sdb.Addr, Token: sdb.Key, Insecure: true})
+	if err != nil {
+		stop()
+		return nil, nil, "", nil, err
+	}
+	return sdb, client, dsInfo, func() { _ = client.Close(); stop() }, nil
 }
 
 // startConsumer applies the schema, then starts `consumer run` on httpAddr
