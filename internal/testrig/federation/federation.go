@@ -120,8 +120,11 @@ func Host(t testing.TB, p *localpds.PDS) string {
 // HostOf is Host outside a test.
 func HostOf(p *localpds.PDS) (string, error) {
 	u, err := url.Parse(p.PublicURL)
-	if err != nil || u.Hostname() != "localhost" || u.Port() == "" {
-		return "", fmt.Errorf("federation: PDS public URL %q is not http://localhost:PORT (%v)", p.PublicURL, err)
+	if err != nil {
+		return "", fmt.Errorf("federation: PDS public URL %q: %w", p.PublicURL, err)
+	}
+	if u.Hostname() != "localhost" || u.Port() == "" {
+		return "", fmt.Errorf("federation: PDS public URL %q is not http://localhost:PORT", p.PublicURL)
 	}
 	return fmt.Sprintf("localhost:%s", u.Port()), nil
 }
