@@ -156,43 +156,43 @@ func say(format string, args ...any) {
 }
 
 // startSpiceDB starts SpiceDB (serve) on the datastore: memory, or a
-// throwaway PostgreSQL cluster, migrated, and dials it. stop closes the
-// client and stops what it started.
-func startSpiceDB(ctx context.Context, datastore string) (sdb *spicedbtest.Server, client *spice.Client, dsInfo string, stop func(), err error) {
+// throwaway PostgreSQL cluster, migrated, and dials it. It returns the
+// server, the client, a description of the datastore, and the function that
+// closes the client and stops what it started.
+func startSpiceDB(ctx context.Context, datastore string) (*spicedbtest.Server, *spice.Client, string, func(), error) {
 	var serve spicedbtest.ServeOptions
-	dsInfo = "memory datastore"
-	stop = func() {}
+	dsInfo := "memory datastore"
+	removeDatastore := func() {}
 	if datastore == "postgres" {
 		say("starting PostgreSQL (a throwaway cluster, fsync on) and migrating SpiceDB's datastore ...")
 		pg, err := pgtest.Start(ctx, pgtest.Options{Durable: true})
 		if err != nil {
 			return nil, nil, "", nil, fmt.Errorf("%w (run `make deps`)", err)
 		}
-		stop = pg.Remove
+		removeDatastore = pg.Remove
 		if serve.PostgresURI, err = pg.CreateDB(ctx, "spicedb"); err != nil {
-			stop()
+			removeDatastore()
 			return nil, nil, "", nil, err
 		}
 		if err := spicedbtest.Migrate(ctx, serve.PostgresURI); err != nil {
-			stop()
+			removeDatastore()
 			return nil, nil, "", nil, err
 		}
 		dsInfo = "postgres datastore at " + serve.PostgresURI
 	}
 	say("starting SpiceDB (serve, %s) ...", dsInfo)
-	sdb, err = spicedbtest.StartServe(ctx, serve)
+	sdb, err := spicedbtest.StartServe(ctx, serve)
 	if err != nil {
-		stop()
+		removeDatastore()
 		return nil, nil, "", nil, err
 	}
-	removeDatastore := stop
-	stop = func() { sdb.Stop(); removeDatastore() }
-	client, err = spice.Dial(spice.Config{Endpoint: sdb.Addr, Token: sdb.Key, Insecure: true})
+	stopServer := func() { sdb.Stop(); removeDatastore() }
+	client, err := spice.Dial(spice.Config{Endpoint: sdb.Addr, Token: sdb.Key, Insecure: true})
 	if err != nil {
-		stop()
+		stopServer()
 		return nil, nil, "", nil, err
 	}
-	return sdb, client, dsInfo, func() { _ = client.Close(); stop() }, nil
+	return sdb, client, dsInfo, func() { _ = client.Close(); stopServer() }, nil
 }
 
 // startConsumer applies the schema, then starts `consumer run` on httpAddr
