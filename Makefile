@@ -48,11 +48,14 @@ test-e2e:
 # The main job: a local stack on loopback (PDS + PLC, SpiceDB, NATS, the
 # consumer), seeded with a demo, running until Ctrl-C. SpiceDB runs on its
 # memory datastore; `make up DATASTORE=postgres` runs it on a throwaway
-# PostgreSQL cluster instead.
+# PostgreSQL cluster instead. `make up FEDERATED=1` runs the federated stack:
+# two PDSs on one PLC, indigo's relay crawling both, SpiceDB and the consumer
+# following the relay, with a demo of a grant on one PDS to a group on the other.
 DATASTORE ?= memory
+FEDERATED ?=
 up: deps build
 	go build -o bin/localstack ./cmd/localstack
-	bin/localstack --consumer bin/consumer --datastore $(DATASTORE)
+	bin/localstack --consumer bin/consumer --datastore $(DATASTORE)$(if $(filter-out 0,$(FEDERATED)), --federated)
 
 # The performance figures of BENCHMARKS.md, each against its baseline.
 bench: deps

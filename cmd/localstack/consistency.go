@@ -41,3 +41,31 @@ func waitConsistent(ctx context.Context, httpAddr, did, rev string) (string, tim
 		}
 	}
 }
+
+// waitReady waits until the consumer's /readyz answers 200 (its first run's
+// rebuild is committed), for at most limit.
+func waitReady(ctx context.Context, httpAddr string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the consumer is not ready after %v: %w", limit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

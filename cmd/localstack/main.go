@@ -8,6 +8,11 @@
 // SpiceDB runs on its memory datastore, or with --datastore postgres on a
 // throwaway PostgreSQL cluster (pgtest, fsync on) in a temporary directory
 // that is removed at exit (`make up DATASTORE=postgres`).
+//
+// With --federated (`make up FEDERATED=1`) it runs the federated stack
+// instead (federated.go): two reference PDSs on one PLC, indigo's relay
+// crawling both, SpiceDB and the consumer following the relay, and a demo of
+// a grant on one PDS to a group on the other.
 package main
 
 import (
@@ -19,6 +24,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -39,6 +45,7 @@ func main() {
 	natsBin := flag.String("nats-server", envOr("NATS_SERVER_BIN", ".cache/bin/nats-server"), "nats-server binary")
 	httpAddr := flag.String("http-addr", "127.0.0.1:9464", "consumer HTTP address")
 	datastore := flag.String("datastore", "memory", "SpiceDB datastore: memory, or postgres (a throwaway PostgreSQL cluster in a temporary directory, removed at exit)")
+	federated := flag.Bool("federated", false, "run the federated stack: two PDSs on one PLC, indigo's relay crawling both, the consumer following the relay (no NATS), and the cross-PDS group demo")
 	flag.Parse()
 	if *datastore != "memory" && *datastore != "postgres" {
 		fmt.Fprintf(os.Stderr, "localstack: --datastore %q: use memory or postgres\n", *datastore)
@@ -46,7 +53,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *consumerBin, *natsBin, *httpAddr, *datastore); err != nil && !errors.Is(err, context.Canceled) {
+	var err error
+	if *federated {
+		err = runFederated(ctx, *consumerBin, *httpAddr, *datastore)
+	} else {
+		err = run(ctx, *consumerBin, *natsBin, *httpAddr, *datastore)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintf(os.Stderr, "localstack: %v\n", err)
 		os.Exit(1)
 	}
@@ -62,11 +75,10 @@ func envOr(k, def string) string {
 const password = "demo-password"
 
 func run(ctx context.Context, consumerBin, natsBin, httpAddr, datastore string) error {
-	logDir, err := os.MkdirTemp("", "spaces-authz-localstack-")
+	logDir, err := newLogDir()
 	if err != nil {
 		return err
 	}
-	say("logs in %s", logDir)
 
 	say("starting the reference PDS and a local PLC (Node 22) ...")
 	pds, err := localpds.Start(ctx, localpds.Options{LogFile: filepath.Join(logDir, "pds.log")})
@@ -75,29 +87,11 @@ func run(ctx context.Context, consumerBin, natsBin, httpAddr, datastore string) 
 	}
 	defer func() { _ = pds.Stop() }()
 
-	var serve spicedbtest.ServeOptions
-	dsInfo := "memory datastore"
-	if datastore == "postgres" {
-		say("starting PostgreSQL (a throwaway cluster, fsync on) and migrating SpiceDB's datastore ...")
-		pg, err := pgtest.Start(ctx, pgtest.Options{Durable: true})
-		if err != nil {
-			return fmt.Errorf("%w (run `make deps`)", err)
-		}
-		defer pg.Remove()
-		if serve.PostgresURI, err = pg.CreateDB(ctx, "spicedb"); err != nil {
-			return err
-		}
-		if err := spicedbtest.Migrate(ctx, serve.PostgresURI); err != nil {
-			return err
-		}
-		dsInfo = "postgres datastore at " + serve.PostgresURI
-	}
-	say("starting SpiceDB (serve, %s) ...", dsInfo)
-	sdb, err := spicedbtest.StartServe(ctx, serve)
+	sdb, client, dsInfo, stopSpiceDB, err := startSpiceDB(ctx, datastore)
 	if err != nil {
 		return err
 	}
-	defer sdb.Stop()
+	defer stopSpiceDB()
 
 	natsPort, _ := spicedbtest.FreePort()
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
@@ -109,32 +103,15 @@ func run(ctx context.Context, consumerBin, natsBin, httpAddr, datastore string) 
 	}
 	defer func() { _ = nats.Stop(5 * time.Second) }()
 
-	env := []string{"CONSUMER_SPICEDB_TOKEN=" + sdb.Key}
-	common := []string{"--pds-url", pds.URL, "--spicedb-endpoint", sdb.Addr, "--spicedb-insecure"}
-	schema, err := procs.Start(consumerBin, append([]string{"schema", "apply"}, common...), env,
-		filepath.Join(logDir, "schema.log"), nil)
-	if err != nil {
-		return fmt.Errorf("%w (run `make build`)", err)
-	}
-	<-schema.Done()
-	if err := schema.ExitErr(); err != nil {
-		return fmt.Errorf("schema apply: %w: %s", err, schema.Output())
-	}
-	consumerArgs := append([]string{"run", "--http-addr", httpAddr, "--flush-every", "200ms", "--log-format", "text"}, common...)
+	var extra []string
 	if natsSupported(consumerBin) {
-		consumerArgs = append(consumerArgs, "--nats-url", natsURL)
+		extra = []string{"--nats-url", natsURL}
 	}
-	consumer, err := procs.Start(consumerBin, consumerArgs, env, filepath.Join(logDir, "consumer.log"), nil)
+	consumer, err := startConsumer(consumerBin, logDir, httpAddr, sdb, []string{"--pds-url", pds.URL}, extra)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = consumer.Stop(15 * time.Second) }()
-
-	client, err := spice.Dial(spice.Config{Endpoint: sdb.Addr, Token: sdb.Key, Insecure: true})
-	if err != nil {
-		return err
-	}
-	defer client.Close()
 
 	fmt.Printf(`
 running (everything on loopback):
@@ -164,8 +141,77 @@ projected relationship changes appear below; Ctrl-C stops everything.
 	return watch(ctx, client, consumer)
 }
 
+// newLogDir makes the directory of the stack's logs (kept at exit).
+func newLogDir() (string, error) {
+	dir, err := os.MkdirTemp("", "spaces-authz-localstack-")
+	if err != nil {
+		return "", err
+	}
+	say("logs in %s", dir)
+	return dir, nil
+}
+
 func say(format string, args ...any) {
 	fmt.Printf("localstack: "+format+"\n", args...)
+}
+
+// startSpiceDB starts SpiceDB (serve) on the datastore: memory, or a
+// throwaway PostgreSQL cluster, migrated, and dials it. It returns the
+// server, the client, a description of the datastore, and the function that
+// closes the client and stops what it started.
+func startSpiceDB(ctx context.Context, datastore string) (*spicedbtest.Server, *spice.Client, string, func(), error) {
+	var serve spicedbtest.ServeOptions
+	dsInfo := "memory datastore"
+	removeDatastore := func() {}
+	if datastore == "postgres" {
+		say("starting PostgreSQL (a throwaway cluster, fsync on) and migrating SpiceDB's datastore ...")
+		pg, err := pgtest.Start(ctx, pgtest.Options{Durable: true})
+		if err != nil {
+			return nil, nil, "", nil, fmt.Errorf("%w (run `make deps`)", err)
+		}
+		removeDatastore = pg.Remove
+		if serve.PostgresURI, err = pg.CreateDB(ctx, "spicedb"); err != nil {
+			removeDatastore()
+			return nil, nil, "", nil, err
+		}
+		if err := spicedbtest.Migrate(ctx, serve.PostgresURI); err != nil {
+			removeDatastore()
+			return nil, nil, "", nil, err
+		}
+		dsInfo = "postgres datastore at " + serve.PostgresURI
+	}
+	say("starting SpiceDB (serve, %s) ...", dsInfo)
+	sdb, err := spicedbtest.StartServe(ctx, serve)
+	if err != nil {
+		removeDatastore()
+		return nil, nil, "", nil, err
+	}
+	stopServer := func() { sdb.Stop(); removeDatastore() }
+	client, err := spice.Dial(spice.Config{Endpoint: sdb.Addr, Token: sdb.Key, Insecure: true})
+	if err != nil {
+		stopServer()
+		return nil, nil, "", nil, err
+	}
+	return sdb, client, dsInfo, func() { _ = client.Close(); stopServer() }, nil
+}
+
+// startConsumer applies the schema, then starts `consumer run` on httpAddr
+// reading source (--pds-url URL, or --relay-url URL and what goes with it),
+// with extra arguments after.
+func startConsumer(consumerBin, logDir, httpAddr string, sdb *spicedbtest.Server, source, extra []string) (*procs.Proc, error) {
+	env := []string{"CONSUMER_SPICEDB_TOKEN=" + sdb.Key}
+	common := append(slices.Clone(source), "--spicedb-endpoint", sdb.Addr, "--spicedb-insecure")
+	schema, err := procs.Start(consumerBin, append([]string{"schema", "apply"}, common...), env,
+		filepath.Join(logDir, "schema.log"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w (run `make build`)", err)
+	}
+	<-schema.Done()
+	if err := schema.ExitErr(); err != nil {
+		return nil, fmt.Errorf("schema apply: %w: %s", err, schema.Output())
+	}
+	args := append([]string{"run", "--http-addr", httpAddr, "--flush-every", "200ms", "--log-format", "text"}, common...)
+	return procs.Start(consumerBin, append(args, extra...), env, filepath.Join(logDir, "consumer.log"), nil)
 }
 
 // natsSupported reports whether the consumer binary has the NATS fan-out.

@@ -15,4 +15,7 @@
 //
 // Everything is stopped when the test ends (relay first, then B, then A and
 // with it the PLC).
+//
+// [Launch] starts the same federation outside a test (`make up
+// FEDERATED=1`, cmd/localstack): its caller stops it with [Servers.Stop].
 package federation

@@ -8,6 +8,10 @@
 //	r.Kill()  // SIGKILL
 //	r.Start() // same port, database and persist dir; waits for the hosts again
 //
+// [Launch] starts the same relay outside a test (cmd/localstack's federated
+// stack): a [Server], whose methods return errors where Relay's fail the
+// test, stopped by its caller. Relay is a Server plus the test.
+//
 // # Adding localhost hosts
 //
 // The relay refuses to crawl a loopback PDS through com.atproto.sync.requestCrawl,

@@ -134,3 +134,18 @@ type fatalRecorder struct {
 func (f *fatalRecorder) Fatal(...any) { f.failed = true; runtime.Goexit() }
 
 func (f *fatalRecorder) Fatalf(string, ...any) { f.failed = true; runtime.Goexit() }
+
+// TestLaunchChecksConfig: Launch (outside a test) reports a bad Config as an
+// error and starts nothing.
+func TestLaunchChecksConfig(t *testing.T) {
+	for name, cfg := range map[string]relaytest.Config{
+		"no PLC":       {DataDir: t.TempDir()},
+		"no data dir":  {PLCURL: "http://localhost:1"},
+		"not loopback": {PLCURL: "http://localhost:1", DataDir: t.TempDir(), Hosts: []string{"127.0.0.1:2583"}},
+	} {
+		if s, err := relaytest.Launch(cfg); err == nil {
+			_ = s.Stop()
+			t.Errorf("%s: Launch(%+v) started a relay", name, cfg)
+		}
+	}
+}
