@@ -349,12 +349,7 @@ func (l *CollectionLister) page(ctx context.Context, hc *http.Client, base *url.
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		xe := &XRPCError{Status: resp.StatusCode, Name: http.StatusText(resp.StatusCode)}
-		var body struct{ Error, Message string }
-		if json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body) == nil && body.Error != "" {
-			xe.Name, xe.Message = body.Error, view.Clip(body.Message)
-		}
-		return nil, "", xe
+		return nil, "", xrpcErrorOf(resp)
 	}
 	var out struct {
 		Cursor string `json:"cursor"`

@@ -408,6 +408,19 @@ func (c *SyncClient) get(ctx context.Context, method string, q url.Values) (*htt
 		return resp, nil
 	}
 	defer resp.Body.Close()
+	xe := xrpcErrorOf(resp)
+	switch xe.Name {
+	case "RepoNotFound":
+		return nil, fmt.Errorf("%w: %w", ErrRepoNotFound, xe)
+	case "RepoDeactivated", "RepoTakendown", "RepoSuspended":
+		return nil, fmt.Errorf("%w: %w", ErrRepoInactive, xe)
+	}
+	return nil, xe
+}
+
+// xrpcErrorOf reads a non-2xx answer's XRPC error body (bounded): its
+// name and message, or the HTTP status text when the body is not one.
+func xrpcErrorOf(resp *http.Response) *XRPCError {
 	xe := &XRPCError{Status: resp.StatusCode}
 	var body struct {
 		Error   string `json:"error"`
@@ -418,11 +431,5 @@ func (c *SyncClient) get(ctx context.Context, method string, q url.Values) (*htt
 	} else {
 		xe.Name, xe.Message = http.StatusText(resp.StatusCode), errNotXRPCAnswer.Error()
 	}
-	switch xe.Name {
-	case "RepoNotFound":
-		return nil, fmt.Errorf("%w: %w", ErrRepoNotFound, xe)
-	case "RepoDeactivated", "RepoTakendown", "RepoSuspended":
-		return nil, fmt.Errorf("%w: %w", ErrRepoInactive, xe)
-	}
-	return nil, xe
+	return xe
 }
