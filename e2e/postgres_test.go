@@ -132,9 +132,25 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 		return time.Since(down), during
 	}
 
-	// 1. Under load.
+	// 1. Under load. The workload writes until the outage is over (a fixed
+	// number of operations finished before PostgreSQL went down on a fast
+	// machine, and the outage was then not under load).
 	workDone := make(chan error, 1)
-	go func() { workDone <- d.run(ctx, 600) }()
+	stopWork := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stopWork:
+				workDone <- d.finish(ctx)
+				return
+			default:
+			}
+			if err := d.until(ctx, d.ops.Load()+1); err != nil {
+				workDone <- err
+				return
+			}
+		}
+	}()
 	for d.ops.Load() < 100 {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -146,6 +162,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 			t.Fatal("the workload stalled while PostgreSQL was down: the outage was not under load")
 		}
 	})
+	close(stopWork)
 	must(t, <-workDone)
 	if during1.LastError == "" {
 		t.Fatal("/v1/status showed no last_error while every write was failing: an operator could not tell")
