@@ -338,8 +338,17 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 	c.mu.Lock()
 	c.run = r
 	c.mu.Unlock()
-	c.setState(StateRunning, nil)
 	stored := r.progress.Stored()
+	// No cursor stored (a first run, or SpiceDB was reset): the stream
+	// starts live and the view is built from repo snapshots meanwhile
+	// (DESIGN §5). The state says so from the start: the view is not
+	// complete until that rebuild commits, even while the stream connects.
+	live := stored.Cursor == checkpoint.None
+	if live || rebuild {
+		c.setState(StateRebuilding, nil)
+	} else {
+		c.setState(StateRunning, nil)
+	}
 	c.log.Info("consumer running", "projector", c.cfg.Lease.Name, "holder", c.cfg.Lease.Holder, "cursor", stored.Cursor,
 		"pds", redact.URL(c.cfg.PDSURL))
 
@@ -359,10 +368,6 @@ func (c *Consumer) runOnce(ctx context.Context, lease spice.ProjectorState, pois
 			})
 		})
 	}
-	// No cursor stored (a first run, or SpiceDB was reset): the stream
-	// starts live and the view is built from repo snapshots meanwhile
-	// (DESIGN §5).
-	live := stored.Cursor == checkpoint.None
 	if live || rebuild {
 		reason := "consumer rebuild"
 		if live {

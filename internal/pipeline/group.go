@@ -123,7 +123,7 @@ func (g *Group) Close() error {
 }
 
 // Snapshot sums up the sources: the state of the first that is not
-// running (running when all are), connected when all are, the largest
+// running, else rebuilding when one is (running when all are), connected when all are, the largest
 // lag, and each source's own snapshot in Sources.
 func (g *Group) Snapshot() Snapshot {
 	s := Snapshot{Name: g.name, State: StateRunning, Connected: true, Watermark: checkpoint.None,
@@ -138,8 +138,11 @@ func (g *Group) Snapshot() Snapshot {
 		if i == 0 {
 			s.Holder = m.Holder
 		}
-		if !m.State.Running() && s.State.Running() {
+		switch {
+		case !m.State.Running() && s.State.Running():
 			s.State = m.State
+		case m.State == StateRebuilding && s.State == StateRunning:
+			s.State = m.State // one source rebuilding: the view is not complete
 		}
 		s.Fenced = s.Fenced || m.Fenced
 		s.Connected = s.Connected && m.Connected

@@ -134,3 +134,66 @@ func TestSourceNamesDoNotCollide(t *testing.T) {
 		seen[n] = u
 	}
 }
+
+// TestFirstRunSaysRebuilding: a first run (no cursor stored) says
+// "rebuilding" from the moment it runs, not only once its rebuild is
+// accepted: until then the view is empty, and a status that read "running"
+// in that gap told operators (and the e2e suite's waits) the view was
+// complete. A group says rebuilding while one of its sources is. Each
+// source's rebuild is held in the BeforeRebuild hook (the stream is
+// connected, the rebuild not yet requested) while the states are read.
+func TestFirstRunSaysRebuilding(t *testing.T) {
+	a := testenv.New(t)
+	b := a.OtherPDS("")
+	alice := testenv.Must(a.PDS.CreateAccount("alice")).DID()
+	must(t, a, alice, testenv.Space("create", "s", false))
+	held := make(chan struct{}, 2)
+	release := make(chan struct{})
+	cfg := pipeline.Config{SpiceDB: a.SpiceConfig(), Logger: testenv.Logger(),
+		Lease:  pipeline.LeaseConfig{Name: "g", HeartbeatEvery: time.Second, Timeout: 3 * time.Second},
+		Engine: pipeline.EngineConfig{FlushEvery: 50 * time.Millisecond, Rules: a.Rules},
+		Hooks: pipeline.Hooks{BeforeRebuild: func(ctx context.Context) {
+			held <- struct{}{}
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}}}
+	g, err := pipeline.NewGroup(cfg, []string{a.PDS.URL(), b.PDS.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = g.Close()
+	})
+	for range 2 {
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the sources' first-run rebuilds were not reached: %+v", g.Snapshot())
+		}
+	}
+	for _, m := range g.Members() {
+		if s := m.Snapshot(); s.State != pipeline.StateRebuilding {
+			t.Errorf("source %s: state %v before its first-run rebuild is requested, want %v", s.Name, s.State,
+				pipeline.StateRebuilding)
+		}
+	}
+	if s := g.Snapshot(); s.State != pipeline.StateRebuilding {
+		t.Errorf("group: state %v while its sources rebuild, want %v", s.State, pipeline.StateRebuilding)
+	}
+	close(release)
+	deadline := time.Now().Add(30 * time.Second)
+	for g.Snapshot().State != pipeline.StateRunning {
+		if time.Now().After(deadline) {
+			t.Fatalf("the rebuilds did not commit: %+v", g.Snapshot())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	testenv.AssertMatchesOracles(a, b)
+}
