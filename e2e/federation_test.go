@@ -342,13 +342,12 @@ func (p *forgingProxy) stream(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return
 		}
-		if typ == websocket.BinaryMessage && p.forged.Load() == 0 {
+		if typ == websocket.BinaryMessage && p.forged.Load() == 0 { // one forgery (CompareAndSwap below)
 			res, err := forge.Commit(frame, forge.Options{Key: p.key,
 				Match: func(path string) bool { return path == relC+"/"+forgeRKey },
 				Edit:  func(rec map[string]any) { rec["subject"] = p.subject }})
-			if err == nil {
+			if err == nil && p.forged.CompareAndSwap(0, 1) {
 				frame = res.Frame
-				p.forged.Add(1)
 				p.t.Logf("forging proxy: %s altered (%s → %s), re-signed by another key", res.Path, res.OldCID, res.NewCID)
 			}
 		}

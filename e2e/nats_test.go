@@ -117,6 +117,9 @@ func TestFanOutSurvivesKillsAndNATSOutage(t *testing.T) {
 		write()
 	}
 	s.waitOracle(60 * time.Second)
+	// SpiceDB matching does not mean the last batches are published: the
+	// stored cursor passes an event only once its messages are acknowledged.
+	waitCursor(t, s, s.status().HeadSeq)
 
 	// Downstream: every op exactly once.
 	got := downstream(t, nb.URL)

@@ -151,15 +151,27 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 			}
 		}
 	}()
+	started := time.Now()
 	for d.ops.Load() < 100 {
-		time.Sleep(10 * time.Millisecond)
+		select {
+		case err := <-workDone: // it writes until stopWork: only an error ends it
+			t.Fatalf("the workload ended before the outage: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Since(started) > 2*time.Minute {
+			t.Fatalf("the workload wrote %d record operations in 2 minutes", d.ops.Load())
+		}
 	}
 	waitCursor(t, s, 1)
 	down1, during1 := outage(func() {
+		// The PDS keeps taking writes (it has its own store); one of its
+		// commits can take a while on a loaded machine, so wait up to
+		// 2.5 s (the outage lasts 5 s) for the next one.
 		ops := d.ops.Load()
-		time.Sleep(time.Second)
-		if d.ops.Load() == ops {
-			t.Fatal("the workload stalled while PostgreSQL was down: the outage was not under load")
+		for deadline := time.Now().Add(2500 * time.Millisecond); d.ops.Load() == ops; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the workload stalled while PostgreSQL was down: the outage was not under load")
+			}
 		}
 	})
 	close(stopWork)

@@ -94,9 +94,10 @@ func TestAccountResyncsItself(t *testing.T) {
 		!strings.Contains(body, "another method") {
 		t.Errorf("token for another method: %d %s, want 401", code, body)
 	}
-	// The PDS signs no token already expired: take one that expires in 2s
-	// and wait past it and the validator's 5s leeway.
-	exp := time.Now().Add(2 * time.Second)
+	// The PDS signs no token already expired: take one that expires in 5s
+	// (exp is sent in whole seconds, and a slow PDS call must not find it
+	// past) and wait past it and the validator's 5s leeway.
+	exp := time.Now().Add(5 * time.Second)
 	shortLived, err := s.xrpc.GetServiceAuthUntil(ctx, alice, e2eServiceDID, nsid, exp)
 	if err != nil {
 		t.Fatal(err)

@@ -142,6 +142,7 @@ func TestPDSRestartMidStream(t *testing.T) {
 	s := newStack(t, stackOpts{})
 	alice, bob := s.account("alice"), s.account("bob")
 	s.startConsumer()
+	s.waitReady() // connected: the restart ends a session it must notice
 	for i := range 20 {
 		s.apply(alice, create(spaceC, key("s", i), space(i%3 == 0)),
 			create(relC, key("r", i), rel("space", alice.DID+"/"+key("s", i), "viewer", "acct", bob.DID, "")))
