@@ -266,11 +266,19 @@ func (w *Writer) failed(ctx context.Context, err error, bo *backoff.Backoff, pre
 }
 
 // schemaError tells a wrong schema from a SpiceDB that lost everything: a
-// restarted memory datastore has no schema at all, and that is a reset.
+// restarted memory datastore has no schema at all, and that is a reset. The
+// schema may also be back already (a deploy job applies it as SpiceDB
+// starts, between the failed write and the read here): then the lease and
+// the cursor, gone with everything else, say it was a reset.
 func (w *Writer) schemaError(ctx context.Context, err error) error {
 	s, rerr := w.cfg.Client.ReadSchema(ctx)
 	if rerr == nil && !hasDefinition(s, w.cfg.Client.ns.Type(view.TypeProjector)) {
 		return fmt.Errorf("%w (its schema is gone too: %w)", ErrReset, err)
+	}
+	if rerr == nil {
+		if st, lerr := w.cfg.Client.ReadProjector(ctx, w.cfg.Name); lerr == nil && st.Empty() {
+			return fmt.Errorf("%w (the schema was applied again since: %w)", ErrReset, err)
+		}
 	}
 	return fmt.Errorf("%w: %w", ErrSchema, err)
 }
