@@ -272,13 +272,12 @@ func (w *Writer) failed(ctx context.Context, err error, bo *backoff.Backoff, pre
 // the cursor, gone with everything else, say it was a reset.
 func (w *Writer) schemaError(ctx context.Context, err error) error {
 	s, rerr := w.cfg.Client.ReadSchema(ctx)
-	if rerr == nil && !hasDefinition(s, w.cfg.Client.ns.Type(view.TypeProjector)) {
+	switch {
+	case rerr != nil: // can't tell: the schema error stands
+	case !hasDefinition(s, w.cfg.Client.ns.Type(view.TypeProjector)):
 		return fmt.Errorf("%w (its schema is gone too: %w)", ErrReset, err)
-	}
-	if rerr == nil {
-		if st, lerr := w.cfg.Client.ReadProjector(ctx, w.cfg.Name); lerr == nil && st.Empty() {
-			return fmt.Errorf("%w (the schema was applied again since: %w)", ErrReset, err)
-		}
+	case errors.Is(w.leaseError(ctx), ErrReset):
+		return fmt.Errorf("%w (the schema was applied again since: %w)", ErrReset, err)
 	}
 	return fmt.Errorf("%w: %w", ErrSchema, err)
 }

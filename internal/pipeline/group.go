@@ -123,8 +123,8 @@ func (g *Group) Close() error {
 }
 
 // Snapshot sums up the sources: the state of the first that is not
-// running, else rebuilding when one is (running when all are), connected when all are, the largest
-// lag, and each source's own snapshot in Sources.
+// running, else rebuilding when one is (running when all are), connected
+// when all are, the largest lag, and each source's own snapshot in Sources.
 func (g *Group) Snapshot() Snapshot {
 	s := Snapshot{Name: g.name, State: StateRunning, Connected: true, Watermark: checkpoint.None,
 		Highest: checkpoint.None, Cursor: checkpoint.None, Head: checkpoint.None}

@@ -19,6 +19,28 @@ func must(t *testing.T, e *testenv.Env, did string, w ...fakepds.Write) {
 	}
 }
 
+// runGroup runs a group "g" following a's and b's PDSes into a's SpiceDB
+// until the test ends.
+func runGroup(t *testing.T, a, b *testenv.Env, hooks pipeline.Hooks) *pipeline.Group {
+	t.Helper()
+	cfg := pipeline.Config{SpiceDB: a.SpiceConfig(), Logger: testenv.Logger(),
+		Lease:  pipeline.LeaseConfig{Name: "g", HeartbeatEvery: time.Second, Timeout: 3 * time.Second},
+		Engine: pipeline.EngineConfig{FlushEvery: 50 * time.Millisecond, Rules: a.Rules}, Hooks: hooks}
+	g, err := pipeline.NewGroup(cfg, []string{a.PDS.URL(), b.PDS.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = g.Close()
+	})
+	return g
+}
+
 // TestGroupFollowsTwoPDSes: one daemon follows two PDSes into one SpiceDB.
 // Alice (on A) grants her space to Bob's group (on B): Carol, a member Bob
 // adds, can view it; removed, she can't; the view of both repos matches
@@ -37,21 +59,7 @@ func TestGroupFollowsTwoPDSes(t *testing.T) {
 		e.Name, _ = pipeline.SourceName("g", e.PDS.URL())
 		e.StoreCursor(0)
 	}
-	cfg := pipeline.Config{SpiceDB: a.SpiceConfig(), Logger: testenv.Logger(),
-		Lease:  pipeline.LeaseConfig{Name: "g", HeartbeatEvery: time.Second, Timeout: 3 * time.Second},
-		Engine: pipeline.EngineConfig{FlushEvery: 50 * time.Millisecond, Rules: a.Rules}}
-	g, err := pipeline.NewGroup(cfg, []string{a.PDS.URL(), b.PDS.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		_ = g.Close()
-	})
+	g := runGroup(t, a, b, pipeline.Hooks{})
 	caughtUp := func() {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
@@ -149,28 +157,13 @@ func TestFirstRunSaysRebuilding(t *testing.T) {
 	must(t, a, alice, testenv.Space("create", "s", false))
 	held := make(chan struct{}, 2)
 	release := make(chan struct{})
-	cfg := pipeline.Config{SpiceDB: a.SpiceConfig(), Logger: testenv.Logger(),
-		Lease:  pipeline.LeaseConfig{Name: "g", HeartbeatEvery: time.Second, Timeout: 3 * time.Second},
-		Engine: pipeline.EngineConfig{FlushEvery: 50 * time.Millisecond, Rules: a.Rules},
-		Hooks: pipeline.Hooks{BeforeRebuild: func(ctx context.Context) {
-			held <- struct{}{}
-			select {
-			case <-release:
-			case <-ctx.Done():
-			}
-		}}}
-	g, err := pipeline.NewGroup(cfg, []string{a.PDS.URL(), b.PDS.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		_ = g.Close()
-	})
+	g := runGroup(t, a, b, pipeline.Hooks{BeforeRebuild: func(ctx context.Context) {
+		held <- struct{}{}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+	}})
 	for range 2 {
 		select {
 		case <-held:
